@@ -1,0 +1,285 @@
+"""FMPE: simulate, train a flow-matching posterior with Lightning, return the posterior."""
+
+import logging
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from fmpe.data import SimulationDataModule
+from fmpe.network import Route, VelocityNetwork
+from fmpe.ode import SolverSettings
+from fmpe.posterior import Posterior
+from fmpe.simulation import Simulator, simulate
+from fmpe.training import FlowMatchingModule, Schedule
+from fmpe.validation import as_float_tensor, check_shape, drop_invalid_simulations
+
+DEFAULT_WIDTHS = (64, 128, 128, 64)
+SIMULATIONS_FILE = "simulations.safetensors"
+
+
+class FMPE:
+    """Flow matching posterior estimation.
+
+    Args:
+        simulator: maps θ (n, d) to x (n, *x_shape); optional if simulations are appended.
+        prior: a torch distribution over θ with `sample` and `log_prob`.
+        hidden_widths: one residual block of the velocity network per entry.
+        theta_route, x_route: where (t, θ) and x enter the network ("main", "gate", "both");
+            see `VelocityNetwork`.
+        embedding_net: maps standardized x (n, *x_shape) to features (n, k).
+        sigma_min: width of the optimal-transport path at t = 1.
+        time_prior_exponent: α of the training time prior p(t) ∝ t^α.
+        solver: default ODE settings of the returned posterior.
+    """
+
+    def __init__(
+        self,
+        simulator: Simulator | None = None,
+        prior: Distribution | None = None,
+        *,
+        hidden_widths: Sequence[int] = DEFAULT_WIDTHS,
+        theta_route: Route = "main",
+        x_route: Route = "main",
+        embedding_net: nn.Module | None = None,
+        activation: str = "gelu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        sigma_min: float = 1e-4,
+        time_prior_exponent: float = 4.0,
+        solver: SolverSettings | None = None,
+    ):
+        if prior is None:
+            raise ValueError("FMPE needs a prior: a torch.distributions.Distribution over theta")
+        self.simulator = simulator
+        self.prior = prior
+        self.network_options = dict(
+            hidden_widths=tuple(hidden_widths),
+            theta_route=theta_route,
+            x_route=x_route,
+            activation=activation,
+            dropout=dropout,
+            batch_norm=batch_norm,
+        )
+        self.embedding_net = embedding_net
+        self.sigma_min = sigma_min
+        self.time_prior_exponent = time_prior_exponent
+        self.solver = solver or SolverSettings()
+        self.theta_dim = self._prior_dim(prior)
+        self.theta: Tensor | None = None
+        self.x: Tensor | None = None
+
+    @staticmethod
+    def _prior_dim(prior: Distribution) -> int:
+        draw = prior.sample((2,))
+        if draw.dim() != 2:
+            raise ValueError(
+                "the prior must draw parameter vectors: prior.sample((n,)) should have shape "
+                f"(n, d), got {tuple(draw.shape)}"
+            )
+        return draw.shape[1]
+
+    def append_simulations(self, theta: Tensor, x: Tensor) -> "FMPE":
+        """Adds simulated pairs to the training data.
+
+        Args:
+            theta: (n, d) parameters, x: (n, *x_shape) their simulations.
+        """
+        theta = as_float_tensor(theta, "theta").detach().cpu()
+        x = as_float_tensor(x, "x").detach().cpu()
+        check_shape(theta, (None, self.theta_dim), "theta")
+        if x.dim() < 2:
+            raise ValueError(
+                f"x must have shape (n, *x_shape) with at least 2 dims, got {tuple(x.shape)}"
+            )
+        if x.shape[0] != theta.shape[0]:
+            raise ValueError(
+                f"theta and x must hold the same number of simulations, got {theta.shape[0]} "
+                f"and {x.shape[0]}"
+            )
+        if self.x is not None:
+            check_shape(x, (None, *self.x.shape[1:]), "x (as in earlier simulations)")
+        theta, x = drop_invalid_simulations(theta.float(), x.float())
+        self.theta = theta if self.theta is None else torch.cat([self.theta, theta])
+        self.x = x if self.x is None else torch.cat([self.x, x])
+        return self
+
+    def simulate(
+        self, num_simulations: int, *, batch_size: int = 1000, show_progress: bool = True
+    ) -> "FMPE":
+        """Runs the simulator on θ drawn from the prior and appends the results."""
+        if self.simulator is None:
+            raise ValueError("no simulator was given: pass one to FMPE or append simulations")
+        theta, x = simulate(
+            self.simulator,
+            self.prior,
+            num_simulations,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+        return self.append_simulations(theta, x)
+
+    def train(
+        self,
+        num_simulations: int | None = None,
+        *,
+        batch_size: int = 256,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        max_epochs: int = 500,
+        schedule: Schedule = "cosine",
+        early_stopping_patience: int = 30,
+        validation_fraction: float = 0.05,
+        gradient_clip: float | None = 1.0,
+        seed: int = 0,
+        checkpoint_dir: str | Path | None = None,
+        trainer_kwargs: dict | None = None,
+        show_progress: bool = True,
+    ) -> Posterior:
+        """Trains the velocity network and returns the posterior.
+
+        Args:
+            num_simulations: simulate this many pairs first (needs a simulator).
+            max_epochs: upper bound; training stops earlier when the validation loss has not
+                improved for `early_stopping_patience` epochs, and the best weights are kept.
+            checkpoint_dir: where the simulations and checkpoints are kept. Calling `train`
+                again with the same directory resumes an interrupted run.
+            trainer_kwargs: passed to `lightning.Trainer` (accelerator, devices, strategy,
+                logger, precision, ...), overriding fmpe's choices; `callbacks` are added to
+                fmpe's checkpointing and early stopping.
+
+        Returns:
+            the posterior, on the device it was trained on.
+        """
+        L.seed_everything(seed, verbose=False)
+        directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if num_simulations is not None and not self._resumable(directory):
+            self.simulate(num_simulations, show_progress=show_progress)
+        if directory is not None:
+            self._sync_simulations(directory)
+        if self.theta is None:
+            raise ValueError("no training data: pass num_simulations or call append_simulations")
+
+        data = SimulationDataModule(
+            self.theta, self.x, batch_size, validation_fraction=validation_fraction, seed=seed
+        )
+        network = VelocityNetwork(
+            self.theta_dim,
+            self.x.shape[1:],
+            embedding_net=self.embedding_net,
+            **self.network_options,
+        )
+        module = FlowMatchingModule(
+            network,
+            sigma_min=self.sigma_min,
+            time_prior_exponent=self.time_prior_exponent,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            max_epochs=max_epochs,
+        )
+        with tempfile.TemporaryDirectory() as scratch:
+            directory = directory or Path(scratch)
+            self._fit(
+                module,
+                data,
+                directory,
+                max_epochs,
+                early_stopping_patience,
+                gradient_clip,
+                trainer_kwargs or {},
+                show_progress,
+            )
+        return Posterior(
+            module.network,
+            data.theta_standardizer.to(module.device),
+            data.x_standardizer.to(module.device),
+            prior=self.prior,
+            solver=self.solver,
+        )
+
+    def _fit(
+        self,
+        module: FlowMatchingModule,
+        data: SimulationDataModule,
+        directory: Path,
+        max_epochs: int,
+        patience: int,
+        gradient_clip: float | None,
+        trainer_kwargs: dict,
+        show_progress: bool,
+    ) -> None:
+        best = ModelCheckpoint(
+            dirpath=directory, filename="best", monitor="val_loss", save_top_k=1, save_last=True
+        )
+        trainer_kwargs = dict(trainer_kwargs)
+        callbacks = [best, EarlyStopping(monitor="val_loss", patience=patience)]
+        callbacks += trainer_kwargs.pop("callbacks", None) or []
+        options = dict(
+            max_epochs=max_epochs,
+            callbacks=callbacks,
+            gradient_clip_val=gradient_clip,
+            logger=False,
+            enable_model_summary=False,
+            enable_progress_bar=show_progress,
+            num_sanity_val_steps=0,
+            deterministic=False,
+        )
+        options.update(trainer_kwargs)
+        resume_from = directory / "last.ckpt"
+        with _quiet_lightning(show_progress):
+            trainer = L.Trainer(**options)
+            trainer.fit(
+                module, datamodule=data, ckpt_path=resume_from if resume_from.exists() else None
+            )
+        best_path = best.best_model_path or str(resume_from)
+        checkpoint = torch.load(best_path, map_location=module.device, weights_only=True)
+        module.load_state_dict(checkpoint["state_dict"])
+        module.eval()
+
+    def _resumable(self, directory: Path | None) -> bool:
+        return directory is not None and (directory / SIMULATIONS_FILE).exists()
+
+    def _sync_simulations(self, directory: Path) -> None:
+        """Stores the training set in `directory`, or reloads it there to resume a run."""
+        path = directory / SIMULATIONS_FILE
+        if path.exists():
+            stored = load_file(str(path))
+            if self.theta is not None and not (
+                torch.equal(stored["theta"], self.theta) and torch.equal(stored["x"], self.x)
+            ):
+                raise ValueError(
+                    f"{directory} holds a run with other simulations; use a new checkpoint_dir"
+                )
+            self.theta, self.x = stored["theta"], stored["x"]
+        elif self.theta is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            save_file({"theta": self.theta.contiguous(), "x": self.x.contiguous()}, str(path))
+
+
+class _quiet_lightning:
+    """Silences Lightning's start-up banner (GPU available, ...) when no progress is shown."""
+
+    def __init__(self, show_progress: bool):
+        self.show_progress = show_progress
+        self.logger = logging.getLogger("lightning.pytorch")
+
+    def __enter__(self):
+        self.level = self.logger.level
+        if not self.show_progress:
+            self.logger.setLevel(logging.WARNING)
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*number of training batches.*")
+
+    def __exit__(self, *exc):
+        self._warnings.__exit__(*exc)
+        self.logger.setLevel(self.level)

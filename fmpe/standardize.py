@@ -1,0 +1,41 @@
+"""Per-dimension z-scoring of parameters and data, fitted on the training split."""
+
+import torch
+from torch import Tensor, nn
+
+
+class Standardizer(nn.Module):
+    """An affine map z = (value - mean) / std, stored as buffers so it saves with the model.
+
+    Args:
+        mean: (*shape)
+        std: (*shape), strictly positive.
+    """
+
+    def __init__(self, mean: Tensor, std: Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    @classmethod
+    def fit(cls, values: Tensor, min_std: float = 1e-8) -> "Standardizer":
+        """Fits mean and std of values (n, *shape) over the first dimension.
+
+        Constant dimensions get std 1 so that they are shifted but not blown up.
+        """
+        mean = values.mean(0)
+        std = values.std(0) if values.shape[0] > 1 else torch.ones_like(mean)
+        std = torch.where(std > min_std, std, torch.ones_like(std))
+        return cls(mean, std)
+
+    def forward(self, values: Tensor) -> Tensor:
+        """values: (n, *shape) -> (n, *shape)"""
+        return (values - self.mean) / self.std
+
+    def inverse(self, z: Tensor) -> Tensor:
+        """z: (n, *shape) -> (n, *shape)"""
+        return z * self.std + self.mean
+
+    def log_abs_det_jacobian(self) -> Tensor:
+        """log |det dz/dvalue| = -Σ log std, the density correction of the forward map."""
+        return -self.std.log().sum()

@@ -1,0 +1,64 @@
+"""Checks of user input: clear errors that name what was expected, nothing broadcast."""
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def as_float_tensor(value: Tensor | np.ndarray, name: str) -> Tensor:
+    """Converts numpy arrays to tensors and rejects non-floating dtypes."""
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise ValueError(
+            f"{name} must have a floating-point dtype, got {value.dtype}; convert it with .float()"
+        )
+    return value
+
+
+def check_shape(value: Tensor, expected: Sequence[int | None], name: str) -> None:
+    """Raises unless value.shape matches expected, where None matches any size."""
+    shape = tuple(value.shape)
+    ok = len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected))
+    if not ok:
+        pretty = "(" + ", ".join("n" if e is None else str(e) for e in expected) + ")"
+        raise ValueError(f"{name} must have shape {pretty}, got {shape}")
+
+
+def check_device(value: Tensor, device: torch.device, name: str) -> None:
+    if value.device.type != device.type or (
+        device.index is not None and value.device.index != device.index
+    ):
+        raise ValueError(
+            f"{name} is on device {value.device} but the model is on {device}; "
+            f"move it with .to('{device}')"
+        )
+
+
+def drop_invalid_simulations(theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Removes pairs whose θ or x has a NaN or infinite entry, with a warning.
+
+    Args:
+        theta: (n, d), x: (n, *x_shape)
+
+    Returns:
+        the finite pairs, theta: (m, d), x: (m, *x_shape)
+    """
+    finite = torch.isfinite(theta).flatten(1).all(1) & torch.isfinite(x).flatten(1).all(1)
+    num_dropped = int((~finite).sum())
+    if num_dropped == len(finite):
+        raise ValueError(
+            f"all {num_dropped} simulations contain NaN or infinite values; nothing to train on"
+        )
+    if num_dropped > 0:
+        warnings.warn(
+            f"dropped {num_dropped} of {len(finite)} simulations containing NaN or infinite values",
+            stacklevel=3,
+        )
+        theta, x = theta[finite], x[finite]
+    return theta, x

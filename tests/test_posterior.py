@@ -1,0 +1,109 @@
+"""The posterior against the closed-form answer of a linear-Gaussian problem."""
+
+import math
+
+import pytest
+import torch
+
+from fmpe.metrics import c2st
+
+X_OBS = torch.tensor([0.8, -0.4])
+
+
+def test_samples_match_exact_posterior(gaussian, gaussian_posterior):
+    torch.manual_seed(1)
+    samples = gaussian_posterior.sample(5000, X_OBS)
+    assert samples.shape == (5000, 2)
+    exact = gaussian.posterior(X_OBS).sample((5000,))
+    assert c2st(exact, samples) < 0.56
+
+
+def test_log_prob_matches_exact_density_in_bulk(gaussian, gaussian_posterior):
+    exact = gaussian.posterior(X_OBS)
+    torch.manual_seed(2)
+    theta = exact.sample((1000,))
+    # The bulk: the 90% of draws nearest the mode in Mahalanobis distance.
+    log_exact = exact.log_prob(theta)
+    bulk = log_exact >= log_exact.quantile(0.1)
+    log_q = gaussian_posterior.log_prob(theta[bulk], X_OBS)
+    assert (log_q - log_exact[bulk]).abs().mean() < 0.05
+
+
+def test_density_integrates_to_one(gaussian, gaussian_posterior):
+    mean = gaussian.posterior(X_OBS).mean
+    axis = torch.linspace(-2.5, 2.5, 61)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1).reshape(-1, 2) + mean
+    density = gaussian_posterior.log_prob(grid, X_OBS).exp().reshape(61, 61)
+    cell = (axis[1] - axis[0]) ** 2
+    assert abs((density.sum() * cell).item() - 1) < 0.02
+
+
+def test_log_prob_does_not_depend_on_batch_composition(gaussian, gaussian_posterior):
+    torch.manual_seed(3)
+    point = gaussian.posterior(X_OBS).sample((1,))
+    alone = gaussian_posterior.log_prob(point, X_OBS)
+    # The same point next to far-out points, which force small adaptive steps.
+    neighbours = torch.cat([point, 4 * torch.randn(255, 2)])
+    crowded = gaussian_posterior.log_prob(neighbours, X_OBS)[:1]
+    assert (alone - crowded).abs().item() <= 1e-4
+
+
+def test_sample_and_log_prob_agree_with_log_prob(gaussian_posterior):
+    torch.manual_seed(4)
+    theta, log_q = gaussian_posterior.sample_and_log_prob(200, X_OBS)
+    assert theta.shape == (200, 2) and log_q.shape == (200,)
+    assert torch.allclose(log_q, gaussian_posterior.log_prob(theta, X_OBS), atol=2e-3)
+
+
+def test_batch_of_observations(gaussian, gaussian_posterior):
+    xs = torch.stack([X_OBS, torch.tensor([-1.0, 0.5]), torch.tensor([0.0, 1.5])])
+    torch.manual_seed(5)
+    samples = gaussian_posterior.sample(2000, xs)
+    assert samples.shape == (2000, 3, 2)
+    for j, x in enumerate(xs):
+        exact_mean = gaussian.posterior(x).mean
+        assert torch.allclose(samples[:, j].mean(0), exact_mean, atol=0.05)
+    log_q = gaussian_posterior.log_prob(samples[:50], xs)
+    assert log_q.shape == (50, 3)
+    single = gaussian_posterior.log_prob(samples[:50, 1], xs[1])
+    assert torch.allclose(log_q[:, 1], single, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["rk4", "midpoint"])
+def test_fixed_step_solvers_agree_with_adaptive(gaussian_posterior, method):
+    torch.manual_seed(6)
+    theta = gaussian_posterior.sample(100, X_OBS)
+    adaptive = gaussian_posterior.log_prob(theta, X_OBS)
+    fixed = gaussian_posterior.log_prob(theta, X_OBS, method=method, steps=100)
+    assert torch.allclose(adaptive, fixed, atol=5e-3)
+
+
+def test_hutchinson_log_prob_is_close_on_average(gaussian_posterior):
+    torch.manual_seed(7)
+    theta = gaussian_posterior.sample(500, X_OBS)
+    exact = gaussian_posterior.log_prob(theta, X_OBS)
+    estimate = gaussian_posterior.log_prob(theta, X_OBS, divergence="hutchinson", probes=8)
+    assert abs((estimate - exact).mean().item()) < 0.05
+
+
+def test_samples_outside_prior_are_rejected():
+    from torch.distributions import Independent, Uniform
+
+    from fmpe import FMPE
+
+    prior = Independent(Uniform(-torch.ones(2), torch.ones(2)), 1)
+
+    def simulator(theta):
+        return theta + 0.3 * torch.randn_like(theta)
+
+    torch.manual_seed(0)
+    posterior = FMPE(simulator, prior, hidden_widths=(32, 32)).train(
+        2000, max_epochs=15, show_progress=False
+    )
+    x_edge = torch.tensor([0.95, 0.95])  # posterior mass piles up against the corner
+    samples = posterior.sample(2000, x_edge)
+    assert samples.shape == (2000, 2)
+    assert samples.abs().max() <= 1
+    assert 0 < posterior.acceptance_rate < 1
+    outside = torch.tensor([[1.5, 0.0]])
+    assert posterior.log_prob(outside, x_edge).item() == -math.inf
