@@ -21,7 +21,7 @@ from fmpe.simulation import Simulator, simulate
 from fmpe.training import FlowMatchingModule, Schedule
 from fmpe.validation import as_float_tensor, check_shape, drop_invalid_simulations
 
-DEFAULT_WIDTHS = (64, 128, 128, 64)
+DEFAULT_WIDTHS = (128, 128, 128, 128)
 SIMULATIONS_FILE = "simulations.safetensors"
 
 
@@ -133,7 +133,7 @@ class FMPE:
         batch_size: int = 256,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
-        max_epochs: int = 500,
+        max_epochs: int = 200,
         schedule: Schedule = "cosine",
         early_stopping_patience: int = 30,
         validation_fraction: float = 0.05,

