@@ -9,7 +9,7 @@ import os
 import platform
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -60,13 +60,13 @@ def _trainer_kwargs(device: torch.device) -> dict:
     return {"accelerator": "cpu", "devices": 1}
 
 
-def completed(results: Path) -> set[tuple[str, int, int, int]]:
-    """The (task, budget, observation, seed) cells already in the results CSV."""
+def completed(results: Path) -> dict[tuple[str, int, int, int], dict]:
+    """The rows already in the results CSV, by (task, budget, observation, seed)."""
     if not results.exists():
-        return set()
+        return {}
     with results.open(newline="") as f:
         return {
-            (row["task"], int(row["budget"]), int(row["observation"]), int(row["seed"]))
+            (row["task"], int(row["budget"]), int(row["observation"]), int(row["seed"])): row
             for row in csv.DictReader(f)
         }
 
@@ -116,21 +116,23 @@ def train_for_task(
     return posterior.to(device), seconds
 
 
-def evaluate(posterior: Posterior, task: Task, observation: int, seed: int) -> dict:
+def evaluate(
+    posterior: Posterior, task: Task, observation: int, seed: int, num_samples: int = NUM_SAMPLES
+) -> dict:
     """Scores the posterior against the task's reference samples for one observation."""
     x = task.observation(observation).to(posterior.device)
     reference = task.reference_samples(observation)
     torch.manual_seed(seed)
     posterior.evaluations = 0
     start = time.perf_counter()
-    samples = posterior.sample(NUM_SAMPLES, x).cpu()
+    samples = posterior.sample(num_samples, x).cpu()
     sample_seconds = time.perf_counter() - start
     evaluations = posterior.evaluations
     theta_true = task.true_parameters(observation).to(posterior.device)
     nltp = -posterior.log_prob(theta_true.unsqueeze(0), x).item()
     return {
-        "c2st": c2st(reference[:NUM_SAMPLES], samples, device=posterior.device),
-        "mmd": mmd(reference[:NUM_SAMPLES], samples),
+        "c2st": c2st(reference[:num_samples], samples, device=posterior.device),
+        "mmd": mmd(reference[:num_samples], samples),
         "nltp": nltp,
         "acceptance_rate": posterior.acceptance_rate,
         "sample_seconds": round(sample_seconds, 3),
@@ -147,18 +149,18 @@ def run(
     device: str | None = None,
     results: Path,
     run_dir: Path,
+    num_samples: int = NUM_SAMPLES,
     show_progress: bool = True,
 ) -> list[dict]:
     """Runs every (task, budget, observation) cell not yet in `results`.
 
     Returns:
-        the rows added in this call.
+        the rows of all requested cells, those found in `results` and those added.
     """
     torch_device = resolve_device(device)
     done = completed(results)
     cells = [(t, b, o) for t in tasks for b in budgets for o in observations]
     todo = [c for c in cells if (c[0], c[1], c[2], seed) not in done]
-    added = []
     with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="benchmark") as bar:
         for task_name, budget in dict.fromkeys((t, b) for t, b, _ in todo):
             task = get_task(task_name)
@@ -174,13 +176,13 @@ def run(
                     "budget": budget,
                     "observation": observation,
                     "seed": seed,
-                    **evaluate(posterior, task, observation, seed),
+                    **evaluate(posterior, task, observation, seed, num_samples),
                     "train_seconds": round(train_seconds, 2),
                     "machine": machine_description(torch_device),
                     "fmpe_version": fmpe.__version__,
-                    "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 }
                 append_row(results, row)
-                added.append(row)
+                done[(task_name, budget, observation, seed)] = row
                 bar.update(1)
-    return added
+    return [done[(t, b, o, seed)] for t, b, o in cells]

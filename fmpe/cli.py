@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-RESULTS = Path("benchmarks/results/sbibm.csv")
-RUNS = Path("benchmarks/runs")
+RESULTS = Path("fmpe-benchmark/sbibm.csv")
+RUNS = Path("fmpe-benchmark/runs")
 
 
 def _numbers(text: str) -> list[int]:
@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     bench.add_argument("--results", type=Path, default=RESULTS, help="CSV to append to")
     bench.add_argument("--runs", type=Path, default=RUNS, help="where posteriors are kept")
+    bench.add_argument(
+        "--samples",
+        type=int,
+        default=10_000,
+        help="posterior samples scored per observation (sbibm: 10000)",
+    )
     bench.add_argument("--quiet", action="store_true", help="no training progress bars")
 
     report = commands.add_parser("report", help="markdown table and figure of the results")
@@ -72,15 +78,16 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         results=args.results,
         run_dir=args.runs,
+        num_samples=args.samples,
         show_progress=not args.quiet,
     )
     for row in rows:
         print(
             f"{row['task']:>24} budget {row['budget']:>7} observation {row['observation']:>2}: "
-            f"C2ST {row['c2st']:.3f}  MMD {row['mmd']:.4f}  -log q(θ*) {row['nltp']:.2f}"
+            f"C2ST {float(row['c2st']):.3f}  MMD {float(row['mmd']):.4f}  "
+            f"-log q(θ*) {float(row['nltp']):.2f}"
         )
-    if not rows:
-        print(f"nothing to do: every requested cell is already in {args.results}")
+    print(f"results in {args.results}")
 
 
 if __name__ == "__main__":

@@ -187,7 +187,7 @@ class FMPE:
         )
         with tempfile.TemporaryDirectory() as scratch:
             directory = directory or Path(scratch)
-            self._fit(
+            device = self._fit(
                 module,
                 data,
                 directory,
@@ -197,13 +197,14 @@ class FMPE:
                 trainer_kwargs or {},
                 show_progress,
             )
-        return Posterior(
+        posterior = Posterior(
             module.network,
-            data.theta_standardizer.to(module.device),
-            data.x_standardizer.to(module.device),
+            data.theta_standardizer,
+            data.x_standardizer,
             prior=self.prior,
             solver=self.solver,
         )
+        return posterior.to(device)
 
     def _fit(
         self,
@@ -215,7 +216,8 @@ class FMPE:
         gradient_clip: float | None,
         trainer_kwargs: dict,
         show_progress: bool,
-    ) -> None:
+    ) -> torch.device:
+        """Fits the module, restores its best weights and returns the device it trained on."""
         best = ModelCheckpoint(
             dirpath=directory, filename="best", monitor="val_loss", save_top_k=1, save_last=True
         )
@@ -240,9 +242,10 @@ class FMPE:
                 module, datamodule=data, ckpt_path=resume_from if resume_from.exists() else None
             )
         best_path = best.best_model_path or str(resume_from)
-        checkpoint = torch.load(best_path, map_location=module.device, weights_only=True)
+        checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
         module.load_state_dict(checkpoint["state_dict"])
         module.eval()
+        return trainer.strategy.root_device
 
     def _resumable(self, directory: Path | None) -> bool:
         return directory is not None and (directory / SIMULATIONS_FILE).exists()

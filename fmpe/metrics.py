@@ -95,12 +95,17 @@ def mmd(x: ArrayLike, y: ArrayLike, *, chunk_size: int = 1024) -> float:
     x, y = _sample_pair(x, y, ("x", "y"), torch.float32)
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"mmd needs at least 2 samples per set; got {len(x)} and {len(y)}")
-    sigma = _median_pairwise_distance(x, chunk_size)
+    # Distances come from inner products, which lose precision far from the origin.
+    center = x.mean(0)
+    x, y = x - center, y - center
+    sigma2 = _median_pairwise_squared_distance(x, chunk_size)
+    if sigma2 == 0:
+        raise ValueError("the median distance within x is 0, so the kernel bandwidth is undefined")
     n, m = len(x), len(y)
     # k(a, a) = 1, so removing the diagonal from the within-set sums subtracts n (or m).
-    within_x = (_kernel_sum(x, x, sigma, chunk_size) - n) / (n * (n - 1))
-    within_y = (_kernel_sum(y, y, sigma, chunk_size) - m) / (m * (m - 1))
-    between = _kernel_sum(x, y, sigma, chunk_size) / (n * m)
+    within_x = (_kernel_sum(x, x, sigma2, chunk_size) - n) / (n * (n - 1))
+    within_y = (_kernel_sum(y, y, sigma2, chunk_size) - m) / (m * (m - 1))
+    between = _kernel_sum(x, y, sigma2, chunk_size) / (n * m)
     return within_x + within_y - 2 * between
 
 
@@ -335,45 +340,54 @@ def _accuracy(net: _BatchedMLP, data: Tensor, labels: Tensor, test: _Padded) -> 
     return correct.sum(1, keepdim=True) / test.lengths
 
 
-def _pair_distances(x: Tensor, chunk_size: int) -> Iterator[Tensor]:
-    """The n(n-1)/2 distances |x_i - x_j|, i < j, of x: (n, d) as 1-D blocks."""
+def _squared_distances(a: Tensor, b: Tensor) -> Tensor:
+    """(n, m) squared distances between the rows of a: (n, d) and b: (m, d), via inner products."""
+    squared_norms = a.square().sum(1, keepdim=True) + b.square().sum(1)
+    return torch.addmm(squared_norms, a, b.T, alpha=-2).clamp_min_(0)
+
+
+def _pair_squared_distances(x: Tensor, chunk_size: int) -> Iterator[Tensor]:
+    """The n(n-1)/2 squared distances |x_i - x_j|², i < j, of x: (n, d) as 1-D blocks."""
     for start in range(0, len(x), chunk_size):
         stop = start + chunk_size
         rows = x[start:stop]
-        within = torch.cdist(rows, rows)
+        within = _squared_distances(rows, rows)
         yield within[torch.ones_like(within, dtype=torch.bool).triu(1)]
-        yield torch.cdist(rows, x[stop:]).flatten()
+        yield _squared_distances(rows, x[stop:]).flatten()
 
 
-def _median_pairwise_distance(x: Tensor, chunk_size: int) -> float:
-    """Lower median of the pairwise distances of x: (n, d), like torch.median(torch.pdist(x)).
+def _median_pairwise_squared_distance(x: Tensor, chunk_size: int) -> float:
+    """Lower median of the pairwise squared distances of x: (n, d).
 
-    Exact, in two chunked passes: a histogram locates the bin holding the median, then only that
-    bin's distances are kept and ranked.
+    Its square root is torch.median(torch.pdist(x)), up to rounding. Exact, in two chunked
+    passes: a histogram locates the bin holding the median, then only that bin's values are kept
+    and ranked.
     """
     total = len(x) * (len(x) - 1) // 2
     rank = (total - 1) // 2  # 0-based rank of the lower median
-    diameter_bound = 2 * (x - x.mean(0)).norm(dim=1).max().item()
-    bin_width = diameter_bound / _MEDIAN_BINS
+    bound = 4 * (x - x.mean(0)).square().sum(1).max().item()  # ≥ every squared distance
+    if bound == 0:
+        return 0.0
+    bins_per_unit = _MEDIAN_BINS / bound
 
-    def bins(distances: Tensor) -> Tensor:
-        return (distances / bin_width).long().clamp(max=_MEDIAN_BINS - 1)
+    def bins(squared: Tensor) -> Tensor:
+        return (squared * bins_per_unit).int().clamp_max_(_MEDIAN_BINS - 1)
 
     counts = sum(
         torch.bincount(bins(block), minlength=_MEDIAN_BINS)
-        for block in _pair_distances(x, chunk_size)
+        for block in _pair_squared_distances(x, chunk_size)
     )
     below = counts.cumsum(0)
     median_bin = int(torch.searchsorted(below, rank, right=True))
     rank -= int(below[median_bin - 1]) if median_bin > 0 else 0
-    in_bin = torch.cat([b[bins(b) == median_bin] for b in _pair_distances(x, chunk_size)])
+    in_bin = torch.cat([b[bins(b) == median_bin] for b in _pair_squared_distances(x, chunk_size)])
     return in_bin.kthvalue(rank + 1).values.item()
 
 
-def _kernel_sum(a: Tensor, b: Tensor, sigma: float, chunk_size: int) -> float:
-    """Σ_ij exp(-|a_i - b_j|² / (2σ²)) over a: (n, d), b: (m, d), chunk_size rows at a time."""
+def _kernel_sum(a: Tensor, b: Tensor, sigma2: float, chunk_size: int) -> float:
+    """Σ_ij exp(-|a_i - b_j|² / (2·sigma2)) over a: (n, d), b: (m, d), chunk_size rows at a time."""
     total = 0.0
     for start in range(0, len(a), chunk_size):
-        squared = torch.cdist(a[start : start + chunk_size], b).square()
-        total += torch.exp(squared / (-2 * sigma**2)).sum(dtype=torch.float64).item()
+        kernel = _squared_distances(a[start : start + chunk_size], b).mul_(-0.5 / sigma2)
+        total += kernel.exp_().sum(dtype=torch.float64).item()
     return total

@@ -146,32 +146,37 @@ class Posterior(nn.Module):
         with_log_prob: bool,
         reject_outside_prior: bool,
         progress: tqdm,
-    ) -> tuple[Tensor, Tensor | None, int]:
-        """n accepted samples for one observation, and how many were drawn."""
+    ) -> tuple[Tensor, Tensor | None, int, int]:
+        """n accepted samples for one observation, how many were drawn and how many of those
+        fell inside the prior's support."""
         kept_theta, kept_log_prob = [], []
-        num_kept, num_drawn = 0, 0
+        num_kept, num_drawn, num_inside = 0, 0, 0
         while num_kept < n:
             missing = n - num_kept
-            rate = num_kept / num_drawn if num_drawn else 1.0
-            if num_drawn >= 10_000 and rate < 1e-3:
-                raise RuntimeError(
-                    f"only {num_kept} of {num_drawn} samples fell inside the prior's support; "
-                    "the posterior is badly trained or x is far from the training data"
-                )
-            batch = min(self.chunk_size, math.ceil(missing / max(rate, 1e-3) * 1.1))
+            batch = missing
+            if num_drawn > 0:
+                rate = num_inside / num_drawn
+                if num_drawn >= 10_000 and rate < 1e-3:
+                    raise RuntimeError(
+                        f"only {num_inside} of {num_drawn} samples fell inside the prior's "
+                        "support; the posterior is badly trained or x is far from the training data"
+                    )
+                batch = math.ceil(missing / max(rate, 1e-3) * 1.1)
+            batch = min(self.chunk_size, batch)
             theta, log_prob = self._draw(batch, embedded_x, settings, with_log_prob)
             num_drawn += batch
             if reject_outside_prior and self.prior is not None:
                 inside = within_support(self.prior, theta)
                 theta = theta[inside]
-                log_prob = log_prob[inside] if log_prob is not None else None
+                log_prob = log_prob[inside] if with_log_prob else None
+            num_inside += len(theta)
             theta, log_prob = theta[:missing], (log_prob[:missing] if with_log_prob else None)
             kept_theta.append(theta)
             kept_log_prob.append(log_prob)
             num_kept += len(theta)
             progress.update(len(theta))
         log_prob = torch.cat(kept_log_prob) if with_log_prob else None
-        return torch.cat(kept_theta), log_prob, num_drawn
+        return torch.cat(kept_theta), log_prob, num_drawn, num_inside
 
     def _sample(
         self,
@@ -187,17 +192,18 @@ class Posterior(nn.Module):
         x, batched = self._observations(x)
         settings = self._settings(solver_options)
         embedded = self._embed(x)
-        results, num_drawn = [], 0
+        results, num_drawn, num_inside = [], 0, 0
         with tqdm(
             total=n * len(x), desc="sampling", disable=not show_progress, leave=False
         ) as progress:
             for e in embedded:
-                theta, log_prob, drawn = self._sample_one(
+                theta, log_prob, drawn, inside = self._sample_one(
                     n, e.unsqueeze(0), settings, with_log_prob, reject_outside_prior, progress
                 )
                 results.append((theta, log_prob))
                 num_drawn += drawn
-        self._report_acceptance(n * len(x), num_drawn)
+                num_inside += inside
+        self._report_acceptance(num_inside, num_drawn)
         theta = torch.stack([r[0] for r in results], dim=1)  # (n, b, d)
         log_prob = torch.stack([r[1] for r in results], dim=1) if with_log_prob else None
         if not batched:
@@ -205,8 +211,8 @@ class Posterior(nn.Module):
             log_prob = log_prob[:, 0] if with_log_prob else None
         return theta, log_prob
 
-    def _report_acceptance(self, num_kept: int, num_drawn: int) -> None:
-        self.acceptance_rate = num_kept / num_drawn if num_drawn else 1.0
+    def _report_acceptance(self, num_inside: int, num_drawn: int) -> None:
+        self.acceptance_rate = num_inside / num_drawn if num_drawn else 1.0
         if self.acceptance_rate < LOW_ACCEPTANCE:
             warnings.warn(
                 f"only {self.acceptance_rate:.1%} of the samples fell inside the prior's "

@@ -36,6 +36,13 @@ def summarize(results: Path) -> dict[tuple[str, int], dict]:
     return summary
 
 
+def run_span(results: Path) -> str:
+    """When the first and the last row of the results were written."""
+    with results.open(newline="") as f:
+        stamps = sorted(row["finished_at"] for row in csv.DictReader(f))
+    return f"Rows written from {stamps[0]} to {stamps[-1]}."
+
+
 def markdown_table(summary: dict[tuple[str, int], dict]) -> str:
     published = published_c2st()
     lines = [
@@ -111,7 +118,7 @@ def write_report(results: Path, out_dir: Path) -> tuple[Path, Path]:
     table = out_dir / "sbibm_table.md"
     table.write_text(
         f"# fmpe on sbibm\n\nFrom `{results.name}`; published numbers: sbibm's main_paper.csv "
-        "(Lueckmann et al., 2021).\n\n" + markdown_table(summary)
+        "(Lueckmann et al., 2021).\n\n" + markdown_table(summary) + "\n" + run_span(results) + "\n"
     )
     plot = out_dir / "sbibm_c2st.png"
     figure(summary, plot)

@@ -149,6 +149,11 @@ def test_mmd_agrees_with_sbibm(shift, sbibm_mmd):
     assert mmd(x, y) == pytest.approx(sbibm_mmd(x, y).item(), rel=2e-3, abs=1e-6)
 
 
+def test_mmd_is_accurate_far_from_the_origin():
+    x, y = _gaussian(1000, 2, 0), _shifted_first_axis(1000, 2, 1, 0.3)
+    assert mmd(x + 1000.0, y + 1000.0) == pytest.approx(mmd(x, y), rel=1e-3)
+
+
 def test_mmd_is_near_zero_for_same_distribution_and_positive_when_shifted():
     x = _gaussian(2000, 2, 0)
     assert abs(mmd(x, _gaussian(2000, 2, 1))) < 1e-3
@@ -193,6 +198,8 @@ def test_c2st_rejects_impossible_folds_and_constant_reference():
         c2st(torch.ones(10, 2), _gaussian(10, 2, 0))
 
 
-def test_mmd_needs_two_samples_per_set():
+def test_mmd_needs_two_samples_per_set_and_spread_in_x():
     with pytest.raises(ValueError, match="at least 2"):
         mmd(torch.zeros(1, 2), torch.zeros(5, 2))
+    with pytest.raises(ValueError, match="bandwidth"):
+        mmd(torch.ones(5, 2), torch.zeros(5, 2))

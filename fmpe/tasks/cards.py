@@ -17,7 +17,6 @@ read from the repository's top-level ``tasks/`` folder.
 from __future__ import annotations
 
 import copy
-import sys
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -26,10 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
+import tomllib
 
 Table = dict[str, Any]
 

@@ -1,0 +1,63 @@
+"""The benchmark command line, end to end on a tiny budget, and its resumption."""
+
+import csv
+
+import pytest
+
+from fmpe.cli import main
+
+pytest.importorskip("sbibm")
+
+
+def rows(path):
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_benchmark_and_report_end_to_end(tmp_path, capsys):
+    results, runs = tmp_path / "results.csv", tmp_path / "runs"
+    arguments = ["benchmark", "gaussian_linear", "--budget", "300", "--observations", "1",
+                 "--samples", "1000", "--device", "cpu", "--quiet",
+                 "--results", str(results), "--runs", str(runs)]  # fmt: skip
+    main(arguments)
+    printed = capsys.readouterr().out
+    assert "gaussian_linear budget     300 observation  1: C2ST" in printed
+    (row,) = rows(results)
+    assert (row["task"], row["budget"], row["observation"]) == ("gaussian_linear", "300", "1")
+    assert 0.5 <= float(row["c2st"]) <= 1.0
+    assert float(row["acceptance_rate"]) == 1.0  # a Gaussian prior rejects nothing
+    assert "results in" in printed
+    assert "CPU" in row["machine"]
+    assert (runs / "gaussian_linear_300_seed0.fmpe").exists()
+
+    main(["report", "--results", str(results), "--out", str(tmp_path)])
+    table = (tmp_path / "sbibm_table.md").read_text()
+    assert "| gaussian_linear | 3e+02 |" in table
+    assert (tmp_path / "sbibm_c2st.png").stat().st_size > 10_000
+
+
+def test_restarted_benchmark_skips_finished_cells(tmp_path, monkeypatch):
+    results, runs = tmp_path / "results.csv", tmp_path / "runs"
+    common = ["--budget", "300", "--samples", "500", "--device", "cpu", "--quiet",
+              "--results", str(results), "--runs", str(runs)]  # fmt: skip
+    main(["benchmark", "two_moons", "--observations", "1", *common])
+    first = rows(results)
+
+    # The restart must neither retrain nor rescore observation 1.
+    import fmpe.benchmark
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the finished posterior must be reloaded, not retrained")
+
+    monkeypatch.setattr(fmpe.benchmark.FMPE, "train", no_training)
+    main(["benchmark", "two_moons", "--observations", "1-2", *common])
+    second = rows(results)
+    assert second[0] == first[0]
+    assert [r["observation"] for r in second] == ["1", "2"]
+
+
+def test_benchmark_needs_a_task_and_a_budget():
+    with pytest.raises(SystemExit, match="name one TASK or pass --all"):
+        main(["benchmark", "--budget", "100"])
+    with pytest.raises(SystemExit, match="--budget"):
+        main(["benchmark", "two_moons"])
