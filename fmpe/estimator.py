@@ -3,7 +3,8 @@
 import logging
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -267,22 +268,18 @@ class FMPE:
             save_file({"theta": self.theta.contiguous(), "x": self.x.contiguous()}, str(path))
 
 
-class _quiet_lightning:
-    """Silences Lightning's start-up banner (GPU available, ...) when no progress is shown."""
-
-    def __init__(self, show_progress: bool):
-        self.show_progress = show_progress
-        self.logger = logging.getLogger("lightning.pytorch")
-
-    def __enter__(self):
-        self.level = self.logger.level
-        if not self.show_progress:
-            self.logger.setLevel(logging.WARNING)
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*number of training batches.*")
-
-    def __exit__(self, *exc):
-        self._warnings.__exit__(*exc)
-        self.logger.setLevel(self.level)
+@contextmanager
+def _quiet_lightning(show_progress: bool) -> Iterator[None]:
+    """Silences Lightning's start-up banner (GPU available, ...) when no progress is shown,
+    and its advice about data loader workers, which does not apply to in-memory tensors."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    if not show_progress:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*number of training batches.*")
+            yield
+    finally:
+        logger.setLevel(level)
