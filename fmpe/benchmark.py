@@ -8,7 +8,7 @@ import csv
 import os
 import platform
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,11 +71,12 @@ def completed(results: Path) -> dict[tuple[str, int, int, int], dict]:
         }
 
 
-def append_row(results: Path, row: dict) -> None:
+def append_row(results: Path, row: dict, fields: Sequence[str] = FIELDS) -> None:
+    """Appends one row to a CSV, writing the header first if the file is new."""
     results.parent.mkdir(parents=True, exist_ok=True)
     new = not results.exists()
     with results.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
         writer.writerow(row)

@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     bench = commands.add_parser("benchmark", help="train and score fmpe on sbibm tasks")
-    bench.add_argument("task", nargs="?", help="a task name, e.g. two_moons")
+    bench.add_argument("tasks", nargs="*", metavar="TASK", help="task names, e.g. two_moons slcp")
     bench.add_argument("--all", action="store_true", help="every sbibm task")
     bench.add_argument("--budget", type=_numbers, help="simulation budget, e.g. 10000")
     bench.add_argument("--budgets", type=_numbers, help="several budgets, e.g. 1e3,1e4,1e5")
@@ -64,12 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     from fmpe.benchmark import run
     from fmpe.tasks import available_tasks
 
-    if args.all == (args.task is not None):
-        raise SystemExit("fmpe benchmark: name one TASK or pass --all")
+    if args.all == bool(args.tasks):
+        raise SystemExit("fmpe benchmark: name one or more TASKs or pass --all")
     budgets = args.budgets or args.budget
     if not budgets:
         raise SystemExit("fmpe benchmark: pass --budget N or --budgets N1,N2,...")
-    tasks = available_tasks() if args.all else [args.task]
+    tasks = available_tasks() if args.all else args.tasks
     rows = run(
         tasks,
         budgets,

@@ -1,11 +1,21 @@
-"""Training data: the split, the standardization and fast in-memory batching."""
+"""Training data: the split, the standardization, and batches from memory or from disk."""
+
+from collections.abc import Iterator
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    Sampler,
+    SequentialSampler,
+)
 
 from fmpe.standardize import Standardizer
+from fmpe.store import SimulationStore, streamed_moments
 
 
 class TensorBatches(Dataset):
@@ -21,8 +31,27 @@ class TensorBatches(Dataset):
     def __len__(self) -> int:
         return len(self.tensors[0])
 
-    def __getitem__(self, indices: list[int]) -> tuple[Tensor, ...]:
+    def __getitem__(self, indices: Tensor | list[int]) -> tuple[Tensor, ...]:
         return tuple(tensor[indices] for tensor in self.tensors)
+
+
+class ShuffledBatches(Sampler):
+    """Index tensors (b,) of the batches of one epoch, a new seeded permutation each epoch.
+
+    Yields whole index tensors, so a batch is one indexing operation. Lightning's DDP wraps
+    the sampler so that each process takes every world-size-th batch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n = n
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(torch.randperm(self.n, generator=self.generator).split(self.batch_size))
 
 
 def split_indices(n: int, validation_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -40,12 +69,38 @@ def split_indices(n: int, validation_fraction: float, seed: int) -> tuple[Tensor
     return permutation[num_validation:], permutation[:num_validation]
 
 
-class SimulationDataModule(L.LightningDataModule):
-    """Splits simulations, fits the z-scoring on the training split and serves batches.
+def fixed_validation_set(theta_z: Tensor, x_z: Tensor, seed: int) -> "TensorBatches":
+    """Validation pairs with one fixed time each (stratified on [0, 1]) and one fixed base
+    draw, so that the validation loss is the same function in every epoch and early stopping
+    reacts to the network, not to fresh noise.
 
-    Each validation pair gets one fixed time (uniform on [0, 1]) and one fixed base draw, so
-    that the validation loss is the same function in every epoch and early stopping reacts to
-    the network, not to fresh noise.
+    Args:
+        theta_z: (m, d), x_z: (m, *x_shape) standardized validation pairs.
+    """
+    noise = torch.Generator().manual_seed(seed + 1)
+    m = len(theta_z)
+    fixed_t = (torch.arange(m) + torch.rand(m, generator=noise)) / m
+    fixed_t = fixed_t[torch.randperm(m, generator=noise)].to(theta_z.dtype)
+    fixed_theta0 = torch.randn(theta_z.shape, generator=noise, dtype=theta_z.dtype)
+    return TensorBatches(theta_z, x_z, fixed_t, fixed_theta0)
+
+
+class _ValidationLoader(L.LightningDataModule):
+    """Serves `validation_set` in large sequential batches."""
+
+    batch_size: int
+    validation_set: TensorBatches
+
+    def val_dataloader(self) -> DataLoader:
+        sampler = BatchSampler(
+            SequentialSampler(self.validation_set), max(self.batch_size, 4096), drop_last=False
+        )
+        return DataLoader(self.validation_set, sampler=sampler, batch_size=None)
+
+
+class SimulationDataModule(_ValidationLoader):
+    """Splits in-memory simulations, fits the z-scoring on the training split and serves
+    shuffled batches.
 
     Args:
         theta: (n, d), x: (n, *x_shape) finite simulations.
@@ -67,29 +122,116 @@ class SimulationDataModule(L.LightningDataModule):
         self.x_standardizer = Standardizer.fit(x[train])
         theta_z = self.theta_standardizer(theta)
         x_z = self.x_standardizer(x)
-
-        noise = torch.Generator().manual_seed(seed + 1)
-        num_validation = len(validation)
-        fixed_t = (torch.arange(num_validation) + torch.rand(num_validation, generator=noise)) / (
-            num_validation
-        )
-        fixed_t = fixed_t[torch.randperm(num_validation, generator=noise)].to(theta.dtype)
-        fixed_theta0 = torch.randn(theta_z[validation].shape, generator=noise, dtype=theta.dtype)
-
         self.train_set = TensorBatches(theta_z[train], x_z[train])
-        self.validation_set = TensorBatches(
-            theta_z[validation], x_z[validation], fixed_t, fixed_theta0
+        self.validation_set = fixed_validation_set(theta_z[validation], x_z[validation], seed)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = ShuffledBatches(len(self.train_set), self.batch_size, self.seed + 2)
+        return DataLoader(self.train_set, sampler=sampler, batch_size=None)
+
+
+class ShardBatches(IterableDataset):
+    """Training batches streamed from a simulation store.
+
+    Each epoch visits the shards in a new seeded order, `shards_in_memory` at a time, and
+    shuffles the rows of the shards in memory together. Under DDP every process reads the same
+    sequence and keeps every world-size-th batch, so all processes take the same number of
+    steps.
+    """
+
+    def __init__(
+        self,
+        store: SimulationStore,
+        train_rows: list[Tensor],
+        theta_standardizer: Standardizer,
+        x_standardizer: Standardizer,
+        batch_size: int,
+        seed: int,
+        shards_in_memory: int,
+    ):
+        self.store = store
+        self.train_rows = train_rows
+        self.theta_standardizer = theta_standardizer
+        self.x_standardizer = x_standardizer
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shards_in_memory = shards_in_memory
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed + 3 + 7919 * self.epoch)
+        self.epoch += 1
+        order = torch.randperm(len(self.train_rows), generator=generator).tolist()
+        groups = [
+            order[i : i + self.shards_in_memory]
+            for i in range(0, len(order), self.shards_in_memory)
+        ]
+        rank, world = _rank_and_world_size()
+        batches_per_group = [
+            sum(len(self.train_rows[s]) for s in group) // self.batch_size for group in groups
+        ]
+        total = sum(batches_per_group) // world * world
+        k = 0
+        for group, num_batches in zip(groups, batches_per_group):
+            loaded = [self.store.load_shard(s) for s in group]
+            theta = torch.cat([t[self.train_rows[s]] for (t, _), s in zip(loaded, group)])
+            x = torch.cat([x[self.train_rows[s]] for (_, x), s in zip(loaded, group)])
+            permutation = torch.randperm(len(theta), generator=generator)
+            for b in range(num_batches):
+                if k >= total:
+                    return
+                if k % world == rank:
+                    index = permutation[b * self.batch_size : (b + 1) * self.batch_size]
+                    yield self.theta_standardizer(theta[index]), self.x_standardizer(x[index])
+                k += 1
+
+
+def _rank_and_world_size() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class StreamingDataModule(_ValidationLoader):
+    """Trains from a simulation store without holding it in memory.
+
+    From every shard a seeded `validation_fraction` of rows is held out and kept in memory;
+    the z-scoring is fitted on the other rows in one streaming pass.
+    """
+
+    def __init__(
+        self,
+        store: SimulationStore,
+        batch_size: int,
+        validation_fraction: float = 0.05,
+        seed: int = 0,
+        shards_in_memory: int = 4,
+    ):
+        super().__init__()
+        self.batch_size = batch_size
+        splits = [
+            split_indices(rows, validation_fraction, seed + index)
+            for index, rows in enumerate(store.shard_rows)
+        ]
+        train_rows = [train for train, _ in splits]
+        moments = streamed_moments(store, train_rows)
+        self.theta_standardizer = Standardizer.from_moments(*moments["theta"])
+        self.x_standardizer = Standardizer.from_moments(*moments["x"])
+        validation = [store.load_shard(i) for i in range(len(splits))]
+        theta = torch.cat([t[v] for (t, _), (_, v) in zip(validation, splits)])
+        x = torch.cat([x[v] for (_, x), (_, v) in zip(validation, splits)])
+        self.validation_set = fixed_validation_set(
+            self.theta_standardizer(theta), self.x_standardizer(x), seed
+        )
+        self.train_set = ShardBatches(
+            store,
+            train_rows,
+            self.theta_standardizer,
+            self.x_standardizer,
+            batch_size,
+            seed,
+            shards_in_memory,
         )
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed + 2)
-        sampler = BatchSampler(
-            RandomSampler(self.train_set, generator=generator), self.batch_size, drop_last=False
-        )
-        return DataLoader(self.train_set, sampler=sampler, batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        sampler = BatchSampler(
-            SequentialSampler(self.validation_set), max(self.batch_size, 4096), drop_last=False
-        )
-        return DataLoader(self.validation_set, sampler=sampler, batch_size=None)
+        return DataLoader(self.train_set, batch_size=None)

@@ -1,7 +1,6 @@
 """FMPE: simulate, train a flow-matching posterior with Lightning, return the posterior."""
 
 import logging
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,15 +13,17 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from fmpe.data import SimulationDataModule
+from fmpe.callbacks import BestWeights, ExponentialMovingAverage
+from fmpe.data import SimulationDataModule, StreamingDataModule
 from fmpe.network import Route, VelocityNetwork
 from fmpe.ode import SolverSettings
 from fmpe.posterior import Posterior
-from fmpe.simulation import Simulator, simulate
+from fmpe.simulation import Simulator, simulate, simulation_chunks
+from fmpe.store import SimulationStore
 from fmpe.training import FlowMatchingModule, Schedule
 from fmpe.validation import as_float_tensor, check_shape, drop_invalid_simulations
 
-DEFAULT_WIDTHS = (128, 128, 128, 128)
+DEFAULT_WIDTHS = (64, 64, 64, 64)
 SIMULATIONS_FILE = "simulations.safetensors"
 
 
@@ -76,6 +77,7 @@ class FMPE:
         self.theta_dim = self._prior_dim(prior)
         self.theta: Tensor | None = None
         self.x: Tensor | None = None
+        self.store: SimulationStore | None = None
 
     @staticmethod
     def _prior_dim(prior: Distribution) -> int:
@@ -93,6 +95,8 @@ class FMPE:
         Args:
             theta: (n, d) parameters, x: (n, *x_shape) their simulations.
         """
+        if self.store is not None:
+            raise ValueError("this estimator trains on a store; append to the store instead")
         theta = as_float_tensor(theta, "theta").detach().cpu()
         x = as_float_tensor(x, "x").detach().cpu()
         check_shape(theta, (None, self.theta_dim), "theta")
@@ -113,33 +117,79 @@ class FMPE:
         return self
 
     def simulate(
-        self, num_simulations: int, *, batch_size: int = 1000, show_progress: bool = True
+        self,
+        num_simulations: int,
+        *,
+        batch_size: int = 1000,
+        num_workers: int = 0,
+        store: str | Path | SimulationStore | None = None,
+        show_progress: bool = True,
     ) -> "FMPE":
-        """Runs the simulator on θ drawn from the prior and appends the results."""
+        """Runs the simulator on θ drawn from the prior and keeps the results.
+
+        Args:
+            batch_size: θ per simulator call.
+            num_workers: worker processes simulating batches in parallel (0: this process);
+                the simulator must then be picklable. The result does not depend on it.
+            store: a folder to write the simulations to, one shard per batch, instead of
+                memory; `train` then streams them from there. Simulations already in the
+                folder count towards `num_simulations`, so an interrupted run goes on.
+        """
         if self.simulator is None:
             raise ValueError("no simulator was given: pass one to FMPE or append simulations")
-        theta, x = simulate(
-            self.simulator,
-            self.prior,
-            num_simulations,
-            batch_size=batch_size,
-            show_progress=show_progress,
-        )
-        return self.append_simulations(theta, x)
+        if store is None:
+            theta, x = simulate(
+                self.simulator,
+                self.prior,
+                num_simulations,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                show_progress=show_progress,
+            )
+            return self.append_simulations(theta, x)
+        self.use_store(store)
+        missing = num_simulations - len(self.store)
+        if missing > 0:
+            for theta, x in simulation_chunks(
+                self.simulator,
+                self.prior,
+                missing,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                show_progress=show_progress,
+            ):
+                self.store.append(theta, x)
+        return self
+
+    def use_store(self, store: str | Path | SimulationStore) -> "FMPE":
+        """Trains on the simulations in a store (a folder of shards), streamed from disk."""
+        if self.theta is not None:
+            raise ValueError("simulations are already held in memory; use either them or a store")
+        self.store = store if isinstance(store, SimulationStore) else SimulationStore(store)
+        if len(self.store) > 0:
+            d, _ = self.store.shapes()
+            if d != self.theta_dim:
+                raise ValueError(
+                    f"the store {self.store.directory} holds theta of dimension {d}, but the "
+                    f"prior's is {self.theta_dim}"
+                )
+        return self
 
     def train(
         self,
         num_simulations: int | None = None,
         *,
-        batch_size: int = 256,
-        learning_rate: float = 1e-3,
+        batch_size: int = 512,
+        learning_rate: float = 2e-3,
         weight_decay: float = 0.0,
         max_epochs: int = 200,
         schedule: Schedule = "cosine",
         early_stopping_patience: int = 30,
         validation_fraction: float = 0.05,
         gradient_clip: float | None = 1.0,
+        ema_decay: float | None = 0.999,
         seed: int = 0,
+        store: str | Path | SimulationStore | None = None,
         checkpoint_dir: str | Path | None = None,
         trainer_kwargs: dict | None = None,
         show_progress: bool = True,
@@ -150,8 +200,14 @@ class FMPE:
             num_simulations: simulate this many pairs first (needs a simulator).
             max_epochs: upper bound; training stops earlier when the validation loss has not
                 improved for `early_stopping_patience` epochs, and the best weights are kept.
-            checkpoint_dir: where the simulations and checkpoints are kept. Calling `train`
-                again with the same directory resumes an interrupted run.
+            ema_decay: the network used for validation and returned is an exponential moving
+                average of the trained weights with this decay per step (None: the raw weights).
+            store: train on the simulations in this folder of shards (see `simulate`),
+                streamed from disk, which is how training sets larger than memory work;
+                with `num_simulations`, simulate into it first whatever it lacks.
+            checkpoint_dir: where the simulations (unless in a store) and checkpoints are
+                kept. Calling `train` again with the same directory resumes an interrupted
+                run.
             trainer_kwargs: passed to `lightning.Trainer` (accelerator, devices, strategy,
                 logger, precision, ...), overriding fmpe's choices; `callbacks` are added to
                 fmpe's checkpointing and early stopping.
@@ -161,19 +217,33 @@ class FMPE:
         """
         L.seed_everything(seed, verbose=False)
         directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        if num_simulations is not None and not self._resumable(directory):
-            self.simulate(num_simulations, show_progress=show_progress)
-        if directory is not None:
-            self._sync_simulations(directory)
-        if self.theta is None:
-            raise ValueError("no training data: pass num_simulations or call append_simulations")
-
-        data = SimulationDataModule(
-            self.theta, self.x, batch_size, validation_fraction=validation_fraction, seed=seed
-        )
+        if store is not None:
+            self.use_store(store)
+        if self.store is not None:
+            if num_simulations is not None:
+                self.simulate(num_simulations, store=self.store, show_progress=show_progress)
+            if len(self.store) == 0:
+                raise ValueError(f"the simulation store {self.store.directory} is empty")
+            data = StreamingDataModule(
+                self.store, batch_size, validation_fraction=validation_fraction, seed=seed
+            )
+            x_shape = self.store.shapes()[1]
+        else:
+            if num_simulations is not None and not self._resumable(directory):
+                self.simulate(num_simulations, show_progress=show_progress)
+            if directory is not None:
+                self._sync_simulations(directory)
+            if self.theta is None:
+                raise ValueError(
+                    "no training data: pass num_simulations, call append_simulations or use a store"
+                )
+            data = SimulationDataModule(
+                self.theta, self.x, batch_size, validation_fraction=validation_fraction, seed=seed
+            )
+            x_shape = self.x.shape[1:]
         network = VelocityNetwork(
             self.theta_dim,
-            self.x.shape[1:],
+            x_shape,
             embedding_net=self.embedding_net,
             **self.network_options,
         )
@@ -186,18 +256,17 @@ class FMPE:
             schedule=schedule,
             max_epochs=max_epochs,
         )
-        with tempfile.TemporaryDirectory() as scratch:
-            directory = directory or Path(scratch)
-            device = self._fit(
-                module,
-                data,
-                directory,
-                max_epochs,
-                early_stopping_patience,
-                gradient_clip,
-                trainer_kwargs or {},
-                show_progress,
-            )
+        device = self._fit(
+            module,
+            data,
+            directory,
+            max_epochs,
+            early_stopping_patience,
+            gradient_clip,
+            ema_decay,
+            trainer_kwargs or {},
+            show_progress,
+        )
         posterior = Posterior(
             module.network,
             data.theta_standardizer,
@@ -211,40 +280,51 @@ class FMPE:
         self,
         module: FlowMatchingModule,
         data: SimulationDataModule,
-        directory: Path,
+        directory: Path | None,
         max_epochs: int,
         patience: int,
         gradient_clip: float | None,
+        ema_decay: float | None,
         trainer_kwargs: dict,
         show_progress: bool,
     ) -> torch.device:
-        """Fits the module, restores its best weights and returns the device it trained on."""
-        best = ModelCheckpoint(
-            dirpath=directory, filename="best", monitor="val_loss", save_top_k=1, save_last=True
-        )
+        """Fits the module, restores its best weights and returns the device it trained on.
+
+        With a `directory`, Lightning saves `last.ckpt` there after every epoch, and a call
+        that finds one resumes from it.
+        """
         trainer_kwargs = dict(trainer_kwargs)
+        average = ExponentialMovingAverage(ema_decay) if ema_decay is not None else None
+        best = BestWeights("val_loss", average)
         callbacks = [best, EarlyStopping(monitor="val_loss", patience=patience)]
+        callbacks += [average] if average is not None else []
+        if directory is not None:
+            # Without a monitor, the one checkpoint kept is the latest: last.ckpt.
+            last = ModelCheckpoint(dirpath=directory, filename="last", enable_version_counter=False)
+            callbacks.append(last)
         callbacks += trainer_kwargs.pop("callbacks", None) or []
         options = dict(
             max_epochs=max_epochs,
             callbacks=callbacks,
             gradient_clip_val=gradient_clip,
             logger=False,
+            enable_checkpointing=directory is not None,
             enable_model_summary=False,
             enable_progress_bar=show_progress,
             num_sanity_val_steps=0,
             deterministic=False,
         )
         options.update(trainer_kwargs)
-        resume_from = directory / "last.ckpt"
+        resume_from = directory / "last.ckpt" if directory is not None else None
         with _quiet_lightning(show_progress):
             trainer = L.Trainer(**options)
             trainer.fit(
-                module, datamodule=data, ckpt_path=resume_from if resume_from.exists() else None
+                module,
+                datamodule=data,
+                ckpt_path=resume_from if resume_from and resume_from.exists() else None,
             )
-        best_path = best.best_model_path or str(resume_from)
-        checkpoint = torch.load(best_path, map_location="cpu", weights_only=True)
-        module.load_state_dict(checkpoint["state_dict"])
+        if best.best_state is not None:
+            module.load_state_dict(best.best_state)
         module.eval()
         return trainer.strategy.root_device
 

@@ -1,4 +1,8 @@
-"""Solving the flow's ODE, optionally with the change of log density, through torchdiffeq."""
+"""Solving the flow's ODE, optionally with the change of log density.
+
+Through torchdiffeq, or through fmpe's Dormand–Prince with one step size per row
+(`fmpe.dopri`), which lets each sample stop as soon as it is accurate enough.
+"""
 
 import math
 from collections.abc import Callable
@@ -10,8 +14,10 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from fmpe.divergence import exact_divergence, hutchinson_divergence
+from fmpe.dopri import solve_per_row
 
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+PER_ROW_METHOD = "dopri5_per_row"
+ADAPTIVE_METHODS = (PER_ROW_METHOD, "dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_STEP_METHODS = ("euler", "midpoint", "heun3", "rk4")
 
 Field = Callable[[Tensor, Tensor], Tensor]
@@ -23,15 +29,24 @@ class SolverSettings:
     """How the ODE is solved.
 
     Attributes:
-        method: an adaptive torchdiffeq method (error controlled by rtol and atol) or a
-            fixed-step one (`steps` equal steps from t = 0 to 1).
-        divergence: "exact" (d forward-mode passes) or "hutchinson" (`probes` random
-            projections, for high-dimensional θ).
+        method: "dopri5_per_row" (Dormand–Prince with one step size per row), another
+            adaptive torchdiffeq method (one step size for the batch, error controlled on
+            its worst row) or a fixed-step one (`steps` equal steps).
+        rtol, atol: tolerances of solves that track the log density (`log_prob`,
+            `sample_and_log_prob`); at 1e-5, log densities are within 0.01 nats of a
+            1e-9 solve.
+        sample_rtol, sample_atol: tolerances of solves that only move samples (`sample`).
+            At 1e-3 the samples' error is far below their spread: C2ST is unchanged in the
+            benchmarks, with about half the network evaluations of 1e-5.
+        divergence: "exact" (one backward pass per dimension) or "hutchinson" (`probes`
+            random projections, for high-dimensional θ).
     """
 
-    method: str = "dopri5"
+    method: str = PER_ROW_METHOD
     rtol: float = 1e-5
     atol: float = 1e-5
+    sample_rtol: float = 1e-3
+    sample_atol: float = 1e-3
     steps: int = 50
     divergence: Literal["exact", "hutchinson"] = "exact"
     probes: int = 1
@@ -61,15 +76,11 @@ def _row_max_rms(state: Tensor) -> Tensor:
     return state.pow(2).mean(-1).sqrt().max()
 
 
-def _solver_kwargs(settings: SolverSettings) -> dict:
+def _solver_kwargs(settings: SolverSettings, rtol: float, atol: float) -> dict:
     if settings.method in FIXED_STEP_METHODS:
         return {"method": settings.method, "options": {"step_size": 1.0 / settings.steps}}
-    return {
-        "method": settings.method,
-        "rtol": settings.rtol,
-        "atol": settings.atol,
-        "options": {"norm": _row_max_rms},
-    }
+    options = {"norm": _row_max_rms}
+    return {"method": settings.method, "rtol": rtol, "atol": atol, "options": options}
 
 
 class _CountedField:
@@ -120,32 +131,50 @@ def solve(
         generator: draws the Hutchinson probes, once per solve.
     """
     counted = _CountedField(field)
-    times = torch.tensor([start, end], dtype=theta.dtype, device=theta.device)
-    kwargs = _solver_kwargs(settings)
-    with torch.no_grad():
+    d = theta.shape[-1]
+    if track_log_density and settings.divergence == "hutchinson":
+        probes = torch.randn(
+            settings.probes, *theta.shape, generator=generator, dtype=theta.dtype
+        ).to(theta.device)
+
+    def right_hand_side(t: Tensor, state: Tensor, rows: Tensor | None = None) -> Tensor:
+        """t: scalar or (b,), state: (b, d) or (b, d + 1) with ℓ; rows: their indices in θ."""
         if not track_log_density:
-            theta_end = odeint(counted, theta, times, **kwargs)[-1]
-            return Solution(theta_end, None, counted.evaluations)
+            return counted(t, state)
 
-        d = theta.shape[-1]
-        if settings.divergence == "hutchinson":
-            probes = torch.randn(
-                settings.probes, *theta.shape, generator=generator, dtype=theta.dtype
-            ).to(theta.device)
+        def field_at_t(th: Tensor) -> Tensor:
+            return counted(t, th)
 
-        def augmented(t: Tensor, state: Tensor) -> Tensor:
-            def field_at_t(th: Tensor) -> Tensor:
-                return counted(t, th)
+        if settings.divergence == "exact":
+            velocity, div = exact_divergence(field_at_t, state[:, :d])
+        else:
+            row_probes = probes if rows is None else probes[:, rows]
+            velocity, div = hutchinson_divergence(field_at_t, state[:, :d], row_probes)
+        return torch.cat([velocity, -div.unsqueeze(-1)], dim=-1)
 
-            if settings.divergence == "exact":
-                velocity, div = exact_divergence(field_at_t, state[:, :d])
-            else:
-                velocity, div = hutchinson_divergence(field_at_t, state[:, :d], probes)
-            return torch.cat([velocity, -div.unsqueeze(-1)], dim=-1)
-
+    rtol, atol = (settings.rtol, settings.atol)
+    if not track_log_density:
+        rtol, atol = settings.sample_rtol, settings.sample_atol
+    state = theta
+    if track_log_density:
         state = torch.cat([theta, theta.new_zeros(theta.shape[0], 1)], dim=-1)
-        state_end = odeint(augmented, state, times, **kwargs)[-1]
-    return Solution(state_end[:, :d], state_end[:, d], counted.evaluations)
+    with torch.no_grad():
+        if settings.method == PER_ROW_METHOD:
+            # Rows are solved in s = |t - start|, which always increases.
+            sign = 1.0 if end >= start else -1.0
+
+            def forward_in_s(s: Tensor, y: Tensor, rows: Tensor) -> Tensor:
+                return sign * right_hand_side(start + sign * s, y, rows)
+
+            duration = torch.tensor([abs(end - start)], dtype=theta.dtype)
+            end_state = solve_per_row(forward_in_s, state, duration, rtol=rtol, atol=atol)[:, -1]
+        else:
+            times = torch.tensor([start, end], dtype=theta.dtype, device=theta.device)
+            kwargs = _solver_kwargs(settings, rtol, atol)
+            end_state = odeint(right_hand_side, state, times, **kwargs)[-1]
+    if not track_log_density:
+        return Solution(end_state, None, counted.evaluations)
+    return Solution(end_state[:, :d], end_state[:, d], counted.evaluations)
 
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:

@@ -25,8 +25,12 @@ class Standardizer(nn.Module):
         """
         mean = values.mean(0)
         std = values.std(0) if values.shape[0] > 1 else torch.ones_like(mean)
-        std = torch.where(std > min_std, std, torch.ones_like(std))
-        return cls(mean, std)
+        return cls.from_moments(mean, std, min_std)
+
+    @classmethod
+    def from_moments(cls, mean: Tensor, std: Tensor, min_std: float = 1e-8) -> "Standardizer":
+        """The map for a known mean and std (*shape); constant dimensions get std 1."""
+        return cls(mean, torch.where(std > min_std, std, torch.ones_like(std)))
 
     def forward(self, values: Tensor) -> Tensor:
         """values: (n, *shape) -> (n, *shape)"""

@@ -52,8 +52,20 @@ class FlowMatchingModule(L.LightningModule):
         theta, x = batch
         t, theta0 = draw_path_noise(theta, self.time_prior_exponent)
         loss = flow_matching_loss(self.network, theta, x, t, theta0, self.sigma_min)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(theta))
+        # Summed here and logged once per epoch: `self.log` at every step costs more than a
+        # small network's forward pass.
+        self.epoch_loss_sum += loss.detach() * len(theta)
+        self.epoch_count += len(theta)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.epoch_loss_sum = torch.zeros((), device=self.device)
+        self.epoch_count = 0
+
+    def on_train_epoch_end(self) -> None:
+        if self.epoch_count > 0:
+            mean = self.epoch_loss_sum / self.epoch_count
+            self.log("train_loss", mean, prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         theta, x, t, theta0 = batch
@@ -62,7 +74,11 @@ class FlowMatchingModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(
-            self.network.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+            self.network.parameters(),
+            lr=self.learning_rate,
+            weight_decay=self.weight_decay,
+            # One fused kernel per step; on the CPU it is several times faster than the default.
+            fused=all(p.device.type in ("cpu", "cuda") for p in self.network.parameters()),
         )
         if self.schedule == "constant":
             return optimizer

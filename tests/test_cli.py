@@ -57,7 +57,9 @@ def test_restarted_benchmark_skips_finished_cells(tmp_path, monkeypatch):
 
 
 def test_benchmark_needs_a_task_and_a_budget():
-    with pytest.raises(SystemExit, match="name one TASK or pass --all"):
+    with pytest.raises(SystemExit, match="name one or more TASKs or pass --all"):
         main(["benchmark", "--budget", "100"])
+    with pytest.raises(SystemExit, match="name one or more TASKs or pass --all"):
+        main(["benchmark", "two_moons", "--all", "--budget", "100"])
     with pytest.raises(SystemExit, match="--budget"):
         main(["benchmark", "two_moons"])

@@ -107,3 +107,26 @@ def test_samples_outside_prior_are_rejected():
     assert 0 < posterior.acceptance_rate < 1
     outside = torch.tensor([[1.5, 0.0]])
     assert posterior.log_prob(outside, x_edge).item() == -math.inf
+
+
+def test_per_row_solver_agrees_with_dopri5_and_ignores_neighbours(gaussian, gaussian_posterior):
+    torch.manual_seed(8)
+    theta = gaussian.posterior(X_OBS).sample((200,))
+    reference = gaussian_posterior.log_prob(theta, X_OBS, rtol=1e-7, atol=1e-7)
+    per_row = gaussian_posterior.log_prob(theta, X_OBS, method="dopri5_per_row")
+    assert (per_row - reference).abs().max() < 1e-3
+    far_out = torch.cat([theta[:1], 4 * torch.randn(255, 2)])
+    crowded = gaussian_posterior.log_prob(far_out, X_OBS, method="dopri5_per_row")[:1]
+    assert (crowded - per_row[:1]).abs().item() <= 1e-6
+    torch.manual_seed(9)
+    samples = gaussian_posterior.sample(2000, X_OBS, method="dopri5_per_row")
+    assert c2st(gaussian.posterior(X_OBS).sample((2000,)), samples) < 0.56
+
+
+def test_sampling_alone_uses_the_looser_sample_tolerance(gaussian_posterior):
+    gaussian_posterior.evaluations = 0
+    gaussian_posterior.sample(500, X_OBS)
+    loose = gaussian_posterior.evaluations
+    gaussian_posterior.evaluations = 0
+    gaussian_posterior.sample(500, X_OBS, sample_rtol=1e-5, sample_atol=1e-5)
+    assert loose < 0.8 * gaussian_posterior.evaluations

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.distributions import LogNormal
 
-from fmpe.tasks.dopri import solve_autonomous
+from fmpe.dopri import solve_per_row
 from fmpe.tasks.priors import MaskedIndependent
 from fmpe.tasks.shipped import ShippedFilesTask, sbibm_files
 
@@ -47,7 +47,14 @@ class LotkaVolterra(ShippedFilesTask):
         u0 = torch.tensor([30.0, 1.0], dtype=torch.float64)
         # Solving on to t = 20 keeps sbibm's rule that a solve failing after t = 18.9 is NaN.
         times = torch.cat([OBSERVED_TIMES, torch.tensor([END_TIME], dtype=torch.float64)])
-        u = solve_autonomous(_lotka_volterra_field, u0, theta.double(), times, rtol=1e-8, atol=1e-8)
+        params = theta.double()
+        u = solve_per_row(
+            lambda t, u, rows: _lotka_volterra_field(u, params[rows]),
+            u0.expand(len(params), -1),
+            times,
+            rtol=1e-8,
+            atol=1e-8,
+        )
         return u[:, :-1].transpose(1, 2).reshape(len(theta), -1)
 
     def _simulate(self, theta: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Binomial, LogNormal
 
-from fmpe.tasks.dopri import solve_autonomous
+from fmpe.dopri import solve_per_row
 from fmpe.tasks.priors import MaskedIndependent
 from fmpe.tasks.shipped import ShippedFilesTask, sbibm_files
 
@@ -50,7 +50,14 @@ class SIR(ShippedFilesTask):
         u0 = torch.tensor([POPULATION - 1.0, 1.0, 0.0], dtype=torch.float64)
         # Solving on to day 160 keeps sbibm's rule that a solve failing after day 153 is NaN.
         times = torch.cat([OBSERVED_DAYS, torch.tensor([DAYS])]).double()
-        u = solve_autonomous(_sir_field, u0, theta.double(), times, rtol=1e-8, atol=1e-8)
+        params = theta.double()
+        u = solve_per_row(
+            lambda t, u, rows: _sir_field(u, params[rows]),
+            u0.expand(len(params), -1),
+            times,
+            rtol=1e-8,
+            atol=1e-8,
+        )
         return u[:, :-1, 1]
 
     def _simulate(self, theta: Tensor) -> Tensor:
