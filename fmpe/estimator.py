@@ -184,7 +184,7 @@ class FMPE:
         weight_decay: float = 0.0,
         max_epochs: int = 200,
         schedule: Schedule = "cosine",
-        early_stopping_patience: int = 30,
+        early_stopping_patience: int | None = None,
         validation_fraction: float = 0.05,
         gradient_clip: float | None = 1.0,
         ema_decay: float | None = 0.999,
@@ -198,8 +198,12 @@ class FMPE:
 
         Args:
             num_simulations: simulate this many pairs first (needs a simulator).
-            max_epochs: upper bound; training stops earlier when the validation loss has not
-                improved for `early_stopping_patience` epochs, and the best weights are kept.
+            max_epochs: the length of training, over which the cosine schedule anneals the
+                learning rate. The weights with the lowest validation loss are returned.
+            early_stopping_patience: stop once the validation loss has not improved for this
+                many epochs (None: never). Off by default: the flow-matching loss flattens
+                long before the posterior stops improving, and on two_moons stopping after
+                30 epochs without improvement took C2ST from 0.53 to 0.56.
             ema_decay: the network used for validation and returned is an exponential moving
                 average of the trained weights with this decay per step (None: the raw weights).
             store: train on the simulations in this folder of shards (see `simulate`),
@@ -282,7 +286,7 @@ class FMPE:
         data: SimulationDataModule,
         directory: Path | None,
         max_epochs: int,
-        patience: int,
+        patience: int | None,
         gradient_clip: float | None,
         ema_decay: float | None,
         trainer_kwargs: dict,
@@ -296,7 +300,9 @@ class FMPE:
         trainer_kwargs = dict(trainer_kwargs)
         average = ExponentialMovingAverage(ema_decay) if ema_decay is not None else None
         best = BestWeights("val_loss", average)
-        callbacks = [best, EarlyStopping(monitor="val_loss", patience=patience)]
+        callbacks: list = [best]
+        if patience is not None:
+            callbacks.append(EarlyStopping(monitor="val_loss", patience=patience))
         callbacks += [average] if average is not None else []
         if directory is not None:
             # Without a monitor, the one checkpoint kept is the latest: last.ckpt.

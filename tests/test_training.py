@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import lightning as L
+import pytest
 import torch
 
 from fmpe import FMPE
@@ -76,3 +77,36 @@ def test_killed_run_resumes_from_checkpoint(tmp_path):
     assert epochs_run == list(range(killed_at + 1, 10))
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 9
     assert posterior.sample(5, torch.zeros(2)).shape == (5, 2)
+
+
+def test_returned_weights_are_the_best_validated_average(gaussian):
+    """The posterior's weights are those of the epoch with the lowest validation loss, taken
+    from the moving average, not the raw weights of the last step."""
+    from fmpe.callbacks import BestWeights
+
+    theta = gaussian.prior.sample((600,))
+    x = gaussian.simulator(theta)
+    seen = {}
+
+    class Spy(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen["last"] = {k: v.clone() for k, v in module.state_dict().items()}
+
+        def on_fit_end(self, trainer, module):
+            best = next(c for c in trainer.callbacks if isinstance(c, BestWeights))
+            seen["best"] = best.best_state
+
+    posterior = (
+        FMPE(prior=gaussian.prior, hidden_widths=(16, 16))
+        .append_simulations(theta, x)
+        .train(max_epochs=5, seed=1, show_progress=False, trainer_kwargs={"callbacks": [Spy()]})
+    )
+    returned = {f"network.{k}": v for k, v in posterior.network.state_dict().items()}
+    assert all(torch.equal(returned[k], seen["best"][k]) for k in returned)
+    assert any(not torch.equal(returned[k], seen["last"][k]) for k in returned)
+
+
+def test_bad_ema_decay_is_named(gaussian):
+    estimator = FMPE(gaussian.simulator, gaussian.prior, hidden_widths=(16,))
+    with pytest.raises(ValueError, match=r"ema_decay must be in \(0, 1\), got 1.5"):
+        estimator.train(200, ema_decay=1.5, max_epochs=1, show_progress=False)
