@@ -77,7 +77,7 @@ class FlowMatchingModule(L.LightningModule):
             self.network.parameters(),
             lr=self.learning_rate,
             weight_decay=self.weight_decay,
-            # One fused kernel per step; on the CPU it is several times faster than the default.
+            # One kernel updates every parameter, instead of a Python loop over them.
             fused=all(p.device.type in ("cpu", "cuda") for p in self.network.parameters()),
         )
         if self.schedule == "constant":
