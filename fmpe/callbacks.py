@@ -1,7 +1,5 @@
 """Lightning callbacks of fmpe's training: an average of the weights, and the best weights."""
 
-import copy
-
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, WeightAveraging
@@ -68,7 +66,7 @@ class BestWeights(Callback):
             self.best_state = {name: t.detach().cpu().clone() for name, t in state.items()}
 
     def state_dict(self) -> dict:
-        return {"best_score": self.best_score, "best_state": copy.copy(self.best_state)}
+        return {"best_score": self.best_score, "best_state": self.best_state}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_score = state_dict["best_score"]

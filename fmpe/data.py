@@ -14,8 +14,8 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from fmpe.standardize import Standardizer
-from fmpe.store import SimulationStore, streamed_moments
+from fmpe.standardize import RunningMoments, Standardizer
+from fmpe.store import SimulationStore
 
 
 class TensorBatches(Dataset):
@@ -214,14 +214,21 @@ class StreamingDataModule(_ValidationLoader):
             for index, rows in enumerate(store.shard_rows)
         ]
         train_rows = [train for train, _ in splits]
-        moments = streamed_moments(store, train_rows)
-        self.theta_standardizer = Standardizer.from_moments(*moments["theta"])
-        self.x_standardizer = Standardizer.from_moments(*moments["x"])
-        validation = [store.load_shard(i) for i in range(len(splits))]
-        theta = torch.cat([t[v] for (t, _), (_, v) in zip(validation, splits)])
-        x = torch.cat([x[v] for (_, x), (_, v) in zip(validation, splits)])
+        # One pass over the shards: moments of the training rows, validation rows kept.
+        theta_moments, x_moments = RunningMoments(), RunningMoments()
+        theta_validation, x_validation = [], []
+        for index, (train, validation) in enumerate(splits):
+            theta, x = store.load_shard(index)
+            theta_moments.add(theta[train])
+            x_moments.add(x[train])
+            theta_validation.append(theta[validation])
+            x_validation.append(x[validation])
+        self.theta_standardizer = theta_moments.standardizer()
+        self.x_standardizer = x_moments.standardizer()
         self.validation_set = fixed_validation_set(
-            self.theta_standardizer(theta), self.x_standardizer(x), seed
+            self.theta_standardizer(torch.cat(theta_validation)),
+            self.x_standardizer(torch.cat(x_validation)),
+            seed,
         )
         self.train_set = ShardBatches(
             store,

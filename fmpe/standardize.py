@@ -43,3 +43,28 @@ class Standardizer(nn.Module):
     def log_abs_det_jacobian(self) -> Tensor:
         """log |det dz/dvalue| = -Σ log std, the density correction of the forward map."""
         return -self.std.log().sum()
+
+
+class RunningMoments:
+    """Count, sum and sum of squares (in float64) of values added batch by batch, to fit a
+    `Standardizer` to data that is never in memory at once."""
+
+    def __init__(self):
+        self.count = 0
+        self.total: Tensor | None = None
+        self.total_squares: Tensor | None = None
+
+    def add(self, values: Tensor) -> None:
+        """values: (m, *shape)"""
+        values = values.double()
+        total, squares = values.sum(0), values.pow(2).sum(0)
+        self.count += len(values)
+        self.total = total if self.total is None else self.total + total
+        self.total_squares = squares if self.total_squares is None else self.total_squares + squares
+
+    def standardizer(self, min_std: float = 1e-8) -> Standardizer:
+        """The z-scoring of everything added, with the sample (n - 1) variance."""
+        mean = self.total / self.count
+        variance = (self.total_squares - self.count * mean**2) / max(self.count - 1, 1)
+        std = variance.clamp(min=0).sqrt()
+        return Standardizer.from_moments(mean.float(), std.float(), min_std)

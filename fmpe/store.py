@@ -90,31 +90,3 @@ class SimulationStore:
         if theta_rows != x_rows:
             raise ValueError(f"{path} holds {theta_rows} theta but {x_rows} x rows")
         return theta_rows
-
-
-def streamed_moments(
-    store: SimulationStore, rows: list[Tensor]
-) -> dict[str, tuple[Tensor, Tensor]]:
-    """Mean and std of theta and x over the selected rows of every shard, one shard in memory
-    at a time (sums in float64).
-
-    Args:
-        rows: for each shard, the indices of the rows to include.
-
-    Returns:
-        {"theta": (mean (d,), std (d,)), "x": (mean (*x_shape), std (*x_shape))}
-    """
-    sums: dict[str, list] = {}
-    for index, selected in enumerate(rows):
-        for name, values in zip(("theta", "x"), store.load_shard(index)):
-            values = values[selected].double()
-            total = sums.setdefault(name, [0, 0.0, 0.0])
-            total[0] += len(values)
-            total[1] = total[1] + values.sum(0)
-            total[2] = total[2] + values.pow(2).sum(0)
-    moments = {}
-    for name, (count, total, total_sq) in sums.items():
-        mean = total / count
-        variance = (total_sq - count * mean**2) / max(count - 1, 1)
-        moments[name] = (mean.float(), variance.clamp(min=0).sqrt().float())
-    return moments
