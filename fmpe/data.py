@@ -16,6 +16,7 @@ from torch.utils.data import (
 
 from fmpe.standardize import RunningMoments, Standardizer
 from fmpe.store import SimulationStore
+from fmpe.unbounded import UnboundedTransform
 
 
 class TensorBatches(Dataset):
@@ -104,6 +105,7 @@ class SimulationDataModule(_ValidationLoader):
 
     Args:
         theta: (n, d), x: (n, *x_shape) finite simulations.
+        theta_transform: applied to θ before the z-scoring (None: the identity).
     """
 
     def __init__(
@@ -113,10 +115,13 @@ class SimulationDataModule(_ValidationLoader):
         batch_size: int,
         validation_fraction: float = 0.05,
         seed: int = 0,
+        theta_transform: UnboundedTransform | None = None,
     ):
         super().__init__()
         self.batch_size = batch_size
         self.seed = seed
+        self.theta_transform = theta_transform or UnboundedTransform.identity(theta.shape[1])
+        theta = self.theta_transform.checked(theta, "the training simulations")
         train, validation = split_indices(len(theta), validation_fraction, seed)
         self.theta_standardizer = Standardizer.fit(theta[train])
         self.x_standardizer = Standardizer.fit(x[train])
@@ -143,6 +148,7 @@ class ShardBatches(IterableDataset):
         self,
         store: SimulationStore,
         train_rows: list[Tensor],
+        theta_transform: UnboundedTransform,
         theta_standardizer: Standardizer,
         x_standardizer: Standardizer,
         batch_size: int,
@@ -151,6 +157,7 @@ class ShardBatches(IterableDataset):
     ):
         self.store = store
         self.train_rows = train_rows
+        self.theta_transform = theta_transform
         self.theta_standardizer = theta_standardizer
         self.x_standardizer = x_standardizer
         self.batch_size = batch_size
@@ -175,6 +182,7 @@ class ShardBatches(IterableDataset):
         for group, num_batches in zip(groups, batches_per_group):
             loaded = [self.store.load_shard(s) for s in group]
             theta = torch.cat([t[self.train_rows[s]] for (t, _), s in zip(loaded, group)])
+            theta = self.theta_transform(theta)
             x = torch.cat([x[self.train_rows[s]] for (_, x), s in zip(loaded, group)])
             permutation = torch.randperm(len(theta), generator=generator)
             for b in range(num_batches):
@@ -196,7 +204,7 @@ class StreamingDataModule(_ValidationLoader):
     """Trains from a simulation store without holding it in memory.
 
     From every shard a seeded `validation_fraction` of rows is held out and kept in memory;
-    the z-scoring is fitted on the other rows in one streaming pass.
+    the z-scoring (of `theta_transform(θ)`) is fitted on the other rows in one streaming pass.
     """
 
     def __init__(
@@ -206,9 +214,11 @@ class StreamingDataModule(_ValidationLoader):
         validation_fraction: float = 0.05,
         seed: int = 0,
         shards_in_memory: int = 4,
+        theta_transform: UnboundedTransform | None = None,
     ):
         super().__init__()
         self.batch_size = batch_size
+        self.theta_transform = theta_transform or UnboundedTransform.identity(store.shapes()[0])
         splits = [
             split_indices(rows, validation_fraction, seed + index)
             for index, rows in enumerate(store.shard_rows)
@@ -219,6 +229,7 @@ class StreamingDataModule(_ValidationLoader):
         theta_validation, x_validation = [], []
         for index, (train, validation) in enumerate(splits):
             theta, x = store.load_shard(index)
+            theta = self.theta_transform.checked(theta, f"shard {index} of {store.directory}")
             theta_moments.add(theta[train])
             x_moments.add(x[train])
             theta_validation.append(theta[validation])
@@ -233,6 +244,7 @@ class StreamingDataModule(_ValidationLoader):
         self.train_set = ShardBatches(
             store,
             train_rows,
+            self.theta_transform,
             self.theta_standardizer,
             self.x_standardizer,
             batch_size,

@@ -21,6 +21,7 @@ from fmpe.posterior import Posterior
 from fmpe.simulation import Simulator, simulate, simulation_chunks
 from fmpe.store import SimulationStore
 from fmpe.training import FlowMatchingModule, Schedule
+from fmpe.unbounded import UnboundedTransform
 from fmpe.validation import as_float_tensor, check_shape, drop_invalid_simulations
 
 DEFAULT_WIDTHS = (64, 64, 64, 64)
@@ -39,6 +40,10 @@ class FMPE:
         embedding_net: maps standardized x (n, *x_shape) to features (n, k).
         sigma_min: width of the optimal-transport path at t = 1.
         time_prior_exponent: α of the training time prior p(t) ∝ t^α.
+        map_to_unbounded: learn the flow on T(θ), where T removes the bounds of the prior's
+            support per dimension (a logit for a box, a log for a half-line; see
+            `UnboundedTransform`). Samples then never fall outside the prior, and log_prob
+            is normalized over its support. Unbounded dimensions are left as they are.
         solver: default ODE settings of the returned posterior.
     """
 
@@ -56,6 +61,7 @@ class FMPE:
         batch_norm: bool = False,
         sigma_min: float = 1e-4,
         time_prior_exponent: float = 4.0,
+        map_to_unbounded: bool = True,
         solver: SolverSettings | None = None,
     ):
         if prior is None:
@@ -75,6 +81,11 @@ class FMPE:
         self.time_prior_exponent = time_prior_exponent
         self.solver = solver or SolverSettings()
         self.theta_dim = self._prior_dim(prior)
+        self.theta_transform = (
+            UnboundedTransform.for_prior(prior, self.theta_dim)
+            if map_to_unbounded
+            else UnboundedTransform.identity(self.theta_dim)
+        )
         self.theta: Tensor | None = None
         self.x: Tensor | None = None
         self.store: SimulationStore | None = None
@@ -229,7 +240,11 @@ class FMPE:
             if len(self.store) == 0:
                 raise ValueError(f"the simulation store {self.store.directory} is empty")
             data = StreamingDataModule(
-                self.store, batch_size, validation_fraction=validation_fraction, seed=seed
+                self.store,
+                batch_size,
+                validation_fraction=validation_fraction,
+                seed=seed,
+                theta_transform=self.theta_transform,
             )
             x_shape = self.store.shapes()[1]
         else:
@@ -242,7 +257,12 @@ class FMPE:
                     "no training data: pass num_simulations, call append_simulations or use a store"
                 )
             data = SimulationDataModule(
-                self.theta, self.x, batch_size, validation_fraction=validation_fraction, seed=seed
+                self.theta,
+                self.x,
+                batch_size,
+                validation_fraction=validation_fraction,
+                seed=seed,
+                theta_transform=self.theta_transform,
             )
             x_shape = self.x.shape[1:]
         network = VelocityNetwork(
@@ -277,6 +297,7 @@ class FMPE:
             data.x_standardizer,
             prior=self.prior,
             solver=self.solver,
+            theta_transform=self.theta_transform,
         )
         return posterior.to(device)
 

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from fmpe.network import VelocityNetwork
 from fmpe.ode import Solution, SolverSettings, solve, standard_normal_log_prob
 from fmpe.standardize import Standardizer
+from fmpe.unbounded import UnboundedTransform
 from fmpe.validation import as_float_tensor, check_device, check_shape
 
 LOW_ACCEPTANCE = 0.1
@@ -30,8 +31,9 @@ def within_support(prior: Distribution, theta: Tensor) -> Tensor:
 class Posterior(nn.Module):
     """q(θ | x) defined by a velocity network trained with flow matching.
 
-    The flow runs in standardized coordinates z = (θ - μ) / σ; densities are mapped back
-    with the Jacobian of the standardization.
+    The flow runs in standardized unbounded coordinates z = (T(θ) - μ) / σ, where T maps the
+    prior's bounds onto R (see `UnboundedTransform`); densities are mapped back with the
+    Jacobians of both maps.
 
     A single observation x has shape `x_shape`; a batch of b observations has shape
     (b, *x_shape) and every method then returns one result per observation.
@@ -40,6 +42,7 @@ class Posterior(nn.Module):
         network: the velocity network.
         theta_standardizer, x_standardizer: the z-scorings fitted on the training data.
         prior: the prior (used to reject samples outside its support); may be None.
+        theta_transform: T, applied to θ before the z-scoring; None for the identity.
         solver: the default ODE settings; every method accepts others.
     """
 
@@ -51,9 +54,11 @@ class Posterior(nn.Module):
         prior: Distribution | None = None,
         solver: SolverSettings | None = None,
         chunk_size: int = 10_000,
+        theta_transform: UnboundedTransform | None = None,
     ):
         super().__init__()
         self.network = network.eval()
+        self.theta_transform = theta_transform or UnboundedTransform.identity(network.theta_dim)
         self.theta_standardizer = theta_standardizer
         self.x_standardizer = x_standardizer
         self.prior = prior
@@ -128,13 +133,15 @@ class Posterior(nn.Module):
         solution = self._solve(
             self._field(embedded_x), z0, 0.0, 1.0, settings, track_log_density=with_log_prob
         )
-        theta = self.theta_standardizer.inverse(solution.theta)
+        u = self.theta_standardizer.inverse(solution.theta)
+        theta = self.theta_transform.inverse(u)
         if not with_log_prob:
             return theta, None
         log_prob = (
             standard_normal_log_prob(z0)
             + solution.log_density_change
             + self.theta_standardizer.log_abs_det_jacobian()
+            + self.theta_transform.log_abs_det_jacobian(u)
         )
         return theta, log_prob
 
@@ -165,8 +172,8 @@ class Posterior(nn.Module):
             batch = min(self.chunk_size, batch)
             theta, log_prob = self._draw(batch, embedded_x, settings, with_log_prob)
             num_drawn += batch
-            if reject_outside_prior and self.prior is not None:
-                inside = within_support(self.prior, theta)
+            if reject_outside_prior:
+                inside = self._inside(theta)
                 theta = theta[inside]
                 log_prob = log_prob[inside] if with_log_prob else None
             num_inside += len(theta)
@@ -301,20 +308,34 @@ class Posterior(nn.Module):
         log_prob = torch.stack(columns, dim=1)
         return log_prob if batched else log_prob[:, 0]
 
+    def _inside(self, theta: Tensor) -> Tensor:
+        """theta: (n, d) -> (n,) bool: inside the prior's support and strictly inside the
+        bounds of `theta_transform` (where float rounding can put a sample on a bound)."""
+        inside = self.theta_transform.inside(theta)
+        if self.prior is not None:
+            inside &= within_support(self.prior, theta)
+        return inside
+
     def _log_prob_rows(self, theta: Tensor, embedded_x: Tensor, settings: SolverSettings) -> Tensor:
         """theta: (m, d), embedded_x: (k,) -> (m,)"""
-        z1 = self.theta_standardizer(theta)
+        inside = self._inside(theta)
+        # Points outside get -inf; a finite stand-in keeps them out of the solver's error control.
+        u = torch.where(inside.unsqueeze(-1), self.theta_transform(theta), 0.0)
         solution = self._solve(
-            self._field(embedded_x.unsqueeze(0)), z1, 1.0, 0.0, settings, track_log_density=True
+            self._field(embedded_x.unsqueeze(0)),
+            self.theta_standardizer(u),
+            1.0,
+            0.0,
+            settings,
+            track_log_density=True,
         )
         log_prob = (
             standard_normal_log_prob(solution.theta)
             - solution.log_density_change
             + self.theta_standardizer.log_abs_det_jacobian()
+            + self.theta_transform.log_abs_det_jacobian(u)
         )
-        if self.prior is not None:
-            log_prob = torch.where(within_support(self.prior, theta), log_prob, -math.inf)
-        return log_prob
+        return torch.where(inside, log_prob, -math.inf)
 
     def save(self, path) -> None:
         """Writes the posterior to one safetensors file (weights, and JSON configuration)."""

@@ -19,9 +19,11 @@ from fmpe.ode import SolverSettings
 from fmpe.posterior import Posterior
 from fmpe.priors import is_serializable, prior_from_dict, prior_to_dict
 from fmpe.standardize import Standardizer
+from fmpe.unbounded import UnboundedTransform
 
 FORMAT = "fmpe-posterior"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = ("1", "2")
 
 
 def _checksum(config: str, tensors: dict[str, Tensor]) -> str:
@@ -103,9 +105,10 @@ def load(
             f"{path} is not an fmpe posterior file (format {metadata.get('format')!r})"
         )
     version = metadata.get("format_version")
-    if version != str(FORMAT_VERSION):
+    if version not in READABLE_VERSIONS:
         raise ValueError(
-            f"{path} has format version {version}, this fmpe reads version {FORMAT_VERSION}"
+            f"{path} has format version {version}, this fmpe reads versions "
+            f"{', '.join(READABLE_VERSIONS)}"
         )
     config_text = metadata.get("config", "")
     if _checksum(config_text, tensors) != metadata.get("checksum"):
@@ -124,6 +127,15 @@ def load(
         raise ValueError(
             f"the prior of {path} could not be stored: pass it as load(..., prior=...)"
         )
+    if version == "1":  # written before the unbounded transform existed: the identity
+        identity = UnboundedTransform.identity(network.theta_dim)
+        tensors.update(identity.state_dict(prefix="theta_transform."))
+    try:
+        theta_transform = UnboundedTransform(
+            tensors["theta_transform.low"], tensors["theta_transform.high"]
+        )
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"{path} holds no valid bounds of theta: {error}") from error
     posterior = Posterior(
         network,
         Standardizer(tensors["theta_standardizer.mean"], tensors["theta_standardizer.std"]),
@@ -131,6 +143,7 @@ def load(
         prior=prior,
         solver=SolverSettings(**config["solver"]),
         chunk_size=config["chunk_size"],
+        theta_transform=theta_transform,
     )
     state = {k: v for k, v in tensors.items() if not k.startswith("prior.")}
     try:
