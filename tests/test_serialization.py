@@ -105,3 +105,23 @@ def test_custom_embedding_net_must_be_supplied(gaussian, tmp_path):
     torch.manual_seed(0)
     b = loaded.sample(10, X_OBS)
     assert torch.equal(a, b)
+
+
+def test_version_1_files_load_with_unbounded_theta(gaussian_posterior, tmp_path):
+    """Files written before the unbounded transform existed hold no bounds of θ."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from fmpe.serialization import _checksum
+
+    path = tmp_path / "v1.fmpe"
+    gaussian_posterior.save(path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("theta_transform.")}
+    metadata |= {"format_version": "1", "checksum": _checksum(metadata["config"], tensors)}
+    save_file(tensors, str(path), metadata=metadata)
+    loaded = fmpe.load(path)
+    assert torch.isinf(loaded.theta_transform.low).all()
+    theta = torch.randn(20, 2)
+    assert torch.equal(loaded.log_prob(theta, X_OBS), gaussian_posterior.log_prob(theta, X_OBS))

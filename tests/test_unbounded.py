@@ -122,3 +122,14 @@ def test_box_prior_posterior_is_the_normalized_truncated_gaussian(tmp_path):
     reloaded = load(loaded_path)
     assert torch.allclose(reloaded.log_prob(samples[:200], x_edge), log_q[:200], atol=2e-3)
     assert reloaded.log_prob(torch.tensor([[1.0, 0.0]]), x_edge).item() == -INF
+
+
+def test_a_store_with_theta_outside_the_prior_is_refused(tmp_path):
+    from fmpe.store import SimulationStore
+
+    prior = Independent(Uniform(-torch.ones(2), torch.ones(2)), 1)
+    store = SimulationStore(tmp_path / "store")
+    store.append(prior.sample((50,)), torch.randn(50, 2))
+    store.append(torch.full((50, 2), 3.0), torch.randn(50, 2))
+    with pytest.raises(ValueError, match="shard 1 of .* outside the prior's bounds"):
+        FMPE(prior=prior).train(store=store, max_epochs=1, show_progress=False)
