@@ -133,6 +133,6 @@ class UnboundedTransform(nn.Module):
                 f"{what}: {len(outside)} rows of theta lie on or outside the prior's bounds "
                 f"(low {self.low.tolist()}, high {self.high.tolist()}), the first is row {row}: "
                 f"{theta[row].tolist()}. Train on θ strictly inside the prior's support, or "
-                "pass FMPE(..., map_to_unbounded=False)"
+                "leave FMPE(..., map_to_unbounded=False)"
             )
         return self(theta)

@@ -73,7 +73,8 @@ def test_values_outside_the_bounds_are_named(mixed):
 
 def test_appended_theta_outside_the_prior_is_refused():
     prior = Independent(Uniform(-torch.ones(2), torch.ones(2)), 1)
-    estimator = FMPE(prior=prior).append_simulations(2 * torch.rand(100, 2), torch.randn(100, 2))
+    estimator = FMPE(prior=prior, map_to_unbounded=True)
+    estimator.append_simulations(2 * torch.rand(100, 2), torch.randn(100, 2))
     with pytest.raises(ValueError, match="outside the prior's bounds"):
         estimator.train(max_epochs=1, show_progress=False)
 
@@ -93,7 +94,9 @@ def test_box_prior_posterior_is_the_normalized_truncated_gaussian(tmp_path):
         return theta + noise * torch.randn_like(theta)
 
     torch.manual_seed(0)
-    estimator = FMPE(simulator, prior, hidden_widths=(64, 64, 64), time_prior_exponent=1.0)
+    estimator = FMPE(
+        simulator, prior, hidden_widths=(64, 64, 64), time_prior_exponent=1.0, map_to_unbounded=True
+    )
     posterior = estimator.train(10_000, max_epochs=40, batch_size=256, show_progress=False)
     x_edge = torch.tensor([0.9, -0.95])
     exact = [truncated_normal(float(x), noise, -1.0, 1.0) for x in x_edge]
@@ -132,4 +135,6 @@ def test_a_store_with_theta_outside_the_prior_is_refused(tmp_path):
     store.append(prior.sample((50,)), torch.randn(50, 2))
     store.append(torch.full((50, 2), 3.0), torch.randn(50, 2))
     with pytest.raises(ValueError, match="shard 1 of .* outside the prior's bounds"):
-        FMPE(prior=prior).train(store=store, max_epochs=1, show_progress=False)
+        FMPE(prior=prior, map_to_unbounded=True).train(
+            store=store, max_epochs=1, show_progress=False
+        )
