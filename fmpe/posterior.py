@@ -31,9 +31,9 @@ def within_support(prior: Distribution, theta: Tensor) -> Tensor:
 class Posterior(nn.Module):
     """q(θ | x) defined by a velocity network trained with flow matching.
 
-    The flow runs in standardized unbounded coordinates z = (T(θ) - μ) / σ, where T maps the
-    prior's bounds onto R (see `UnboundedTransform`); densities are mapped back with the
-    Jacobians of both maps.
+    The flow runs in standardized coordinates z = (T(θ) - μ) / σ, where T is the identity or,
+    with `FMPE(..., map_to_unbounded=True)`, maps the prior's bounds onto R (see
+    `UnboundedTransform`); densities are mapped back with the Jacobians of both maps.
 
     A single observation x has shape `x_shape`; a batch of b observations has shape
     (b, *x_shape) and every method then returns one result per observation.
