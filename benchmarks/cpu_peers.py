@@ -39,8 +39,6 @@ cpu_peers.png from all rows there.
 
 import argparse
 import csv
-import statistics
-import time
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -52,7 +50,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import fmpe  # noqa: E402
-from fmpe.benchmark import append_row, machine_description  # noqa: E402
+from fmpe.benchmark import append_row, float64_log_prob, machine_description, timed  # noqa: E402
 from fmpe.metrics import c2st  # noqa: E402
 from fmpe.posterior import within_support  # noqa: E402
 from fmpe.tasks import get_task  # noqa: E402
@@ -95,16 +93,6 @@ FIELDS = (
 )
 
 
-def timed(function, *args, repeats: int = 1, **kwargs):
-    """The result of the last of `repeats` calls and the median wall time of a call."""
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function(*args, **kwargs)
-        seconds.append(time.perf_counter() - start)
-    return result, statistics.median(seconds)
-
-
 def inside_prior(prior, draw, n: int) -> torch.Tensor:
     """n draws inside the prior's support; `draw(m)` returns (m, d) samples."""
     kept, total = [], 0
@@ -127,8 +115,7 @@ def run_fmpe(task, theta, x, x_obs, points, seed: int) -> list[dict]:
     posterior, train_seconds = timed(estimator.train, seed=seed, show_progress=False)
     posterior.log_prob(posterior.sample(100, x_obs)[:10], x_obs)  # warm-up, as for the peers
     log_prob, log_prob_seconds = timed(posterior.log_prob, points, x_obs, repeats=REPEATS)
-    exact = posterior.double().log_prob(points.double(), x_obs.double(), rtol=1e-9, atol=1e-9)
-    posterior.float()
+    exact = float64_log_prob(posterior, points, x_obs)
     results = []
     for recipe, options in (
         ("defaults", {}),

@@ -12,14 +12,13 @@ Appends rows to benchmarks/results/solvers.csv and rewrites solvers.md from all 
 
 import argparse
 import csv
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 import fmpe
-from fmpe.benchmark import append_row, machine_description
+from fmpe.benchmark import append_row, float64_log_prob, machine_description, timed
 from fmpe.metrics import c2st
 from fmpe.tasks import get_task
 
@@ -60,16 +59,6 @@ FIELDS = (
 )
 
 
-def median_time(function, *args, **kwargs):
-    """The last result of REPEATS calls, and the median seconds of a call."""
-    seconds = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        result = function(*args, **kwargs)
-        seconds.append(time.perf_counter() - start)
-    return result, sorted(seconds)[REPEATS // 2]
-
-
 def write_table(rows: list[dict], path: Path) -> None:
     headings = [f.replace("_", " ") for f in FIELDS]
     lines = [
@@ -106,8 +95,7 @@ def main() -> None:
 
     estimator = fmpe.FMPE(prior=task.prior).append_simulations(theta, x)
     posterior = estimator.train(seed=0, show_progress=False)
-    exact = posterior.double().log_prob(points.double(), x_obs.double(), rtol=1e-9, atol=1e-9)
-    posterior.float()
+    exact = float64_log_prob(posterior, points, x_obs)
     posterior.log_prob(posterior.sample(100, x_obs)[:10], x_obs)  # warm-up
 
     args.results.mkdir(parents=True, exist_ok=True)
@@ -117,10 +105,12 @@ def main() -> None:
         torch.manual_seed(1)
         row = {"c2st": "", "max_error": "", "median_error": ""}
         if solve == "sample":
-            samples, seconds = median_time(posterior.sample, NUM_SAMPLES, x_obs, **options)
+            samples, seconds = timed(
+                posterior.sample, NUM_SAMPLES, x_obs, repeats=REPEATS, **options
+            )
             row["c2st"] = f"{c2st(reference[:NUM_SAMPLES], samples):.3f}"
         else:
-            log_prob, seconds = median_time(posterior.log_prob, points, x_obs, **options)
+            log_prob, seconds = timed(posterior.log_prob, points, x_obs, repeats=REPEATS, **options)
             error = (log_prob.double() - exact).abs()
             row["max_error"] = f"{error.max().item():.1e}"
             row["median_error"] = f"{error.median().item():.1e}"
