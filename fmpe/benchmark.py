@@ -5,10 +5,12 @@ posterior is saved, so a run that is stopped and started again skips what is don
 """
 
 import csv
+import json
 import os
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,15 +116,21 @@ def train_for_task(
 ) -> tuple[Posterior, float]:
     """Trains (or reloads a finished) posterior with the task card's hyperparameters.
 
+    The hyperparameters are recorded beside the posterior; a finished posterior whose record
+    differs from what the card now says is refused rather than reused.
+
     Returns:
         the posterior on `device` and the training wall time in seconds.
     """
     stem = run_dir / f"{task.name}_{budget}_seed{seed}"
     saved = stem.with_suffix(".fmpe")
     timing = stem.with_suffix(".seconds")
-    if saved.exists() and timing.exists():
-        return fmpe.load(saved, prior=task.prior, device=device), float(timing.read_text())
     model_options, train_options = load_card(task.name).hyperparameters(budget)
+    hyperparameters = {"model": model_options, "train": train_options}
+    record = stem.with_suffix(".card.json")
+    if saved.exists() and timing.exists():
+        check_recorded_hyperparameters(record, hyperparameters)
+        return fmpe.load(saved, prior=task.prior, device=device), float(timing.read_text())
     torch.manual_seed(seed)
     start = time.perf_counter()
     posterior = FMPE(task.simulate, task.prior, **model_options).train(
@@ -135,8 +143,44 @@ def train_for_task(
     )
     seconds = time.perf_counter() - start
     posterior.save(saved)
+    record.write_text(json.dumps(hyperparameters, indent=2, sort_keys=True))
     timing.write_text(f"{seconds:.2f}")
     return posterior.to(device), seconds
+
+
+def check_recorded_hyperparameters(record: Path, hyperparameters: dict) -> None:
+    """Raises ValueError if `record` holds other card hyperparameters than `hyperparameters`.
+
+    Posteriors trained before fmpe kept this record (0.3.0 and earlier) cannot be checked;
+    they are reused with a warning.
+    """
+    if not record.exists():
+        warnings.warn(
+            f"no {record.name}: the posterior beside it is reused without checking that the "
+            "task card still gives the hyperparameters it was trained with",
+            stacklevel=3,
+        )
+        return
+    run_files = f"{record.parent / record.name.removesuffix('.card.json')}.*"
+    try:
+        recorded = json.loads(record.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{record} is not valid JSON ({error}); delete the run's files ({run_files}) to retrain"
+        ) from None
+    expected = json.loads(json.dumps(hyperparameters))
+    if recorded != expected:
+        changed = sorted(
+            f"{part}.{key}: {recorded.get(part, {}).get(key)!r} -> {expected[part].get(key)!r}"
+            for part in expected
+            for key in expected[part].keys() | recorded.get(part, {}).keys()
+            if recorded.get(part, {}).get(key) != expected[part].get(key)
+        )
+        raise ValueError(
+            f"the posterior beside {record} was trained with other hyperparameters than the "
+            f"task card now gives ({'; '.join(changed)}). Delete its files ({run_files}) to "
+            "retrain, or pass another --runs and --results"
+        )
 
 
 def evaluate(

@@ -1,6 +1,8 @@
 """The benchmark command line, end to end on a tiny budget, and its resumption."""
 
 import csv
+import json
+from dataclasses import replace
 
 import pytest
 
@@ -33,6 +35,7 @@ def test_benchmark_and_report_end_to_end(tmp_path, capsys):
     main(["report", "--results", str(results), "--out", str(tmp_path)])
     table = (tmp_path / "sbibm_table.md").read_text()
     assert "| gaussian_linear | 3e+02 |" in table
+    assert "over 1 posteriors and sampling" in table
     assert (tmp_path / "sbibm_c2st.png").stat().st_size > 10_000
 
 
@@ -54,6 +57,34 @@ def test_restarted_benchmark_skips_finished_cells(tmp_path, monkeypatch):
     second = rows(results)
     assert second[0] == first[0]
     assert [r["observation"] for r in second] == ["1", "2"]
+
+
+def test_posterior_of_another_card_is_refused(tmp_path, monkeypatch):
+    results, runs = tmp_path / "results.csv", tmp_path / "runs"
+    common = ["two_moons", "--budget", "300", "--samples", "500", "--device", "cpu", "--quiet",
+              "--results", str(results), "--runs", str(runs)]  # fmt: skip
+    main(["benchmark", "--observations", "1", *common])
+
+    import fmpe.benchmark
+
+    card = fmpe.benchmark.load_card("two_moons")
+    model, train = card.hyperparameters(300)
+    record = json.loads((runs / "two_moons_300_seed0.card.json").read_text())
+    assert record == json.loads(json.dumps({"model": model, "train": train}))
+
+    edited = {**card.budgets, 300: {"train": {"learning_rate": 5e-4}}}
+    monkeypatch.setattr(fmpe.benchmark, "load_card", lambda name: replace(card, budgets=edited))
+    with pytest.raises(ValueError, match=r"train.learning_rate: None -> 0.0005"):
+        main(["benchmark", "--observations", "2", *common])
+
+
+def test_corrupted_hyperparameter_record_is_named(tmp_path):
+    from fmpe.benchmark import check_recorded_hyperparameters
+
+    record = tmp_path / "two_moons_300_seed0.card.json"
+    record.write_text('{"model": {"hidden_widths": [64')
+    with pytest.raises(ValueError, match=r"card.json is not valid JSON .*two_moons_300_seed0\.\*"):
+        check_recorded_hyperparameters(record, {"model": {}, "train": {}})
 
 
 def test_benchmark_needs_a_task_and_a_budget():
