@@ -170,12 +170,14 @@ def check_recorded_hyperparameters(record: Path, hyperparameters: dict) -> None:
         ) from None
     expected = json.loads(json.dumps(hyperparameters))
     if recorded != expected:
-        changed = sorted(
-            f"{part}.{key}: {recorded.get(part, {}).get(key)!r} -> {expected[part].get(key)!r}"
-            for part in expected
-            for key in expected[part].keys() | recorded.get(part, {}).keys()
-            if recorded.get(part, {}).get(key) != expected[part].get(key)
-        )
+        changed = []
+        for part, now in expected.items():
+            before = recorded.get(part, {})
+            changed += [
+                f"{part}.{key}: {before.get(key)!r} -> {now.get(key)!r}"
+                for key in sorted(now.keys() | before.keys())
+                if before.get(key) != now.get(key)
+            ]
         raise ValueError(
             f"the posterior beside {record} was trained with other hyperparameters than the "
             f"task card now gives ({'; '.join(changed)}). Delete its files ({run_files}) to "
