@@ -42,6 +42,24 @@ def support_bounds(prior: Distribution, dim: int) -> tuple[Tensor, Tensor]:
     return _as_vector(low, dim), _as_vector(high, dim)
 
 
+def in_support(prior: Distribution, theta: Tensor) -> Tensor:
+    """Which rows of theta (n, d) lie strictly inside the prior's support: (n,) bool.
+
+    A point on a bound counts as outside. That is fmpe's convention for every density, with
+    or without `map_to_unbounded` (where the flow's density vanishes on the bounds), and the
+    one of its task priors; a NaN row is outside.
+    """
+    on_cpu = theta.cpu()  # priors usually hold their parameters on the CPU
+    low, high = support_bounds(prior, theta.shape[-1])
+    inside = ((on_cpu > low.to(on_cpu.dtype)) & (on_cpu < high.to(on_cpu.dtype))).all(-1)
+    try:
+        declared = prior.support.check(on_cpu)
+    except NotImplementedError:
+        declared = torch.isfinite(prior.log_prob(on_cpu))
+    inside &= declared.reshape(theta.shape[0], -1).all(-1)
+    return inside.to(theta.device)
+
+
 def _as_vector(bound: float | Tensor, dim: int) -> Tensor:
     """A bound (a number, or a tensor broadcastable to (dim,)) as a float32 (dim,) tensor."""
     return torch.as_tensor(bound, dtype=torch.float32).cpu().expand(dim).clone()

@@ -40,7 +40,10 @@ def gaussian_posterior(gaussian, tmp_path_factory):
 
     torch.manual_seed(0)
     estimator = FMPE(
-        gaussian.simulator, gaussian.prior, hidden_widths=(64, 64, 64), time_prior_exponent=1.0
+        gaussian.simulator,
+        gaussian.prior,
+        network_options={"hidden_widths": (64, 64, 64)},
+        time_prior_exponent=1.0,
     )
     return estimator.train(
         16_000, max_epochs=80, batch_size=256, learning_rate=2e-3, show_progress=False

@@ -30,7 +30,7 @@ def test_benchmark_and_report_end_to_end(tmp_path, capsys):
     assert float(row["acceptance_rate"]) == 1.0  # a Gaussian prior rejects nothing
     assert "results in" in printed
     assert "CPU" in row["machine"]
-    assert (runs / "gaussian_linear_300_seed0.fmpe").exists()
+    assert (runs / "gaussian_linear_300_fmpe_seed0.fmpe").exists()
 
     main(["report", "--results", str(results), "--out", str(tmp_path)])
     table = (tmp_path / "sbibm_table.md").read_text()
@@ -47,12 +47,12 @@ def test_restarted_benchmark_skips_finished_cells(tmp_path, monkeypatch):
     first = rows(results)
 
     # The restart must neither retrain nor rescore observation 1.
-    import fmpe.benchmark
+    import fmpe.estimators
 
     def no_training(*args, **kwargs):
         raise AssertionError("the finished posterior must be reloaded, not retrained")
 
-    monkeypatch.setattr(fmpe.benchmark.FMPE, "train", no_training)
+    monkeypatch.setattr(fmpe.estimators.FMPE, "train", no_training)
     main(["benchmark", "two_moons", "--observations", "1-2", *common])
     second = rows(results)
     assert second[0] == first[0]
@@ -65,21 +65,23 @@ def test_posterior_of_another_card_is_refused(tmp_path, monkeypatch):
               "--results", str(results), "--runs", str(runs)]  # fmt: skip
     main(["benchmark", "--observations", "1", *common])
 
-    import fmpe.benchmark
+    import fmpe.benchmark.runner
 
-    card = fmpe.benchmark.load_card("two_moons")
+    card = fmpe.benchmark.runner.load_card("two_moons")
     model, train = card.hyperparameters(300)
-    record = json.loads((runs / "two_moons_300_seed0.card.json").read_text())
+    record = json.loads((runs / "two_moons_300_fmpe_seed0.card.json").read_text())
     assert record == json.loads(json.dumps({"model": model, "train": train}))
 
-    edited = {**card.budgets, 300: {"train": {"learning_rate": 5e-4}}}
-    monkeypatch.setattr(fmpe.benchmark, "load_card", lambda name: replace(card, budgets=edited))
-    with pytest.raises(ValueError, match=r"train.learning_rate: None -> 0.0005"):
+    own = card.estimators["fmpe"]
+    edited = replace(own, budgets={**own.budgets, 300: {"train": {"learning_rate": 5e-4}}})
+    edited_card = replace(card, estimators={**card.estimators, "fmpe": edited})
+    monkeypatch.setattr(fmpe.benchmark.runner, "load_card", lambda name: edited_card)
+    with pytest.raises(SystemExit, match=r"train.learning_rate: 0.002 -> 0.0005"):
         main(["benchmark", "--observations", "2", *common])
 
 
 def test_corrupted_hyperparameter_record_is_named(tmp_path):
-    from fmpe.benchmark import check_recorded_hyperparameters
+    from fmpe.benchmark.runner import check_recorded_hyperparameters
 
     record = tmp_path / "two_moons_300_seed0.card.json"
     record.write_text('{"model": {"hidden_widths": [64')

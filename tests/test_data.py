@@ -2,12 +2,12 @@
 
 import torch
 
-from fmpe.data import MIN_VALIDATION_POINTS, fixed_validation_set
+from fmpe.training.data import MIN_VALIDATION_POINTS, fixed_path_noise
 
 
 def test_a_small_validation_set_gets_several_draws_per_pair():
     theta_z, x_z = torch.randn(100, 3), torch.randn(100, 2, 4)
-    theta, x, t, theta0 = fixed_validation_set(theta_z, x_z, seed=0).tensors
+    theta, x, t, theta0 = fixed_path_noise(theta_z, x_z, seed=0).tensors
     repeats = MIN_VALIDATION_POINTS // 100
     assert theta.shape == (repeats * 100, 3) and x.shape == (repeats * 100, 2, 4)
     for i in range(100):
@@ -26,6 +26,6 @@ def test_a_large_validation_set_gets_one_draw_per_pair():
         torch.randn(MIN_VALIDATION_POINTS + 1, 2),
         torch.randn(MIN_VALIDATION_POINTS + 1, 5),
     )
-    theta, x, t, _ = fixed_validation_set(theta_z, x_z, seed=0).tensors
+    theta, x, t, _ = fixed_path_noise(theta_z, x_z, seed=0).tensors
     assert torch.equal(theta, theta_z) and torch.equal(x, x_z)
     assert len(t) == MIN_VALIDATION_POINTS + 1

@@ -33,7 +33,11 @@ def test_two_process_ddp_matches_single_process(gaussian, tmp_path):
 
     def train(batch_size, **trainer_kwargs):
         return (
-            FMPE(prior=gaussian.prior, hidden_widths=(32, 32), time_prior_exponent=1.0)
+            FMPE(
+                prior=gaussian.prior,
+                network_options={"hidden_widths": (32, 32)},
+                time_prior_exponent=1.0,
+            )
             .append_simulations(theta, x)
             .train(
                 batch_size=batch_size,

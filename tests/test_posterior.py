@@ -98,13 +98,13 @@ def test_samples_outside_prior_are_rejected():
 
     torch.manual_seed(0)
     # Trained on θ itself (the default), the flow puts some mass past the box.
-    estimator = FMPE(simulator, prior, hidden_widths=(32, 32))
+    estimator = FMPE(simulator, prior, network_options={"hidden_widths": (32, 32)})
     posterior = estimator.train(2000, max_epochs=15, show_progress=False)
     x_edge = torch.tensor([0.95, 0.95])  # posterior mass piles up against the corner
-    samples = posterior.sample(2000, x_edge)
+    samples, cost = posterior.sample(2000, x_edge, return_cost=True)
     assert samples.shape == (2000, 2)
     assert samples.abs().max() <= 1
-    assert 0 < posterior.acceptance_rate < 1
+    assert 0 < cost.acceptance_rate < 1
     outside = torch.tensor([[1.5, 0.0]])
     assert posterior.log_prob(outside, x_edge).item() == -math.inf
 
@@ -124,9 +124,8 @@ def test_per_row_solver_agrees_with_dopri5_and_ignores_neighbours(gaussian, gaus
 
 
 def test_sampling_alone_uses_the_looser_sample_tolerance(gaussian_posterior):
-    gaussian_posterior.evaluations = 0
-    gaussian_posterior.sample(500, X_OBS)
-    loose = gaussian_posterior.evaluations
-    gaussian_posterior.evaluations = 0
-    gaussian_posterior.sample(500, X_OBS, sample_rtol=1e-5, sample_atol=1e-5)
-    assert loose < 0.8 * gaussian_posterior.evaluations
+    _, loose = gaussian_posterior.sample(500, X_OBS, return_cost=True)
+    _, tight = gaussian_posterior.sample(
+        500, X_OBS, sample_rtol=1e-5, sample_atol=1e-5, return_cost=True
+    )
+    assert loose.evaluations < 0.8 * tight.evaluations

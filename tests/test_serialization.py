@@ -1,5 +1,6 @@
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,7 +93,10 @@ def test_custom_embedding_net_must_be_supplied(gaussian, tmp_path):
 
     torch.manual_seed(0)
     estimator = FMPE(
-        gaussian.simulator, gaussian.prior, hidden_widths=(16,), embedding_net=make_embedding()
+        gaussian.simulator,
+        gaussian.prior,
+        network_options={"hidden_widths": (16,)},
+        embedding_net=make_embedding(),
     )
     posterior = estimator.train(300, max_epochs=1, show_progress=False)
     path = tmp_path / "embedded.fmpe"
@@ -107,21 +111,59 @@ def test_custom_embedding_net_must_be_supplied(gaussian, tmp_path):
     assert torch.equal(a, b)
 
 
-def test_version_1_files_load_with_unbounded_theta(gaussian_posterior, tmp_path):
-    """Files written before the unbounded transform existed hold no bounds of θ."""
+DATA = Path(__file__).parent / "data"
+FILE_040 = DATA / "posterior-0.4.0.fmpe"  # written by fmpe 0.4.0 (format 2), map_to_unbounded
+
+
+def _old_file(tmp_path, version, drop_bounds):
+    """The 0.4.0 file rewritten as format `version`, its checksum recomputed as 0.4.0 did."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from fmpe.serialization import _checksum
+    from fmpe.io.posterior_file import _checksum
 
-    path = tmp_path / "v1.fmpe"
-    gaussian_posterior.save(path)
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(FILE_040), framework="pt") as f:
         metadata = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("theta_transform.")}
-    metadata |= {"format_version": "1", "checksum": _checksum(metadata["config"], tensors)}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if drop_bounds:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("theta_transform.")}
+    metadata |= {"format_version": version, "checksum": _checksum(metadata["config"], tensors)}
+    path = tmp_path / f"v{version}.fmpe"
     save_file(tensors, str(path), metadata=metadata)
-    loaded = fmpe.load(path)
+    return path
+
+
+def test_file_of_fmpe_0_4_0_loads_and_samples_as_it_did():
+    from safetensors.torch import load_file
+
+    expected = load_file(DATA / "posterior-0.4.0-expected.safetensors")
+    posterior = fmpe.load(FILE_040)
+    torch.manual_seed(3)
+    theta, log_prob = posterior.sample_and_log_prob(20, expected["x"])
+    assert torch.equal(theta, expected["theta"])
+    assert torch.allclose(log_prob, expected["log_prob"], atol=1e-5)
+
+
+def test_version_1_files_load_with_unbounded_theta(tmp_path):
+    """Files written before the unbounded transform existed hold no bounds of θ."""
+    loaded = fmpe.load(_old_file(tmp_path, "1", drop_bounds=True))
     assert torch.isinf(loaded.theta_transform.low).all()
-    theta = torch.randn(20, 2)
-    assert torch.equal(loaded.log_prob(theta, X_OBS), gaussian_posterior.log_prob(theta, X_OBS))
+    assert torch.isinf(loaded.theta_transform.high).all()
+
+
+def test_edited_format_version_is_refused(tmp_path):
+    """Version 2 kept its version outside the checksum: "2" edited to "1" would silently
+    drop the bounds of θ."""
+    path = tmp_path / "edited.fmpe"
+    path.write_bytes(FILE_040.read_bytes())
+    _rewrite_header(path, lambda h: h["__metadata__"].update(format_version="1"))
+    with pytest.raises(ValueError, match="says format version 1 but holds bounds"):
+        fmpe.load(path)
+
+
+def test_format_version_is_inside_the_checksum(gaussian_posterior, tmp_path):
+    path = tmp_path / "p.fmpe"
+    gaussian_posterior.save(path)
+    _rewrite_header(path, lambda h: h["__metadata__"].update(format_version="2"))
+    with pytest.raises(ValueError, match="edited or damaged"):
+        fmpe.load(path)

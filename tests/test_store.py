@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-import fmpe.data
+import fmpe.training.data
 from fmpe import FMPE
-from fmpe.data import StreamingDataModule
+from fmpe.io.store import SimulationStore
 from fmpe.standardize import Standardizer
-from fmpe.store import SimulationStore
+from fmpe.training.data import StreamingDataModule
 
 
 def filled_store(path, shard_rows=(300, 250, 400)) -> SimulationStore:
@@ -83,7 +83,7 @@ def test_ddp_ranks_split_the_batches_evenly(tmp_path, monkeypatch):
     store = filled_store(tmp_path)
     seen = []
     for rank in (0, 1):
-        monkeypatch.setattr(fmpe.data, "_rank_and_world_size", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(fmpe.training.data, "_rank_and_world_size", lambda rank=rank: (rank, 2))
         module = StreamingDataModule(store, batch_size=32, validation_fraction=0.1)
         seen.append(training_rows(module))
     assert len(seen[0]) == len(seen[1]) > 0
@@ -92,7 +92,9 @@ def test_ddp_ranks_split_the_batches_evenly(tmp_path, monkeypatch):
 
 def test_training_from_a_store_matches_the_posterior(gaussian, tmp_path):
     torch.manual_seed(0)
-    estimator = FMPE(gaussian.simulator, gaussian.prior, hidden_widths=(64, 64))
+    estimator = FMPE(
+        gaussian.simulator, gaussian.prior, network_options={"hidden_widths": (64, 64)}
+    )
     posterior = estimator.train(
         6000,
         store=tmp_path / "sims",

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Binomial
 
-from fmpe.dopri import solve_per_row
+from fmpe.ode.dopri import solve_per_row
 from fmpe.tasks import (
     CardError,
     NoReferenceSamplesError,
@@ -300,7 +300,8 @@ def test_every_task_has_a_card():
         assert card.description
     for name in ("bernoulli_glm_raw", "slcp_distractors"):
         model, _ = load_card(name).hyperparameters(1000)
-        assert (model["theta_route"], model["x_route"]) == ("gate", "main")
+        routes = model["network_options"]
+        assert (routes["theta_route"], routes["x_route"]) == ("gate", "main")
 
 
 def _write_card(folder, name, body):
@@ -312,6 +313,7 @@ def _write_card(folder, name, body):
 @pytest.fixture
 def card_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(cards_module, "card_folder", lambda: tmp_path)
+    (tmp_path / "defaults.toml").write_text("")
     return tmp_path
 
 
@@ -320,41 +322,83 @@ def test_budget_overrides_merge_over_the_defaults(card_folder):
         card_folder,
         "toy",
         """
-[model]
-hidden_widths = [64, 64]
+[fmpe.model]
 sigma_min = 1e-4
-[train]
+[fmpe.model.network_options]
+hidden_widths = [64, 64]
+[fmpe.train]
 max_epochs = 100
 batch_size = 128
-[budget.1000.train]
+[fmpe.budget.1000.train]
 max_epochs = 300
-[budget.10000.model]
+[fmpe.budget.10000.model.network_options]
 hidden_widths = [256, 256, 256]
-[budget.10000.train]
+[fmpe.budget.10000.train]
 batch_size = 512
 """,
     )
     card = load_card("toy")
     assert isinstance(card, TaskCard)
     defaults = (
-        {"hidden_widths": [64, 64], "sigma_min": 1e-4},
+        {"network_options": {"hidden_widths": [64, 64]}, "sigma_min": 1e-4},
         {"max_epochs": 100, "batch_size": 128},
     )
     assert card.hyperparameters(500) == defaults
     assert card.hyperparameters(1000) == (defaults[0], {"max_epochs": 300, "batch_size": 128})
     assert card.hyperparameters(5000) == card.hyperparameters(1000)
     big = (
-        {"hidden_widths": [256, 256, 256], "sigma_min": 1e-4},
+        {"network_options": {"hidden_widths": [256, 256, 256]}, "sigma_min": 1e-4},
         {"max_epochs": 100, "batch_size": 512},
     )
     assert card.hyperparameters(10_000) == big
     assert card.hyperparameters(10**6) == big
 
     model, _ = card.hyperparameters(10_000)
-    model["hidden_widths"].append(1)
+    model["network_options"]["hidden_widths"].append(1)
     assert card.hyperparameters(10_000) == big, "callers get copies"
     with pytest.raises(ValueError, match="positive"):
         card.hyperparameters(0)
+
+
+def test_task_cards_override_the_base_card_in_layers(card_folder):
+    (card_folder / "defaults.toml").write_text(
+        """
+[fmpe.model.network_options]
+hidden_widths = [128, 128]
+activation = "gelu"
+[fmpe.budget.1000.model.network_options]
+hidden_widths = [64]
+[fmpe.budget.10000]
+"""
+    )
+    _write_card(
+        card_folder,
+        "toy",
+        """
+[fmpe.model]
+map_to_unbounded = true
+[fmpe.model.network_options]
+hidden_widths = [32, 32]
+theta_route = "gate"
+[fmpe.budget.1000.model]
+time_prior_exponent = 1.0
+""",
+    )
+    card = load_card("toy")
+    base_and_task = {"hidden_widths": [32, 32], "activation": "gelu", "theta_route": "gate"}
+    assert card.hyperparameters(100)[0] == {
+        "network_options": base_and_task,
+        "map_to_unbounded": True,
+    }
+    # The base card's budget override wins over the task's defaults; nested tables merge.
+    assert card.hyperparameters(1000)[0] == {
+        "network_options": {**base_and_task, "hidden_widths": [64]},
+        "map_to_unbounded": True,
+        "time_prior_exponent": 1.0,
+    }
+    # 1e4 is declared by the base card only: the task's 1e3 override stops there.
+    assert card.hyperparameters(10_000) == card.hyperparameters(100)
+    assert card.budgets() == [1000, 10_000]
 
 
 @pytest.mark.parametrize(
@@ -362,10 +406,20 @@ batch_size = 512
     [
         ("[model\n", "not valid TOML"),
         ("[modle]\n", "unknown keys"),
-        ("model = 3\n", "'model' must be a table"),
-        ("[budget.many.train]\n", "budget 'many' is not a positive integer"),
-        ("[budget.1000]\nepochs = 3\n", r"\[budget.1000\] may only hold"),
-        ("[budget.1000]\ntrain = 3\n", "'train' must be a table"),
+        ("fmpe = 3\n", "'fmpe' must be a table"),
+        ("[fmpe.modle]\n", "unknown keys"),
+        ("[fmpe]\nmodel = 3\n", "'model' must be a table"),
+        ("[fmpe.budget.many.train]\n", "budget 'many' is not a positive integer"),
+        ("[fmpe.budget.1000]\nepochs = 3\n", r"\[budget.1000\] may only hold"),
+        ("[fmpe.budget.1000]\ntrain = 3\n", "'train' must be a table"),
+        ("[fmpe.model]\nhidden = 3\n", "unknown model key 'hidden'; valid: embedding_net, "),
+        (
+            "[fmpe.model.network_options]\nwidth = 3\n",
+            "unknown network option 'width'; valid: activation, batch_norm, dropout, ",
+        ),
+        ("[fmpe.budget.1000.train]\nlr = 3\n", "unknown training setting 'lr'; valid: batch_size"),
+        ("[fmpe.model.solver]\ntol = 3\n", "unknown solver key 'tol'; valid: atol, divergence"),
+        ("[npe.model.network_options]\nbin = 3\n", "unknown network option 'bin'; valid: bins"),
     ],
 )
 def test_malformed_cards_name_the_file(card_folder, body, message):

@@ -15,7 +15,7 @@ def test_seeded_training_is_reproducible(gaussian):
     theta = gaussian.prior.sample((600,))
     x = gaussian.simulator(theta)
     posteriors = [
-        FMPE(prior=gaussian.prior, hidden_widths=(16, 16))
+        FMPE(prior=gaussian.prior, network_options={"hidden_widths": (16, 16)})
         .append_simulations(theta, x)
         .train(max_epochs=3, seed=7, show_progress=False)
         for _ in range(2)
@@ -38,7 +38,8 @@ KILLED_RUN = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)
 
     prior = MultivariateNormal(torch.zeros(2), torch.eye(2))
-    FMPE(lambda th: th + 0.1 * torch.randn_like(th), prior, hidden_widths=(16,)).train(
+    simulator = lambda th: th + 0.1 * torch.randn_like(th)  # noqa: E731
+    FMPE(simulator, prior, network_options={"hidden_widths": (16,)}).train(
         500, max_epochs=10, checkpoint_dir=sys.argv[1], seed=3, show_progress=False,
         trainer_kwargs={"callbacks": [KillAtEpochTwo()]},
     )
@@ -66,7 +67,7 @@ def test_killed_run_resumes_from_checkpoint(tmp_path):
         def on_train_epoch_start(self, trainer, module):
             epochs_run.append(trainer.current_epoch)
 
-    posterior = FMPE(no_simulator, prior, hidden_widths=(16,)).train(
+    posterior = FMPE(no_simulator, prior, network_options={"hidden_widths": (16,)}).train(
         500,
         max_epochs=10,
         checkpoint_dir=checkpoints,
@@ -82,7 +83,7 @@ def test_killed_run_resumes_from_checkpoint(tmp_path):
 def test_returned_weights_are_the_best_validated_average(gaussian):
     """The posterior's weights are those of the epoch with the lowest validation loss, taken
     from the moving average, not the raw weights of the last step."""
-    from fmpe.callbacks import BestWeights
+    from fmpe.training.callbacks import BestWeights
 
     theta = gaussian.prior.sample((600,))
     x = gaussian.simulator(theta)
@@ -97,7 +98,7 @@ def test_returned_weights_are_the_best_validated_average(gaussian):
             seen["best"] = best.best_state
 
     posterior = (
-        FMPE(prior=gaussian.prior, hidden_widths=(16, 16))
+        FMPE(prior=gaussian.prior, network_options={"hidden_widths": (16, 16)})
         .append_simulations(theta, x)
         .train(max_epochs=5, seed=1, show_progress=False, trainer_kwargs={"callbacks": [Spy()]})
     )
@@ -107,6 +108,6 @@ def test_returned_weights_are_the_best_validated_average(gaussian):
 
 
 def test_bad_ema_decay_is_named(gaussian):
-    estimator = FMPE(gaussian.simulator, gaussian.prior, hidden_widths=(16,))
+    estimator = FMPE(gaussian.simulator, gaussian.prior, network_options={"hidden_widths": (16,)})
     with pytest.raises(ValueError, match=r"ema_decay must be in \(0, 1\), got 1.5"):
         estimator.train(200, ema_decay=1.5, max_epochs=1, show_progress=False)

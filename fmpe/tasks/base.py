@@ -24,6 +24,12 @@ class Task(ABC):
             ``log_prob(theta: (n, d))`` gives ``(n,)``, ``-inf`` outside ``prior.support``.
         num_observations: how many benchmark observations the task ships (0 if none);
             observations are numbered from 1.
+        metrics: the names of the benchmark metrics that score a posterior on this task
+            (registered in `fmpe.benchmark.scoring`); sbibm's tasks, which ship reference
+            samples, declare C2ST, MMD and −log q(θ*).
+        augment_x: None, or ``augment(x, generator=None) -> x`` that the benchmark applies
+            afresh to each training pair's x (e.g. noise added to noise-free simulations of
+            `training_simulate`).
 
     Subclasses implement `_simulate`; `simulate` checks shapes around it.
     """
@@ -33,6 +39,12 @@ class Task(ABC):
     x_shape: tuple[int, ...]
     prior: Distribution
     num_observations: int
+    metrics: tuple[str, ...] = ("nltp",)
+    augment_x = None
+
+    def training_simulate(self, theta: Tensor) -> Tensor:
+        """What the benchmark trains on (before `augment_x`): ``(n, d) -> (n, *x_shape)``."""
+        return self.simulate(theta)
 
     def simulate(self, theta: Tensor) -> Tensor:
         """Run the simulator once per parameter vector.

@@ -1,14 +1,20 @@
 """Task cards: declarative TOML files with a task's description and its hyperparameters.
 
-A card ``<name>.toml``::
+Every card starts from the base card ``defaults.toml`` and overrides only what differs::
 
     name = "two_moons"
     source = "sbibm"
     description = "..."
-    [model]                 # keyword arguments for fmpe.FMPE(...)
-    [train]                 # keyword arguments for FMPE.train(...)
-    [budget.1000.model]     # overrides for a simulation budget (optional)
-    [budget.1000.train]
+    [fmpe.model]                       # keyword arguments of fmpe.FMPE(...)
+    [fmpe.model.network_options]       # ... of the network builder
+    [fmpe.train]                       # training settings of FMPE.train(...)
+    [fmpe.budget.1000.model]           # overrides for a simulation budget
+    [npe.model]                        # the same for every registered estimator
+
+For a budget B, the overrides of the largest budget at or below B that either card declares
+apply (none below every declared budget). Tables merge key by key, in the order: base
+defaults, task defaults, base budget overrides, task budget overrides. Every key is checked
+against the signature it feeds; an unknown one is an error that names the valid ones.
 
 Installed cards live in the package (``fmpe/task_cards``); in a source checkout they are
 read from the repository's top-level ``tasks/`` folder.
@@ -17,6 +23,7 @@ read from the repository's top-level ``tasks/`` folder.
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -29,6 +36,7 @@ import tomllib
 
 Table = dict[str, Any]
 
+BASE_CARD = "defaults"
 _SECTIONS = ("model", "train")
 
 
@@ -37,35 +45,62 @@ class CardError(ValueError):
 
 
 @dataclass(frozen=True)
+class EstimatorCard:
+    """One estimator's tables of a card: defaults and per-budget overrides."""
+
+    model: Table
+    train: Table
+    budgets: dict[int, dict[str, Table]]
+
+
+@dataclass(frozen=True)
 class TaskCard:
-    """A parsed task card.
+    """A parsed task card, merged with the base card.
 
     Attributes:
         name, source, description: as in the file.
-        model, train: default keyword arguments for ``FMPE(...)`` and ``FMPE.train(...)``.
-        budgets: per simulation budget, overrides ``{"model": {...}, "train": {...}}``.
+        estimators: per estimator name, the task's own tables (`EstimatorCard`).
+        base: the base card's tables, per estimator.
     """
 
     name: str
     source: str
     description: str
-    model: Table
-    train: Table
-    budgets: dict[int, dict[str, Table]]
+    estimators: dict[str, EstimatorCard]
+    base: dict[str, EstimatorCard]
 
-    def hyperparameters(self, budget: int) -> tuple[Table, Table]:
-        """``(model kwargs, train kwargs)`` for a simulation budget.
+    def budgets(self, estimator: str = "fmpe") -> list[int]:
+        """The budgets that either card declares for `estimator`, sorted."""
+        parts = [c.get(estimator) for c in (self.base, self.estimators)]
+        return sorted({b for part in parts if part is not None for b in part.budgets})
 
-        The defaults are overridden by the card's budget equal to ``budget`` or, failing
-        that, by the largest budget below it; below every listed budget the defaults apply.
-        """
+    def hyperparameters(self, budget: int, estimator: str = "fmpe") -> tuple[Table, Table]:
+        """``(model kwargs, train settings)`` of `estimator` for a simulation budget."""
         if budget < 1:
             raise ValueError(f"the simulation budget must be positive, got {budget}")
-        below = [b for b in self.budgets if b <= budget]
-        overrides = self.budgets[max(below)] if below else {}
-        model = {**self.model, **overrides.get("model", {})}
-        train = {**self.train, **overrides.get("train", {})}
+        below = [b for b in self.budgets(estimator) if b <= budget]
+        key = max(below) if below else None
+        model: Table = {}
+        train: Table = {}
+        layers = [c.get(estimator) for c in (self.base, self.estimators)]
+        layers = [layer for layer in layers if layer is not None]
+        for layer in layers:
+            _merge(model, layer.model)
+            _merge(train, layer.train)
+        for layer in layers:
+            overrides = layer.budgets.get(key, {})
+            _merge(model, overrides.get("model", {}))
+            _merge(train, overrides.get("train", {}))
         return copy.deepcopy(model), copy.deepcopy(train)
+
+
+def _merge(into: Table, table: Table) -> None:
+    """Merges `table` into `into`, nested tables key by key."""
+    for key, value in table.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
 
 
 def card_folder() -> Traversable:
@@ -77,53 +112,88 @@ def card_folder() -> Traversable:
 
 
 def available_cards() -> list[str]:
-    """Names of the task cards, sorted."""
+    """Names of the task cards (not the base card), sorted."""
     folder = card_folder()
     if not folder.is_dir():
         return []
-    return sorted(
-        f.name.removesuffix(".toml") for f in folder.iterdir() if f.name.endswith(".toml")
-    )
+    names = (f.name.removesuffix(".toml") for f in folder.iterdir() if f.name.endswith(".toml"))
+    return sorted(name for name in names if name != BASE_CARD)
 
 
-def load_card(name: str) -> TaskCard:
-    """Read and check the card of task ``name``."""
-    path = card_folder() / f"{name}.toml"
+def _read(path, name: str) -> Table:
     if not path.is_file():
         raise ValueError(f"no task card {name!r}; available: {', '.join(available_cards())}")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise CardError(f"{path}: not valid TOML: {error}") from error
-    return _parse(data, name, str(path))
 
 
-def _parse(data: Table, name: str, where: str) -> TaskCard:
-    unknown = set(data) - {"name", "source", "description", "budget", *_SECTIONS}
+def load_card(name: str) -> TaskCard:
+    """Read and check the card of task ``name``, on top of the base card."""
+    folder = card_folder()
+    base_path = folder / f"{BASE_CARD}.toml"
+    base_data = _read(base_path, BASE_CARD)
+    path = folder / f"{name}.toml"
+    data = _read(path, name)
+    card = _parse(data, name, str(path), _parse_estimators(base_data, str(base_path)))
+    for estimator in {*card.base, *card.estimators}:
+        for budget in [0, *card.budgets(estimator)]:
+            model, train = card.hyperparameters(max(budget, 1), estimator)
+            check_hyperparameters(estimator, model, train, f"{path} [{estimator}]")
+    return card
+
+
+def _parse(data: Table, name: str, where: str, base: dict[str, EstimatorCard]) -> TaskCard:
+    from fmpe.estimators import ESTIMATORS
+
+    unknown = set(data) - {"name", "source", "description", *ESTIMATORS}
     if unknown:
-        raise CardError(f"{where}: unknown keys {sorted(unknown)}")
+        raise CardError(
+            f"{where}: unknown keys {sorted(unknown)}; a card holds name, source, description "
+            f"and a table per estimator ({', '.join(sorted(ESTIMATORS))})"
+        )
     for key in ("name", "source", "description"):
         if not isinstance(data.get(key), str):
             raise CardError(f"{where}: {key!r} must be a string")
     if data["name"] != name:
         raise CardError(f"{where}: the card is named {data['name']!r}, not {name!r}")
-    sections = {key: _table(data, key, where) for key in _SECTIONS}
-
-    budgets: dict[int, dict[str, Table]] = {}
-    for key, overrides in _table(data, "budget", where).items():
-        if not key.isdigit() or int(key) < 1:
-            raise CardError(f"{where}: budget {key!r} is not a positive integer")
-        if not isinstance(overrides, dict) or set(overrides) - set(_SECTIONS):
-            raise CardError(f"{where}: [budget.{key}] may only hold [model] and [train] tables")
-        budgets[int(key)] = {s: _table(overrides, s, f"{where} [budget.{key}]") for s in overrides}
     return TaskCard(
         name=data["name"],
         source=data["source"],
         description=data["description"],
-        model=sections["model"],
-        train=sections["train"],
-        budgets=budgets,
+        estimators=_parse_estimators(data, where),
+        base=base,
     )
+
+
+def _parse_estimators(data: Table, where: str) -> dict[str, EstimatorCard]:
+    from fmpe.estimators import ESTIMATORS
+
+    parsed = {}
+    for estimator in ESTIMATORS:
+        if estimator not in data:
+            continue
+        tables = _table(data, estimator, where)
+        here = f"{where} [{estimator}]"
+        unknown = set(tables) - {"budget", *_SECTIONS}
+        if unknown:
+            raise CardError(
+                f"{here}: unknown keys {sorted(unknown)}; expected model, train, budget"
+            )
+        budgets: dict[int, dict[str, Table]] = {}
+        for key, overrides in _table(tables, "budget", here).items():
+            if not key.isdigit() or int(key) < 1:
+                raise CardError(f"{here}: budget {key!r} is not a positive integer")
+            if not isinstance(overrides, dict) or set(overrides) - set(_SECTIONS):
+                raise CardError(f"{here}: [budget.{key}] may only hold [model] and [train] tables")
+            budgets[int(key)] = {
+                s: _table(overrides, s, f"{here} [budget.{key}]") for s in overrides
+            }
+        parsed[estimator] = EstimatorCard(
+            _table(tables, "model", here), _table(tables, "train", here), budgets
+        )
+    return parsed
 
 
 def _table(data: Table, key: str, where: str) -> Table:
@@ -131,3 +201,37 @@ def _table(data: Table, key: str, where: str) -> Table:
     if not isinstance(value, dict):
         raise CardError(f"{where}: {key!r} must be a table")
     return value
+
+
+def _keywords(function) -> set[str]:
+    parameters = inspect.signature(function).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in parameters if p.kind in kinds}
+
+
+def _check_keys(given: Table, valid: set[str], what: str, where: str) -> None:
+    unknown = sorted(set(given) - valid)
+    if unknown:
+        raise CardError(
+            f"{where}: unknown {what} {', '.join(map(repr, unknown))}; valid: "
+            f"{', '.join(sorted(valid))}"
+        )
+
+
+def check_hyperparameters(estimator: str, model: Table, train: Table, where: str) -> None:
+    """Raises `CardError` for a key that the estimator, its network, its solver or its
+    training settings do not take."""
+    from fmpe.estimators import get_estimator
+    from fmpe.networks import network_builder
+    from fmpe.ode import SolverSettings
+    from fmpe.training import TrainingSettings
+
+    cls = get_estimator(estimator)
+    _check_keys(model, _keywords(cls.__init__) - {"self", "simulator", "prior"}, "model key", where)
+    builder = network_builder(model.get("network") or cls.default_network)
+    network_keys = _keywords(builder) - {"theta_dim", "x_shape", "embedding_net"}
+    _check_keys(model.get("network_options", {}), network_keys, "network option", where)
+    _check_keys(
+        model.get("solver", {}), set(SolverSettings.__dataclass_fields__), "solver key", where
+    )
+    _check_keys(train, set(TrainingSettings.names()), "training setting", where)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.distributions import LogNormal
 
-from fmpe.dopri import solve_per_row
+from fmpe.ode.dopri import solve_per_row
 from fmpe.tasks.priors import MaskedIndependent
 from fmpe.tasks.shipped import ShippedFilesTask, sbibm_files
 

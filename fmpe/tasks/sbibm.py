@@ -17,7 +17,7 @@ from torch.distributions import Distribution
 
 from fmpe.tasks.base import Task
 from fmpe.tasks.priors import masked
-from fmpe.tasks.shipped import SBIBM_MISSING
+from fmpe.tasks.shipped import SBIBM_METRICS, SBIBM_MISSING
 
 WRAPPED_TASKS = (
     "gaussian_linear",
@@ -49,6 +49,8 @@ class SbibmTask(Task):
     raises there while argument validation is on). Simulations run as in sbibm: in float32,
     with validation off.
     """
+
+    metrics = SBIBM_METRICS
 
     def __init__(self, name: str) -> None:
         try:

@@ -16,6 +16,9 @@ from torch import Tensor
 from fmpe.tasks.base import Task
 
 SBIBM_MISSING = "the sbibm benchmark tasks need the sbibm package: pip install 'fmpe[sbibm]'"
+SBIBM_METRICS = ("c2st", "mmd", "nltp")
+"""What the sbibm benchmark reports: C2ST and MMD against the reference samples, and
+−log q(θ*)."""
 
 
 def sbibm_files(task: str) -> Path:
@@ -42,6 +45,8 @@ def observation_seed(files: Path, i: int) -> int:
 
 class ShippedFilesTask(Task):
     """A `Task` reading its observations from ``self.files`` (sbibm's layout)."""
+
+    metrics = SBIBM_METRICS
 
     files: Path
 

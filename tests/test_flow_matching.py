@@ -2,7 +2,7 @@ import pytest
 import torch
 from scipy import stats
 
-from fmpe.paths import interpolate, sample_time, target_velocity, time_log_density
+from fmpe.flow_matching import interpolate, sample_time, target_velocity, time_log_density
 
 
 @pytest.mark.parametrize("exponent", [-0.5, 0.0, 1.0, 4.0])

@@ -21,6 +21,19 @@ def as_float_tensor(value: Tensor | np.ndarray, name: str) -> Tensor:
     return value
 
 
+def as_count(value, name: str, *, minimum: int = 0) -> int:
+    """An integer count of at least `minimum`; bools and fractional numbers are refused.
+
+    Integral floats (1e4) and numpy integers are accepted, since budgets are often written so.
+    """
+    integral = isinstance(value, int | np.integer) or (
+        isinstance(value, float | np.floating) and float(value).is_integer()
+    )
+    if isinstance(value, bool | np.bool_) or not integral or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_shape(value: Tensor, expected: Sequence[int | None], name: str) -> None:
     """Raises unless value.shape matches expected, where None matches any size."""
     shape = tuple(value.shape)
@@ -49,6 +62,8 @@ def drop_invalid_simulations(theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         the finite pairs, theta: (m, d), x: (m, *x_shape)
     """
+    if len(theta) == 0:
+        raise ValueError("no simulations: theta and x hold 0 rows; nothing to train on")
     finite = torch.isfinite(theta).flatten(1).all(1) & torch.isfinite(x).flatten(1).all(1)
     num_dropped = int((~finite).sum())
     if num_dropped == len(finite):

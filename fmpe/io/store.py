@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from fmpe.validation import as_float_tensor, check_shape, drop_invalid_simulations
+from fmpe.checks import as_float_tensor, check_shape, drop_invalid_simulations
 
 SHARD_PATTERN = "shard-*.safetensors"
 

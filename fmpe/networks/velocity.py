@@ -1,10 +1,13 @@
-"""The velocity network v(t, θ_t, x): a dense residual network with gated conditioning."""
+"""The default velocity network v(t, θ_t, x): a dense residual network with gated
+conditioning, registered as "residual"."""
 
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from fmpe.networks.registry import LinearFactory, LinearSpec, linear_factory
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU,
@@ -38,17 +41,21 @@ class ResidualBlock(nn.Module):
         activation: str,
         dropout: float,
         batch_norm: bool,
+        linear: LinearFactory = nn.Linear,
     ):
         super().__init__()
         self.norm1 = nn.BatchNorm1d(width) if batch_norm else nn.Identity()
         self.norm2 = nn.BatchNorm1d(width) if batch_norm else nn.Identity()
         self.act = make_activation(activation)
-        self.linear1 = nn.Linear(width, width)
+        self.linear1 = linear(width, width)
         self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(width, width)
-        nn.init.uniform_(self.linear2.weight, -1e-3, 1e-3)
-        nn.init.uniform_(self.linear2.bias, -1e-3, 1e-3)
-        self.gate = nn.Linear(context_dim, width) if context_dim > 0 else None
+        self.linear2 = linear(width, width)
+        if isinstance(self.linear2, nn.Linear):
+            # Blocks start close to the identity. A reparameterized layer keeps its own
+            # initialization: POET, for one, fixes the singular values at the start.
+            nn.init.uniform_(self.linear2.weight, -1e-3, 1e-3)
+            nn.init.uniform_(self.linear2.bias, -1e-3, 1e-3)
+        self.gate = linear(context_dim, width) if context_dim > 0 else None
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """z: (n, width), context: (n, context_dim) -> (n, width)"""
@@ -68,6 +75,7 @@ class DenseResidualNet(nn.Module):
         output_dim: width of the output.
         hidden_widths: one residual block per entry.
         context_dim: width of the context that gates every block (0 for no gating).
+        linear: builds every linear layer, `linear(in_features, out_features)`.
     """
 
     def __init__(
@@ -79,21 +87,22 @@ class DenseResidualNet(nn.Module):
         activation: str = "gelu",
         dropout: float = 0.0,
         batch_norm: bool = False,
+        linear: LinearFactory = nn.Linear,
     ):
         super().__init__()
         if len(hidden_widths) == 0:
             raise ValueError("hidden_widths must name at least one block width")
         widths = list(hidden_widths)
-        self.input_layer = nn.Linear(input_dim, widths[0])
+        self.input_layer = linear(input_dim, widths[0])
         self.blocks = nn.ModuleList(
-            ResidualBlock(w, context_dim, activation, dropout, batch_norm) for w in widths
+            ResidualBlock(w, context_dim, activation, dropout, batch_norm, linear) for w in widths
         )
         self.resizes = nn.ModuleList(
-            nn.Linear(w, w_next) if w != w_next else nn.Identity()
+            linear(w, w_next) if w != w_next else nn.Identity()
             for w, w_next in zip(widths, widths[1:] + widths[-1:])
         )
         self.output_act = make_activation(activation)
-        self.output_layer = nn.Linear(widths[-1], output_dim)
+        self.output_layer = linear(widths[-1], output_dim)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """z: (n, input_dim), context: (n, context_dim) -> (n, output_dim)"""
@@ -114,41 +123,34 @@ class VelocityNetwork(nn.Module):
     Args:
         theta_dim: d, the number of parameters.
         x_shape: shape of one (standardized) observation.
+        hidden_widths: one residual block per entry.
         embedding_net: maps x (n, *x_shape) to (n, k); None flattens x.
+        linear: builds every linear layer: a factory `linear(in_features, out_features)`,
+            or the name of a registered one ("linear", "poet") or {"name": ..., **options}.
     """
 
     def __init__(
         self,
         theta_dim: int,
         x_shape: Sequence[int],
-        hidden_widths: Sequence[int],
+        hidden_widths: Sequence[int] = (64, 64, 64, 64),
         theta_route: Route = "main",
         x_route: Route = "main",
         embedding_net: nn.Module | None = None,
         activation: str = "gelu",
         dropout: float = 0.0,
         batch_norm: bool = False,
+        linear: LinearFactory | LinearSpec | None = None,
     ):
         super().__init__()
         for name, route in (("theta_route", theta_route), ("x_route", x_route)):
             if route not in ("main", "gate", "both"):
                 raise ValueError(f"{name} must be 'main', 'gate' or 'both', got {route!r}")
-        self.config = {
-            "theta_dim": theta_dim,
-            "x_shape": list(x_shape),
-            "hidden_widths": list(hidden_widths),
-            "theta_route": theta_route,
-            "x_route": x_route,
-            "activation": activation,
-            "dropout": dropout,
-            "batch_norm": batch_norm,
-        }
-        """The constructor's arguments but the embedding net, as plain JSON-able values."""
-        self.has_custom_embedding = embedding_net is not None
         self.theta_dim = theta_dim
         self.x_shape = tuple(x_shape)
         self.theta_route = theta_route
         self.x_route = x_route
+        self.linear = linear_factory(linear)
         self.embedding_net = embedding_net if embedding_net is not None else nn.Flatten()
         embedding_dim = self._embedding_dim()
 
@@ -167,6 +169,7 @@ class VelocityNetwork(nn.Module):
             activation=activation,
             dropout=dropout,
             batch_norm=batch_norm,
+            linear=self.linear,
         )
 
     def _embedding_dim(self) -> int:
@@ -208,3 +211,7 @@ class VelocityNetwork(nn.Module):
     def forward(self, t: Tensor, theta: Tensor, x: Tensor) -> Tensor:
         """t: (n,), theta: (n, d), x: (n, *x_shape) -> (n, d)"""
         return self.forward_embedded(t, theta, self.embed(x))
+
+    def training_callbacks(self) -> list:
+        """Lightning callbacks that the layers need while training (POET's merges)."""
+        return list(getattr(self.linear, "training_callbacks", list)())

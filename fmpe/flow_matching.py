@@ -1,10 +1,16 @@
-"""The optimal-transport probability path and the time prior of flow matching.
+"""The maths of flow matching: the optimal-transport probability path, its time prior and the
+conditional flow-matching loss.
 
 Time runs from t = 0 (standard normal base) to t = 1 (posterior). All functions are pure.
 """
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+VelocityField = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""v(t, θ_t, x): t (n,), θ_t (n, d), x (n, *x_shape) -> (n, d)."""
 
 
 def sample_time(
@@ -64,3 +70,42 @@ def target_velocity(theta0: Tensor, theta1: Tensor, sigma_min: float) -> Tensor:
         u: (n, d) = θ1 - (1 - σ_min) θ0
     """
     return theta1 - (1 - sigma_min) * theta0
+
+
+def flow_matching_loss(
+    velocity: VelocityField,
+    theta: Tensor,
+    x: Tensor,
+    t: Tensor,
+    theta0: Tensor,
+    sigma_min: float,
+) -> Tensor:
+    """Mean squared error between v(t, θ_t, x) and the velocity of the conditional OT path.
+
+    Args:
+        theta: (n, d) standardized parameters (the path's end points θ1).
+        x: (n, *x_shape) standardized data.
+        t: (n,) times.
+        theta0: (n, d) base draws.
+
+    Returns:
+        the loss, averaged over the batch and the dimensions: ()
+    """
+    theta_t = interpolate(theta0, theta, t, sigma_min)
+    residual = velocity(t, theta_t, x) - target_velocity(theta0, theta, sigma_min)
+    return residual.pow(2).mean()
+
+
+def draw_path_noise(
+    theta: Tensor, exponent: float, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Draws one time (from the power-law prior) and one base point per training pair.
+
+    Returns:
+        t: (n,), theta0: (n, d)
+    """
+    t = sample_time(
+        theta.shape[0], exponent, generator=generator, device=theta.device, dtype=theta.dtype
+    )
+    theta0 = torch.randn(theta.shape, generator=generator, device=theta.device, dtype=theta.dtype)
+    return t, theta0

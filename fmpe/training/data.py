@@ -1,7 +1,8 @@
-"""Training data: the split, the standardization, and batches from memory or from disk."""
+"""Training data: the split, the standardization, augmentation of x, and batches from memory
+or from a store on disk."""
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
@@ -15,13 +16,22 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from fmpe.io.store import SimulationStore
 from fmpe.standardize import RunningMoments, Standardizer
-from fmpe.store import SimulationStore
 from fmpe.unbounded import UnboundedTransform
 
 # Measured on two_moons at 1e3 simulations (100 validation pairs, ten observations): C2ST 0.787
 # with one draw per pair, 0.757 with 5 (500 points) and 0.750 with 20.
 MIN_VALIDATION_POINTS = 500
+
+Augmentation = Callable[..., Tensor]
+"""augment(x: (n, *x_shape), generator: torch.Generator | None = None) -> (n, *x_shape).
+
+Applied to raw x afresh every time a training pair is used (e.g. detector noise added to
+noise-free simulations), and once, with a fixed generator, to the validation pairs."""
+
+ValidationSetBuilder = Callable[[Tensor, Tensor, int], "TensorBatches"]
+"""validation_set(theta_z: (m, d), x_z: (m, *x_shape), seed) -> the validation set."""
 
 
 class TensorBatches(Dataset):
@@ -75,10 +85,10 @@ def split_indices(n: int, validation_fraction: float, seed: int) -> tuple[Tensor
     return permutation[num_validation:], permutation[:num_validation]
 
 
-def fixed_validation_set(theta_z: Tensor, x_z: Tensor, seed: int) -> "TensorBatches":
-    """Validation pairs with fixed times (stratified on [0, 1]) and fixed base draws, so that
-    the validation loss is the same function in every epoch and early stopping reacts to the
-    network, not to fresh noise.
+def fixed_path_noise(theta_z: Tensor, x_z: Tensor, seed: int) -> TensorBatches:
+    """Flow-matching validation pairs with fixed times (stratified on [0, 1]) and fixed base
+    draws, so that the validation loss is the same function in every epoch and the choice of
+    the best weights reacts to the network, not to fresh noise.
 
     With fewer than `MIN_VALIDATION_POINTS` pairs each pair is repeated with other draws until
     there are at least that many points: one draw per pair leaves a loss over a few hundred
@@ -101,11 +111,24 @@ def fixed_validation_set(theta_z: Tensor, x_z: Tensor, seed: int) -> "TensorBatc
     return TensorBatches(theta_z, x_z, fixed_t, fixed_theta0)
 
 
-class _ValidationLoader(L.LightningDataModule):
-    """Serves `validation_set` in large sequential batches."""
+def _augmented(augment: Augmentation | None, x: Tensor, seed: int) -> Tensor:
+    """x augmented once with a generator seeded by `seed` (x itself without augmentation)."""
+    if augment is None:
+        return x
+    return augment(x, generator=torch.Generator(x.device).manual_seed(seed))
+
+
+class _TrainingData(L.LightningDataModule):
+    """What both data modules share: the validation loader, and x augmented and standardized
+    on the device for training batches when there is an augmentation.
+
+    Attributes set by subclasses: batch_size, validation_set, x_standardizer, augment_x.
+    """
 
     batch_size: int
     validation_set: TensorBatches
+    x_standardizer: Standardizer
+    augment_x: Augmentation | None
 
     def val_dataloader(self) -> DataLoader:
         sampler = BatchSampler(
@@ -113,14 +136,24 @@ class _ValidationLoader(L.LightningDataModule):
         )
         return DataLoader(self.validation_set, sampler=sampler, batch_size=None)
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # Training batches then hold raw x: fresh noise per use, drawn where the batch lives.
+        if self.augment_x is None or not self.trainer.training:
+            return batch
+        theta, x = batch
+        return theta, self.x_standardizer.to(x.device)(self.augment_x(x))
 
-class SimulationDataModule(_ValidationLoader):
+
+class SimulationDataModule(_TrainingData):
     """Splits in-memory simulations, fits the z-scoring on the training split and serves
     shuffled batches.
 
     Args:
         theta: (n, d), x: (n, *x_shape) finite simulations.
+        validation_set: builds the validation set of the estimator being trained.
         theta_transform: applied to θ before the z-scoring (None: the identity).
+        augment_x: applied to x of every training batch, and once to the validation pairs;
+            the z-scoring of x is fitted on augmented training data.
     """
 
     def __init__(
@@ -128,26 +161,35 @@ class SimulationDataModule(_ValidationLoader):
         theta: Tensor,
         x: Tensor,
         batch_size: int,
+        validation_set: ValidationSetBuilder = fixed_path_noise,
         validation_fraction: float = 0.05,
         seed: int = 0,
         theta_transform: UnboundedTransform | None = None,
+        augment_x: Augmentation | None = None,
     ):
         super().__init__()
         self.batch_size = batch_size
         self.seed = seed
+        self.augment_x = augment_x
         self.theta_transform = theta_transform or UnboundedTransform.identity(theta.shape[1])
         theta = self.theta_transform.checked(theta, "the training simulations")
         train, validation = split_indices(len(theta), validation_fraction, seed)
         self.theta_standardizer = Standardizer.fit(theta[train])
-        self.x_standardizer = Standardizer.fit(x[train])
+        self.x_standardizer = Standardizer.fit(_augmented(augment_x, x[train], seed + 4))
         theta_z = self.theta_standardizer(theta)
-        x_z = self.x_standardizer(x)
-        self.train_set = TensorBatches(theta_z[train], x_z[train])
-        self.validation_set = fixed_validation_set(theta_z[validation], x_z[validation], seed)
+        x_validation = self.x_standardizer(_augmented(augment_x, x[validation], seed + 5))
+        self.validation_set = validation_set(theta_z[validation], x_validation, seed)
+        x_train = x[train] if augment_x is not None else self.x_standardizer(x[train])
+        self.train_set = TensorBatches(theta_z[train], x_train)
+        self._x, self._train = x, train
 
     def train_dataloader(self) -> DataLoader:
         sampler = ShuffledBatches(len(self.train_set), self.batch_size, self.seed + 2)
         return DataLoader(self.train_set, sampler=sampler, batch_size=None)
+
+    def embedding_fit_data(self, max_rows: int = 50_000) -> Tensor:
+        """Standardized training x (at most `max_rows`, unaugmented) for `fit_to_data`."""
+        return self.x_standardizer(self._x[self._train[:max_rows]])
 
 
 class ShardBatches(IterableDataset):
@@ -156,7 +198,8 @@ class ShardBatches(IterableDataset):
     Each epoch visits the shards in a new seeded order, `shards_in_memory` at a time, and
     shuffles the rows of the shards in memory together. Under DDP every process reads the same
     sequence and keeps every world-size-th batch, so all processes take the same number of
-    steps.
+    steps. Batches hold standardized θ and standardized x, or raw x when `standardize_x` is
+    off (x is then augmented and standardized after the transfer).
     """
 
     def __init__(
@@ -165,7 +208,7 @@ class ShardBatches(IterableDataset):
         train_rows: list[Tensor],
         theta_transform: UnboundedTransform,
         theta_standardizer: Standardizer,
-        x_standardizer: Standardizer,
+        x_standardizer: Standardizer | None,
         batch_size: int,
         seed: int,
         shards_in_memory: int,
@@ -205,7 +248,10 @@ class ShardBatches(IterableDataset):
                     return
                 if k % world == rank:
                     index = permutation[b * self.batch_size : (b + 1) * self.batch_size]
-                    yield self.theta_standardizer(theta[index]), self.x_standardizer(x[index])
+                    x_batch = x[index]
+                    if self.x_standardizer is not None:
+                        x_batch = self.x_standardizer(x_batch)
+                    yield self.theta_standardizer(theta[index]), x_batch
                 k += 1
 
 
@@ -215,24 +261,28 @@ def _rank_and_world_size() -> tuple[int, int]:
     return 0, 1
 
 
-class StreamingDataModule(_ValidationLoader):
+class StreamingDataModule(_TrainingData):
     """Trains from a simulation store without holding it in memory.
 
     From every shard a seeded `validation_fraction` of rows is held out and kept in memory;
-    the z-scoring (of `theta_transform(θ)`) is fitted on the other rows in one streaming pass.
+    the z-scoring (of `theta_transform(θ)`, and of augmented x) is fitted on the other rows in
+    one streaming pass. Arguments as for `SimulationDataModule`.
     """
 
     def __init__(
         self,
         store: SimulationStore,
         batch_size: int,
+        validation_set: ValidationSetBuilder = fixed_path_noise,
         validation_fraction: float = 0.05,
         seed: int = 0,
         shards_in_memory: int = 4,
         theta_transform: UnboundedTransform | None = None,
+        augment_x: Augmentation | None = None,
     ):
         super().__init__()
         self.batch_size = batch_size
+        self.augment_x = augment_x
         self.theta_transform = theta_transform or UnboundedTransform.identity(store.shapes()[0])
         splits = [
             split_indices(rows, validation_fraction, seed + index)
@@ -241,17 +291,20 @@ class StreamingDataModule(_ValidationLoader):
         train_rows = [train for train, _ in splits]
         # One pass over the shards: moments of the training rows, validation rows kept.
         theta_moments, x_moments = RunningMoments(), RunningMoments()
-        theta_validation, x_validation = [], []
+        theta_validation, x_validation, fit_rows = [], [], []
         for index, (train, validation) in enumerate(splits):
             theta, x = store.load_shard(index)
             theta = self.theta_transform.checked(theta, f"shard {index} of {store.directory}")
             theta_moments.add(theta[train])
-            x_moments.add(x[train])
+            x_moments.add(_augmented(augment_x, x[train], seed + 4 + index))
             theta_validation.append(theta[validation])
-            x_validation.append(x[validation])
+            x_validation.append(_augmented(augment_x, x[validation], seed + 5 + index))
+            if sum(map(len, fit_rows)) < 50_000:
+                fit_rows.append(x[train])
         self.theta_standardizer = theta_moments.standardizer()
         self.x_standardizer = x_moments.standardizer()
-        self.validation_set = fixed_validation_set(
+        self.unaugmented_x = torch.cat(fit_rows)
+        self.validation_set = validation_set(
             self.theta_standardizer(torch.cat(theta_validation)),
             self.x_standardizer(torch.cat(x_validation)),
             seed,
@@ -261,7 +314,7 @@ class StreamingDataModule(_ValidationLoader):
             train_rows,
             self.theta_transform,
             self.theta_standardizer,
-            self.x_standardizer,
+            self.x_standardizer if augment_x is None else None,
             batch_size,
             seed,
             shards_in_memory,
@@ -269,3 +322,7 @@ class StreamingDataModule(_ValidationLoader):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=None)
+
+    def embedding_fit_data(self, max_rows: int = 50_000) -> Tensor:
+        """Standardized training x (at most `max_rows`, unaugmented) for `fit_to_data`."""
+        return self.x_standardizer(self.unaugmented_x[:max_rows])

@@ -1,0 +1,46 @@
+"""What every benchmark needs to report a number honestly: the machine, and timings."""
+
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from fmpe.posteriors import Posterior
+
+
+def machine_description(device: torch.device | str = "cpu") -> str:
+    """A short name of the hardware a number came from."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA), {os.cpu_count()} CPU cores"
+    processor = platform.processor() or platform.machine()
+    return f"CPU {processor}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def timed(function, *args, repeats: int = 1, **kwargs):
+    """The result of the last of `repeats` calls of `function`, and the median wall seconds
+    of a call."""
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = function(*args, **kwargs)
+        seconds.append(time.perf_counter() - start)
+    return result, statistics.median(seconds)
+
+
+def float64_log_prob(posterior: Posterior, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reference log densities (n,) of theta (n, d): a float64 solve at tolerance 1e-9.
+
+    The posterior is converted for the solve and back to float32 after it.
+    """
+    exact = posterior.double().log_prob(theta.double(), x.double(), rtol=1e-9, atol=1e-9)
+    posterior.float()
+    return exact
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

@@ -1,0 +1,198 @@
+"""The benchmark report: every metric of every estimator, beside the published NPE, NLE and
+NRE numbers where sbibm has them."""
+
+import csv
+import statistics
+from collections import defaultdict
+from importlib.resources import files
+from pathlib import Path
+
+from fmpe.benchmark.results import KEY, TRAILING, ResultsStore
+
+PUBLISHED_ALGORITHMS = ("NPE", "NLE", "NRE")
+TOLERANCE = 0.02  # an estimator "matches" NPE when its mean C2ST is at most this much higher
+
+Cell = tuple[str, int, str]
+"""(task, budget, estimator)"""
+
+
+def published_c2st() -> dict[tuple[str, str, int], float]:
+    """(task, algorithm, budget) -> mean C2ST from the sbibm paper's results table."""
+    text = (files("fmpe.benchmark") / "sbibm_published_c2st.csv").read_text()
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    return {(r["task"], r["algorithm"], int(r["budget"])): float(r["c2st"]) for r in rows}
+
+
+def metric_names(rows: list[dict]) -> list[str]:
+    """The metric columns the rows have values for, in the file's order."""
+    names = dict.fromkeys(k for row in rows for k, v in row.items() if v != "")
+    return [n for n in names if n not in KEY and n not in TRAILING]
+
+
+def summarize(rows: list[dict]) -> dict[Cell, dict]:
+    """Per (task, budget, estimator): mean, std and count of every metric, the training time
+    of each posterior, and the machines."""
+    groups: dict[Cell, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["task"], int(row["budget"]), row["estimator"])].append(row)
+    metrics = metric_names(rows)
+    summary = {}
+    for cell, members in sorted(groups.items()):
+        values = {}
+        for name in metrics:
+            scores = [float(r[name]) for r in members if r.get(name, "") != ""]
+            if scores:
+                std = statistics.stdev(scores) if len(scores) > 1 else 0.0
+                values[name] = (statistics.fmean(scores), std, len(scores))
+        summary[cell] = {
+            "metrics": values,
+            "train_seconds": max(float(r["train_seconds"]) for r in members),
+            "machines": sorted({r["machine"] for r in members}),
+        }
+    return summary
+
+
+def run_span(rows: list[dict]) -> str:
+    """When the first and the last row were written, and the training and sampling time."""
+    stamps = sorted(row["finished_at"] for row in rows)
+    # Every row of a (task, budget, estimator, seed) repeats its posterior's training time.
+    training = {
+        (r["task"], r["budget"], r["estimator"], r["seed"]): float(r["train_seconds"]) for r in rows
+    }
+    sampling = sum(float(r["sample_seconds"]) for r in rows)
+    return (
+        f"Rows written from {stamps[0]} to {stamps[-1]}. Training took "
+        f"{sum(training.values()) / 3600:.1f} h over {len(training)} posteriors and sampling "
+        f"{sampling / 60:.0f} min over {len(rows)} rows; scoring (C2ST, MMD) is not timed."
+    )
+
+
+def _verdict(mean: float, npe: float | None) -> str:
+    if npe is None:
+        return "n/a"
+    if mean < npe - TOLERANCE:
+        return "better"
+    if mean <= npe + TOLERANCE:
+        return "on par"
+    return f"**misses by {mean - npe:.2f}**"
+
+
+def _value(stats: tuple[float, float, int] | None, digits: int = 3) -> str:
+    if stats is None:
+        return "–"
+    mean, std, n = stats
+    return f"{mean:.{digits}f} ± {std:.{digits}f} ({n})"
+
+
+def c2st_table(summary: dict[Cell, dict]) -> str:
+    """Mean C2ST per task and budget, a column per estimator, beside the published numbers."""
+    published = published_c2st()
+    estimators = sorted({e for _, _, e in summary})
+    heading = [f"{e} C2ST (mean ± std, n obs)" for e in estimators]
+    heading += [*PUBLISHED_ALGORITHMS, *(f"{e} vs NPE" for e in estimators)]
+    heading += [f"{e} train s" for e in estimators]
+    lines = ["| task | budget | " + " | ".join(heading) + " |", "|---" * (2 + len(heading)) + "|"]
+    for task, budget in dict.fromkeys((t, b) for t, b, _ in summary):
+        cells = [summary.get((task, budget, e)) for e in estimators]
+        stats = [c["metrics"].get("c2st") if c else None for c in cells]
+        if all(s is None for s in stats):
+            continue
+        peers = [published.get((task, a, budget)) for a in PUBLISHED_ALGORITHMS]
+        verdicts = [_verdict(s[0], peers[0]) if s else "–" for s in stats]
+        seconds = [f"{c['train_seconds']:.0f}" if c else "–" for c in cells]
+        values = [_value(s) for s in stats] + [f"{p:.2f}" if p is not None else "–" for p in peers]
+        lines.append(
+            f"| {task} | {budget:.0e} | " + " | ".join([*values, *verdicts, *seconds]) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def metrics_table(summary: dict[Cell, dict], exclude: tuple[str, ...] = ("c2st",)) -> str:
+    """Every other metric, mean ± std over observations, a row per task, budget, estimator."""
+    names = list(dict.fromkeys(n for s in summary.values() for n in s["metrics"]))
+    names = [n for n in names if n not in exclude]
+    if not names:
+        return ""
+    lines = [
+        "| task | budget | estimator | " + " | ".join(names) + " |",
+        "|---" * (3 + len(names)) + "|",
+    ]
+    for (task, budget, estimator), s in summary.items():
+        values = [_value(s["metrics"].get(n), 4 if n == "mmd" else 3) for n in names]
+        lines.append(f"| {task} | {budget:.0e} | {estimator} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(summary: dict[Cell, dict], path: Path) -> None:
+    """One panel per task: C2ST against budget for each estimator and the published ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    published = published_c2st()
+    cells = {c: s for c, s in summary.items() if "c2st" in s["metrics"]}
+    tasks = sorted({task for task, _, _ in cells})
+    estimators = sorted({e for _, _, e in cells})
+    columns = min(5, len(tasks))
+    rows = -(-len(tasks) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.6 * rows), squeeze=False)
+    markers = ("s", "D", "^", "v")
+    for ax, task in zip(axes.flat, tasks):
+        for algorithm in PUBLISHED_ALGORITHMS:
+            points = [
+                (b, published[(task, algorithm, b)])
+                for b in (10**3, 10**4, 10**5)
+                if (task, algorithm, b) in published
+            ]
+            if points:
+                ax.plot(*zip(*points), marker="o", alpha=0.5, label=f"{algorithm} (published)")
+        for k, estimator in enumerate(estimators):
+            budgets = sorted(b for t, b, e in cells if t == task and e == estimator)
+            stats = [cells[(task, b, estimator)]["metrics"]["c2st"] for b in budgets]
+            ax.errorbar(
+                budgets,
+                [s[0] for s in stats],
+                yerr=[s[1] for s in stats],
+                marker=markers[k % len(markers)],
+                color="black" if estimator == "fmpe" else None,
+                label=estimator,
+            )
+        ax.set_xscale("log")
+        ax.set_ylim(0.45, 1.02)
+        ax.set_title(task, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.supxlabel("simulation budget")
+    fig.supylabel("C2ST (0.5 is best)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(results: Path, out_dir: Path, name: str = "sbibm") -> tuple[Path, Path]:
+    """Writes `<name>_table.md` and `<name>_c2st.png` next to each other in out_dir."""
+    rows = ResultsStore(results).rows()
+    if not rows:
+        raise ValueError(f"{results} holds no benchmark rows")
+    summary = summarize(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    machines = sorted({m for s in summary.values() for m in s["machines"]})
+    others = metrics_table(summary)
+    table = out_dir / f"{name}_table.md"
+    table.write_text(
+        f"# fmpe on sbibm\n\nFrom `{results.name}`; published numbers: sbibm's main_paper.csv "
+        "(Lueckmann et al., 2021).\n\n"
+        + c2st_table(summary)
+        + ("\n## Other metrics\n\n" + others if others else "")
+        + "\nMachines: "
+        + "; ".join(machines)
+        + "\n\n"
+        + run_span(rows)
+        + "\n"
+    )
+    plot = out_dir / f"{name}_c2st.png"
+    figure(summary, plot)
+    return table, plot

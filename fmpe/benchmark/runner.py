@@ -1,0 +1,218 @@
+"""The benchmark: train an estimator per task and budget, score it on the task's observations.
+
+Every finished (task, budget, estimator, observation, seed) is added to the results at once,
+and every trained posterior is saved, so a run that is stopped and started again skips what
+is done. Two runs may share a results file and a runs folder: a posterior being trained by
+one is waited for by the other, never trained twice at once.
+"""
+
+import fcntl
+import json
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import fmpe
+from fmpe.benchmark.measure import machine_description, resolve_device
+from fmpe.benchmark.results import ResultsStore
+from fmpe.benchmark.scoring import Scoring, get_metric
+from fmpe.estimators import get_estimator
+from fmpe.posteriors import Posterior
+from fmpe.tasks import Task, get_task, load_card
+
+NUM_SAMPLES = 10_000
+
+
+def _trainer_kwargs(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"accelerator": "gpu", "devices": [device.index or 0]}
+    return {"accelerator": "cpu", "devices": 1}
+
+
+def run_stem(run_dir: Path, task: str, budget: int, estimator: str, seed: int) -> Path:
+    """The path, without suffix, of one trained posterior's files."""
+    return run_dir / f"{task}_{budget}_{estimator}_seed{seed}"
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Holds an exclusive lock on `path` (created if missing), waiting for it if need be."""
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def train_for_task(
+    task: Task,
+    budget: int,
+    seed: int,
+    device: torch.device,
+    run_dir: Path,
+    show_progress: bool,
+    estimator: str = "fmpe",
+) -> tuple[Posterior, float]:
+    """Trains (or reloads a finished) posterior with the task card's hyperparameters.
+
+    The hyperparameters are recorded beside the posterior; a finished posterior whose record
+    differs from what the card now says is refused rather than reused.
+
+    Returns:
+        the posterior on `device` and its training seconds (summed over interruptions).
+    """
+    stem = run_stem(run_dir, task.name, budget, estimator, seed)
+    saved = stem.with_suffix(".fmpe")
+    record = stem.with_suffix(".card.json")
+    model_options, train_options = load_card(task.name).hyperparameters(budget, estimator)
+    hyperparameters = {"model": model_options, "train": train_options}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(stem.with_suffix(".lock")):
+        if saved.exists():
+            check_recorded_hyperparameters(record, hyperparameters)
+            posterior = fmpe.load(saved, prior=task.prior, device=device)
+            return posterior, posterior.training_record.seconds
+        torch.manual_seed(seed)
+        posterior = get_estimator(estimator)(
+            task.training_simulate, task.prior, **model_options
+        ).train(
+            budget,
+            seed=seed,
+            checkpoint_dir=stem.with_suffix(".checkpoints"),
+            augment_x=task.augment_x,
+            trainer_kwargs=_trainer_kwargs(device),
+            show_progress=show_progress,
+            **train_options,
+        )
+        _write_atomically(record, json.dumps(hyperparameters, indent=2, sort_keys=True))
+        posterior.save(saved)
+    return posterior.to(device), posterior.training_record.seconds
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def check_recorded_hyperparameters(record: Path, hyperparameters: dict) -> None:
+    """Raises ValueError if `record` is missing or holds other card hyperparameters than
+    `hyperparameters`."""
+    run_files = f"{record.parent / record.name.removesuffix('.card.json')}.*"
+    try:
+        recorded = json.loads(record.read_text())
+    except FileNotFoundError:
+        raise ValueError(
+            f"{record} is missing, so the posterior beside it cannot be checked against the "
+            f"task card; delete the run's files ({run_files}) to retrain"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{record} is not valid JSON ({error}); delete the run's files ({run_files}) to retrain"
+        ) from None
+    expected = json.loads(json.dumps(hyperparameters))
+    if recorded != expected:
+        changed = []
+        for part, now in expected.items():
+            before = recorded.get(part, {})
+            changed += [
+                f"{part}.{key}: {before.get(key)!r} -> {now.get(key)!r}"
+                for key in sorted(now.keys() | before.keys())
+                if before.get(key) != now.get(key)
+            ]
+        raise ValueError(
+            f"the posterior beside {record} was trained with other hyperparameters than the "
+            f"task card now gives ({'; '.join(changed)}). Delete its files ({run_files}) to "
+            "retrain, or pass another --runs and --results"
+        )
+
+
+def evaluate(
+    posterior: Posterior, task: Task, observation: int, seed: int, num_samples: int = NUM_SAMPLES
+) -> dict:
+    """Scores the posterior on one observation with every metric the task declares."""
+    x = task.observation(observation).to(posterior.device)
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    samples, cost = posterior.sample(num_samples, x, return_cost=True)
+    sample_seconds = time.perf_counter() - start
+    scoring = Scoring(posterior, task, observation, x, samples.cpu(), seed, posterior.device)
+    scores = {name: get_metric(name)(scoring) for name in task.metrics}
+    return {
+        **scores,
+        "acceptance_rate": cost.acceptance_rate,
+        "sample_seconds": round(sample_seconds, 3),
+        "evaluations": cost.evaluations,
+    }
+
+
+def run(
+    tasks: Iterable[str],
+    budgets: Iterable[int],
+    observations: Iterable[int],
+    *,
+    estimator: str = "fmpe",
+    seed: int = 0,
+    device: str | None = None,
+    results: Path,
+    run_dir: Path,
+    num_samples: int = NUM_SAMPLES,
+    show_progress: bool = True,
+) -> list[dict]:
+    """Runs every (task, budget, observation) cell of `estimator` not yet in `results`.
+
+    Repeated tasks, budgets or observations count once.
+
+    Returns:
+        the rows of all requested cells, those found in `results` and those added.
+    """
+    get_estimator(estimator)
+    torch_device = resolve_device(device)
+    store = ResultsStore(results)
+    done = store.completed()
+    cells = list(
+        dict.fromkeys(
+            (t, b, estimator, o, seed)
+            for t in dict.fromkeys(tasks)
+            for b in dict.fromkeys(budgets)
+            for o in dict.fromkeys(observations)
+        )
+    )
+    todo = [c for c in cells if c not in done]
+    with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="benchmark") as bar:
+        for task_name, budget in dict.fromkeys((t, b) for t, b, *_ in todo):
+            task = get_task(task_name)
+            bar.set_postfix_str(f"training {task_name} at {budget}")
+            posterior, train_seconds = train_for_task(
+                task, budget, seed, torch_device, run_dir, show_progress, estimator
+            )
+            for cell in (c for c in todo if c[:2] == (task_name, budget)):
+                if cell in store.completed():  # written meanwhile by a concurrent run
+                    bar.update(1)
+                    continue
+                observation = cell[3]
+                bar.set_postfix_str(f"{task_name} {budget} observation {observation}")
+                row = {
+                    "task": task_name,
+                    "budget": budget,
+                    "estimator": estimator,
+                    "observation": observation,
+                    "seed": seed,
+                    **evaluate(posterior, task, observation, seed, num_samples),
+                    "train_seconds": round(train_seconds, 2),
+                    "machine": machine_description(torch_device),
+                    "fmpe_version": fmpe.__version__,
+                    "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                }
+                if not store.add(row):
+                    warnings.warn(f"{cell} was written by a concurrent run", stacklevel=2)
+                bar.update(1)
+    final = store.completed()
+    return [final[c] for c in cells]

@@ -1,0 +1,85 @@
+"""Benchmark metrics by name; each task declares which ones score it (`Task.metrics`).
+
+A metric is a function of a `Scoring` (the posterior, the task, one observation and the
+posterior samples drawn for it) that returns a number:
+
+>>> def mean_error(s: Scoring) -> float:
+...     return (s.samples.mean(0) - s.task.true_parameters(s.observation)).abs().mean().item()
+>>> register_metric("mean_error", mean_error)
+
+and a task with ``metrics = ("mean_error", ...)`` gets a results column of that name.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fmpe.metrics import c2st, mmd
+from fmpe.posteriors import Posterior
+from fmpe.tasks import Task
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What a metric may look at for one observation.
+
+    Attributes:
+        posterior: the trained posterior, on `device`.
+        task: the task.
+        observation: the observation's number.
+        x: (*x_shape) the observation, on `device`.
+        samples: (n, d) posterior samples for x, on the CPU.
+        seed: the benchmark's seed.
+    """
+
+    posterior: Posterior
+    task: Task
+    observation: int
+    x: Tensor
+    samples: Tensor
+    seed: int
+    device: torch.device
+
+
+Metric = Callable[[Scoring], float]
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(name: str, metric: Metric) -> None:
+    """Makes `metric` available to tasks that list `name` in their `metrics`."""
+    if name in METRICS:
+        raise ValueError(f"a metric named {name!r} is already registered")
+    METRICS[name] = metric
+
+
+def get_metric(name: str) -> Metric:
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; registered: {', '.join(sorted(METRICS))}")
+    return METRICS[name]
+
+
+def _reference(s: Scoring) -> Tensor:
+    return s.task.reference_samples(s.observation)[: len(s.samples)]
+
+
+def _c2st(s: Scoring) -> float:
+    """C2ST against the task's reference samples, as sbibm defines it (0.5 is best)."""
+    return c2st(_reference(s), s.samples, device=s.device)
+
+
+def _mmd(s: Scoring) -> float:
+    """Unbiased MMD² against the reference samples (Gaussian kernel, median bandwidth)."""
+    return mmd(_reference(s), s.samples)
+
+
+def _nltp(s: Scoring) -> float:
+    """−log q(θ* | x) of the parameters that generated the observation."""
+    theta = s.task.true_parameters(s.observation).to(s.device)
+    return -s.posterior.log_prob(theta.unsqueeze(0), s.x).item()
+
+
+register_metric("c2st", _c2st)
+register_metric("mmd", _mmd)
+register_metric("nltp", _nltp)

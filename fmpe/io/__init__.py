@@ -1,0 +1,1 @@
+"""Files: posteriors (safetensors + JSON), prior codecs and simulation stores."""

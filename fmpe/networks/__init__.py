@@ -1,0 +1,39 @@
+"""Networks, embedding nets and linear layers, each registered by name.
+
+The protocol every network follows is in `fmpe.networks.registry.register_network` and in
+docs/extending.md. Registered here: the velocity network "residual" (FMPE's default), the
+conditional flows "nsf" (NPE's default) and "maf", the embedding net "mlp", and the linear
+layer "linear".
+"""
+
+from fmpe.networks import embeddings as _embeddings  # noqa: F401
+from fmpe.networks import flows as _flows  # noqa: F401
+from fmpe.networks.registry import (
+    EMBEDDINGS,
+    LINEAR_LAYERS,
+    NETWORKS,
+    build_embedding,
+    linear_factory,
+    materialize,
+    network_builder,
+    register_embedding,
+    register_linear,
+    register_network,
+)
+from fmpe.networks.velocity import VelocityNetwork
+
+register_network("residual", VelocityNetwork)
+
+__all__ = [
+    "EMBEDDINGS",
+    "LINEAR_LAYERS",
+    "NETWORKS",
+    "VelocityNetwork",
+    "build_embedding",
+    "linear_factory",
+    "materialize",
+    "network_builder",
+    "register_embedding",
+    "register_linear",
+    "register_network",
+]

@@ -1,0 +1,135 @@
+"""Registries of the pieces networks are built from: networks, embedding nets, linear layers.
+
+Each piece is named, so that a card or a posterior file can say which one to build, with
+JSON options. A spec is a name, or a dict ``{"name": ..., **options}``.
+
+>>> def build_mlp(theta_dim, x_shape, width=64):
+...     return MyVelocity(theta_dim, x_shape, width)      # forward(t, theta, x) -> (n, d)
+>>> register_network("mlp", build_mlp)
+>>> FMPE(simulator, prior, network="mlp", network_options={"width": 128})
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+NetworkBuilder = Callable[..., nn.Module]
+"""builder(theta_dim: int, x_shape: tuple[int, ...], **options) -> nn.Module."""
+
+EmbeddingBuilder = Callable[..., nn.Module]
+"""builder(x_shape: tuple[int, ...], **options) -> nn.Module mapping (n, *x_shape) to (n, k)."""
+
+LinearFactory = Callable[..., nn.Module]
+"""linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module."""
+
+Spec = str | dict[str, Any]
+LinearSpec = Spec
+
+NETWORKS: dict[str, NetworkBuilder] = {}
+EMBEDDINGS: dict[str, EmbeddingBuilder] = {}
+LINEAR_LAYERS: dict[str, Callable[..., LinearFactory]] = {"linear": lambda: nn.Linear}
+"""name -> a function of the spec's options that returns a `LinearFactory`."""
+
+
+def _register(table: dict, kind: str, name: str, value) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a {kind} name must be a non-empty string, got {name!r}")
+    if name in table:
+        raise ValueError(f"a {kind} named {name!r} is already registered")
+    if not callable(value):
+        raise ValueError(f"the {kind} {name!r} must be callable, got {type(value).__name__}")
+    table[name] = value
+
+
+def register_network(name: str, builder: NetworkBuilder) -> None:
+    """Makes `builder` available as `FMPE(..., network=name)` (or `NPE`), and lets posterior
+    files that name it be loaded.
+
+    The built module acts on standardized inputs. For FMPE it is a velocity field:
+    ``forward(t: (n,), theta: (n, d), x: (n, *x_shape)) -> (n, d)``, optionally with
+    ``embed(x) -> (n, k)`` and ``forward_embedded(t, theta, e) -> (n, d)`` so that a solve
+    embeds x once. For NPE it is a conditional density: ``forward(x) -> distribution`` over
+    θ with ``log_prob`` and ``rsample``. See docs/extending.md for the optional hooks
+    (parameter groups, training callbacks, weight averaging).
+    """
+    _register(NETWORKS, "network", name, builder)
+
+
+def register_embedding(name: str, builder: EmbeddingBuilder) -> None:
+    """Makes `builder` available as `embedding_net=name` (or ``{"name": name, ...}``).
+
+    An embedding module may define ``fit_to_data(x: (n, *x_shape))``, called once before
+    training with standardized training data (before any augmentation), e.g. to fit a basis.
+    """
+    _register(EMBEDDINGS, "embedding net", name, builder)
+
+
+def register_linear(name: str, factory: Callable[..., LinearFactory]) -> None:
+    """Makes ``linear=name`` (or ``{"name": name, **options}``) build layers with
+    ``factory(**options)``, a `LinearFactory`.
+
+    A factory may define ``training_callbacks() -> list`` (Lightning callbacks its layers need),
+    and its layers ``materialize() -> nn.Linear``, so that a trained network is saved with
+    ordinary layers.
+    """
+    _register(LINEAR_LAYERS, "linear layer", name, factory)
+
+
+def split_spec(spec: Spec, kind: str) -> tuple[str, dict[str, Any]]:
+    """("name", options) of a spec "name" or {"name": ..., **options}."""
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        options = dict(spec)
+        return options.pop("name"), options
+    raise ValueError(f"a {kind} must be a name or a dict with a 'name' key, got {spec!r}")
+
+
+def _lookup(table: dict, kind: str, name: str, register: str):
+    if name not in table:
+        raise ValueError(
+            f"unknown {kind} {name!r}; registered: {', '.join(sorted(table)) or 'none'}. "
+            f"Register one with fmpe.{register}({name!r}, builder)"
+        )
+    return table[name]
+
+
+def network_builder(network: str | NetworkBuilder) -> NetworkBuilder:
+    """The builder registered as `network`, or `network` itself if it is a builder."""
+    if callable(network):
+        return network
+    return _lookup(NETWORKS, "network", network, "register_network")
+
+
+def registered_name(table: dict, value) -> str | None:
+    """The name under which `value` is registered in `table`, if any."""
+    return next((name for name, entry in table.items() if entry is value), None)
+
+
+def build_embedding(spec: Spec, x_shape: Sequence[int]) -> nn.Module:
+    """The embedding net of a spec, built for observations of shape `x_shape`."""
+    name, options = split_spec(spec, "embedding net")
+    builder = _lookup(EMBEDDINGS, "embedding net", name, "register_embedding")
+    return builder(tuple(x_shape), **options)
+
+
+def linear_factory(linear: LinearFactory | LinearSpec | None) -> LinearFactory:
+    """The `LinearFactory` of a spec, a factory (returned as it is) or None (nn.Linear)."""
+    if linear is None:
+        return nn.Linear
+    if callable(linear):
+        return linear
+    name, options = split_spec(linear, "linear layer")
+    return _lookup(LINEAR_LAYERS, "linear layer", name, "register_linear")(**options)
+
+
+def materialize(module: nn.Module) -> nn.Module:
+    """`module` with every submodule that defines ``materialize()`` replaced by its result,
+    e.g. POET layers by ordinary linear layers of the same function. Changes it in place."""
+    for name, child in module.named_children():
+        if hasattr(child, "materialize"):
+            setattr(module, name, child.materialize())
+        else:
+            materialize(child)
+    return module

@@ -1,0 +1,21 @@
+"""Solving the flow's ODE: one entry point, `solve`, and a table of solvers."""
+
+from fmpe.ode.solvers import (
+    SOLVERS,
+    RowField,
+    Solution,
+    SolverSettings,
+    register_solver,
+    solve,
+    standard_normal_log_prob,
+)
+
+__all__ = [
+    "SOLVERS",
+    "RowField",
+    "Solution",
+    "SolverSettings",
+    "register_solver",
+    "solve",
+    "standard_normal_log_prob",
+]

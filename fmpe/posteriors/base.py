@@ -1,0 +1,386 @@
+"""What every posterior shares: the checks of input, the map to standardized coordinates,
+rejection of samples outside the prior, and solves batched over many observations.
+
+A subclass gives the density of z = (T(θ) - μ) / σ, where T is the identity or, with
+`map_to_unbounded`, maps the prior's bounds onto R (see `UnboundedTransform`):
+
+- ``_context(x_z: (b, *x_shape)) -> (b, ...)``: what the network needs of each observation;
+- ``_sample_z(context: (N, ...), with_log_prob, options) -> (z (N, d), log q(z) (N,) | None,
+  evaluations)``: one draw per row of context;
+- ``_log_prob_z(z: (N, d), context: (N, ...), options) -> (log q(z) (N,), evaluations)``.
+"""
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+from tqdm.auto import tqdm
+
+from fmpe.checks import as_count, as_float_tensor, check_device, check_shape
+from fmpe.standardize import Standardizer
+from fmpe.unbounded import UnboundedTransform, in_support
+
+LOW_ACCEPTANCE = 0.1
+FAILED_ACCEPTANCE = 1e-3  # after 10,000 draws of one observation, below this is an error
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one call cost, returned with ``return_cost=True``.
+
+    Attributes:
+        evaluations: network evaluations (ODE right-hand sides, or flow passes).
+        drawn: samples drawn, before those outside the prior's support were rejected.
+        accepted: samples kept.
+    """
+
+    evaluations: int = 0
+    drawn: int = 0
+    accepted: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drawn if self.drawn else 1.0
+
+
+class Posterior(nn.Module):
+    """q(θ | x) of a trained estimator.
+
+    A single observation x has shape `x_shape`; a batch of b observations has shape
+    (b, *x_shape), and every method then returns one result per observation, computed in
+    batched calls of up to `chunk_size` rows over all observations together.
+
+    Args:
+        theta_standardizer, x_standardizer: the z-scorings fitted on the training data.
+        prior: the prior (samples outside its support are rejected); may be None.
+        theta_transform: T, applied to θ before the z-scoring; None for the identity.
+        chunk_size: rows per batched call.
+    """
+
+    def __init__(
+        self,
+        theta_standardizer: Standardizer,
+        x_standardizer: Standardizer,
+        prior: Distribution | None = None,
+        theta_transform: UnboundedTransform | None = None,
+        chunk_size: int = 10_000,
+    ):
+        super().__init__()
+        self.theta_standardizer = theta_standardizer
+        self.x_standardizer = x_standardizer
+        self.theta_transform = theta_transform or UnboundedTransform.identity(self.theta_dim)
+        self.prior = prior
+        self.chunk_size = as_count(chunk_size, "chunk_size", minimum=1)
+        self.network_spec: dict | None = None
+        self.embedding_spec: dict | str | None = None
+        self.training_record = None
+
+    @property
+    def theta_dim(self) -> int:
+        return self.theta_standardizer.mean.shape[0]
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_standardizer.mean.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self.theta_standardizer.mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.theta_standardizer.mean.dtype
+
+    def train(self, mode: bool = True) -> "Posterior":
+        # A posterior is only ever evaluated: keep batch norm and dropout in inference mode.
+        return super().train(False)
+
+    # ----- what subclasses provide ------------------------------------------------------
+
+    def _context(self, x_z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _sample_z(
+        self, context: Tensor, with_log_prob: bool, options: dict
+    ) -> tuple[Tensor, Tensor | None, int]:
+        raise NotImplementedError
+
+    def _log_prob_z(self, z: Tensor, context: Tensor, options: dict) -> tuple[Tensor, int]:
+        raise NotImplementedError
+
+    @property
+    def _log_prob_rows(self) -> int:
+        """Rows per `_log_prob_z` call."""
+        return self.chunk_size
+
+    def _file_options(self) -> dict:
+        """What a posterior file must hold beyond the weights to rebuild this posterior."""
+        return {}
+
+    @classmethod
+    def _init_options(cls, file_options: dict) -> dict:
+        """Keyword arguments of the constructor, from `_file_options`."""
+        return {}
+
+    # ----- input checks -----------------------------------------------------------------
+
+    def _observations(self, x: Tensor) -> tuple[Tensor, bool]:
+        """Checks x and returns it as a batch (b, *x_shape), and whether it was one already."""
+        x = as_float_tensor(x, "x")
+        batched = x.dim() == len(self.x_shape) + 1
+        if not batched:
+            check_shape(x, self.x_shape, "x (one observation)")
+        else:
+            check_shape(x, (None, *self.x_shape), "x (a batch of observations)")
+        check_device(x, self.device, "x")
+        if not torch.isfinite(x).all():
+            raise ValueError("x contains NaN or infinite values")
+        return (x if batched else x.unsqueeze(0)).to(self.dtype), batched
+
+    def _theta_rows(self, theta: Tensor, num_observations: int, batched: bool) -> Tensor:
+        """Checks theta, (n, d) for one observation or (n, b, d) for b, and returns its rows
+        observation by observation: (b·n, d)."""
+        theta = as_float_tensor(theta, "theta")
+        if batched:
+            check_shape(theta, (None, num_observations, self.theta_dim), "theta (for a batch of x)")
+        else:
+            check_shape(theta, (None, self.theta_dim), "theta")
+            theta = theta.unsqueeze(1)
+        check_device(theta, self.device, "theta")
+        return theta.to(self.dtype).transpose(0, 1).reshape(-1, self.theta_dim)
+
+    # ----- coordinates ------------------------------------------------------------------
+
+    def _embed(self, x: Tensor) -> Tensor:
+        """x: (b, *x_shape) raw -> the context of each observation."""
+        with torch.no_grad():
+            return self._context(self.x_standardizer(x))
+
+    def _inside(self, theta: Tensor) -> Tensor:
+        """theta: (n, d) -> (n,) bool: strictly inside the prior's support and the bounds of
+        `theta_transform` (where float rounding can put a sample on a bound)."""
+        inside = self.theta_transform.inside(theta)
+        if self.prior is not None:
+            inside &= in_support(self.prior, theta)
+        return inside
+
+    def _from_z(self, z: Tensor, log_q_z: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """θ (n, d) of z (n, d), and log q(θ) (n,) of log q(z) (n,)."""
+        u = self.theta_standardizer.inverse(z)
+        theta = self.theta_transform.inverse(u)
+        if log_q_z is None:
+            return theta, None
+        log_prob = (
+            log_q_z
+            + self.theta_standardizer.log_abs_det_jacobian()
+            + self.theta_transform.log_abs_det_jacobian(u)
+        )
+        return theta, log_prob
+
+    # ----- sampling ---------------------------------------------------------------------
+
+    def _sample(
+        self,
+        n: int,
+        x: Tensor,
+        with_log_prob: bool,
+        reject_outside_prior: bool,
+        show_progress: bool,
+        options: dict,
+    ) -> tuple[Tensor, Tensor | None, Cost]:
+        n = as_count(n, "the number of samples")
+        x, batched = self._observations(x)
+        context = self._embed(x)
+        b = len(x)
+        kept: list[list[tuple[Tensor, Tensor | None]]] = [[] for _ in range(b)]
+        missing = torch.full((b,), n, dtype=torch.long)
+        drawn = torch.zeros(b, dtype=torch.long)
+        inside = torch.zeros(b, dtype=torch.long)
+        evaluations = 0
+        with tqdm(total=n * b, desc="sampling", disable=not show_progress, leave=False) as bar:
+            while missing.sum() > 0:
+                counts = self._draws_needed(missing, drawn, inside)
+                rows_of = torch.arange(b).repeat_interleave(counts)
+                for rows in rows_of.split(self.chunk_size):
+                    with torch.no_grad():
+                        z, log_q_z, cost = self._sample_z(
+                            context[rows.to(context.device)], with_log_prob, options
+                        )
+                    evaluations += cost
+                    theta, log_prob = self._from_z(z, log_q_z)
+                    ok = self._inside(theta) if reject_outside_prior else None
+                    observations, sizes = torch.unique_consecutive(rows, return_counts=True)
+                    start = 0
+                    for j, size in zip(observations.tolist(), sizes.tolist()):
+                        part = slice(start, start + size)
+                        start += size
+                        theta_j = theta[part]
+                        log_prob_j = log_prob[part] if with_log_prob else None
+                        if ok is not None:
+                            theta_j = theta_j[ok[part]]
+                            log_prob_j = log_prob_j[ok[part]] if with_log_prob else None
+                        drawn[j] += size
+                        inside[j] += len(theta_j)
+                        take = int(min(missing[j], len(theta_j)))
+                        kept[j].append(
+                            (theta_j[:take], log_prob_j[:take] if with_log_prob else None)
+                        )
+                        missing[j] -= take
+                        bar.update(take)
+        cost = Cost(evaluations, int(drawn.sum()), int(inside.sum()))
+        if cost.acceptance_rate < LOW_ACCEPTANCE:
+            warnings.warn(
+                f"only {cost.acceptance_rate:.1%} of the samples fell inside the prior's "
+                "support; the posterior may be poorly trained for this x",
+                stacklevel=4,
+            )
+        theta = torch.stack([self._joined(pieces, 0, n) for pieces in kept], dim=1)  # (n, b, d)
+        log_prob = None
+        if with_log_prob:
+            log_prob = torch.stack([self._joined(pieces, 1, n) for pieces in kept], dim=1)
+        if not batched:
+            theta = theta[:, 0]
+            log_prob = log_prob[:, 0] if with_log_prob else None
+        return theta, log_prob, cost
+
+    def _joined(self, pieces: list[tuple], index: int, n: int) -> Tensor:
+        """The `index`-th tensors of `pieces` concatenated; (0, ...) when there are none."""
+        if pieces:
+            return torch.cat([piece[index] for piece in pieces])
+        shape = (n, self.theta_dim) if index == 0 else (n,)
+        return torch.zeros(shape, dtype=self.dtype, device=self.device)
+
+    def _draws_needed(self, missing: Tensor, drawn: Tensor, inside: Tensor) -> Tensor:
+        """(b,) draws per observation for the next round: what is missing, scaled by the
+        acceptance rate seen so far, at most `chunk_size`."""
+        counts = missing.clone()
+        seen = (drawn > 0) & (missing > 0)
+        rate = inside[seen] / drawn[seen]
+        failed = (drawn[seen] >= 10_000) & (rate < FAILED_ACCEPTANCE)
+        if failed.any():
+            j = int(seen.nonzero()[failed][0])
+            raise RuntimeError(
+                f"only {int(inside[j])} of {int(drawn[j])} samples fell inside the prior's "
+                "support; the posterior is badly trained or x is far from the training data"
+            )
+        scaled = (missing[seen] / rate.clamp(min=FAILED_ACCEPTANCE) * 1.1).ceil().long()
+        counts[seen] = scaled
+        return counts.clamp(max=self.chunk_size)
+
+    def sample(
+        self,
+        n: int,
+        x: Tensor,
+        *,
+        reject_outside_prior: bool = True,
+        show_progress: bool = False,
+        return_cost: bool = False,
+        **solver_options,
+    ) -> Tensor | tuple[Tensor, Cost]:
+        """Draws n samples from q(θ | x).
+
+        Samples outside the prior's support are rejected and redrawn, with a warning when
+        fewer than 10% are kept.
+
+        Args:
+            x: one observation (*x_shape) or a batch (b, *x_shape).
+            return_cost: also return a `Cost` (network evaluations, acceptance).
+            solver_options: fields of `SolverSettings` to override, e.g. method="rk4".
+
+        Returns:
+            theta: (n, d), or (n, b, d) for a batch of observations.
+        """
+        theta, _, cost = self._sample(
+            n, x, False, reject_outside_prior, show_progress, solver_options
+        )
+        return (theta, cost) if return_cost else theta
+
+    def sample_and_log_prob(
+        self,
+        n: int,
+        x: Tensor,
+        *,
+        reject_outside_prior: bool = True,
+        show_progress: bool = False,
+        return_cost: bool = False,
+        **solver_options,
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Cost]:
+        """Draws n samples and their log densities in one pass.
+
+        Returns:
+            theta: (n, d) and log_prob: (n,), or (n, b, d) and (n, b) for a batch.
+        """
+        theta, log_prob, cost = self._sample(
+            n, x, True, reject_outside_prior, show_progress, solver_options
+        )
+        return (theta, log_prob, cost) if return_cost else (theta, log_prob)
+
+    # ----- densities --------------------------------------------------------------------
+
+    def log_prob(
+        self,
+        theta: Tensor,
+        x: Tensor,
+        *,
+        show_progress: bool = False,
+        return_cost: bool = False,
+        **solver_options,
+    ) -> Tensor | tuple[Tensor, Cost]:
+        """Log q(θ | x). A point's value does not depend on the other points evaluated with it.
+
+        Points outside the prior's support, or on its bounds, get -inf; rows with a NaN get
+        NaN.
+
+        Args:
+            theta: (n, d) for one observation x (*x_shape), or (n, b, d) for a batch
+                x (b, *x_shape).
+
+        Returns:
+            log_prob: (n,) or (n, b)
+        """
+        x, batched = self._observations(x)
+        rows = self._theta_rows(theta, len(x), batched)
+        n = rows.shape[0] // len(x)
+        context = self._embed(x)
+        observation = torch.arange(len(x), device=self.device).repeat_interleave(n)
+        log_prob, evaluations = self._log_prob_of_rows(
+            rows, context, observation, show_progress, solver_options
+        )
+        log_prob = log_prob.reshape(len(x), n).T
+        log_prob = log_prob if batched else log_prob[:, 0]
+        return (log_prob, Cost(evaluations)) if return_cost else log_prob
+
+    def _log_prob_of_rows(
+        self, rows: Tensor, context: Tensor, observation: Tensor, show_progress: bool, options: dict
+    ) -> tuple[Tensor, int]:
+        """log q(θ | x) of rows (N, d), row i given observation `observation[i]`."""
+        nan = torch.isnan(rows).any(-1)
+        inside = self._inside(rows)
+        # Points outside get -inf; a finite stand-in keeps them out of the solver's error control.
+        u = torch.where(inside.unsqueeze(-1), self.theta_transform(rows), 0.0)
+        z = self.theta_standardizer(u)
+        log_q_z, evaluations = [], 0
+        with tqdm(total=len(rows), desc="log_prob", disable=not show_progress, leave=False) as bar:
+            for index in torch.arange(len(rows), device=self.device).split(self._log_prob_rows):
+                with torch.no_grad():
+                    piece, cost = self._log_prob_z(z[index], context[observation[index]], options)
+                log_q_z.append(piece)
+                evaluations += cost
+                bar.update(len(index))
+        log_q_z = torch.cat(log_q_z) if log_q_z else rows.new_zeros(0)
+        log_prob = (
+            log_q_z
+            + self.theta_standardizer.log_abs_det_jacobian()
+            + self.theta_transform.log_abs_det_jacobian(u)
+        )
+        log_prob = torch.where(inside, log_prob, -math.inf)
+        return torch.where(nan, math.nan, log_prob), evaluations
+
+    def save(self, path) -> None:
+        """Writes the posterior to one safetensors file (weights, and JSON configuration)."""
+        from fmpe.io.posterior_file import save_posterior
+
+        save_posterior(self, path)
