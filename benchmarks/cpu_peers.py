@@ -50,10 +50,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import fmpe  # noqa: E402
-from fmpe.benchmark import append_row, float64_log_prob, machine_description, timed  # noqa: E402
+from fmpe.benchmark import append_csv, float64_log_prob, machine_description, timed  # noqa: E402
 from fmpe.metrics import c2st  # noqa: E402
-from fmpe.posterior import within_support  # noqa: E402
 from fmpe.tasks import get_task  # noqa: E402
+from fmpe.unbounded import in_support  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 NUM_SAMPLES = 10_000
@@ -98,7 +98,7 @@ def inside_prior(prior, draw, n: int) -> torch.Tensor:
     kept, total = [], 0
     while total < n:
         theta = draw(n)
-        theta = theta[within_support(prior, theta)]
+        theta = theta[in_support(prior, theta)]
         kept.append(theta)
         total += len(theta)
     return torch.cat(kept)[:n]
@@ -121,9 +121,8 @@ def run_fmpe(task, theta, x, x_obs, points, seed: int) -> list[dict]:
         ("defaults", {}),
         ("defaults; sample with rk4, 5 steps", FIXED_STEP_SAMPLING),
     ):
-        posterior.evaluations = 0
-        samples, sample_seconds = timed(
-            posterior.sample, NUM_SAMPLES, x_obs, repeats=REPEATS, **options
+        (samples, cost), sample_seconds = timed(
+            posterior.sample, NUM_SAMPLES, x_obs, repeats=REPEATS, return_cost=True, **options
         )
         results.append(
             {
@@ -131,7 +130,7 @@ def run_fmpe(task, theta, x, x_obs, points, seed: int) -> list[dict]:
                 "train_seconds": train_seconds,
                 "samples": samples,
                 "sample_seconds": sample_seconds,
-                "sample_evaluations": posterior.evaluations // REPEATS,
+                "sample_evaluations": cost.evaluations,
                 "log_prob_seconds": log_prob_seconds,
                 "log_prob_max_error": (log_prob.double() - exact).abs().max().item(),
             }
@@ -318,7 +317,7 @@ def report_row(path: Path, library: str, result: dict, args, reference: torch.Te
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     print({k: v for k, v in row.items() if k != "machine"}, flush=True)
-    append_row(path, row, FIELDS)
+    append_csv(path, row, FIELDS)
 
 
 if __name__ == "__main__":

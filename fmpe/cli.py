@@ -1,7 +1,12 @@
 """The fmpe command line.
 
-    fmpe benchmark TASK... --budget N     train and score on benchmark tasks
-    fmpe report                           tables and figures of the benchmark results
+    fmpe train TASK|CARD --budget N -o post.fmpe    train a posterior on a task
+    fmpe sample post.fmpe --observation K -n N -o samples.npy
+    fmpe diagnose post.fmpe                         calibration checks and figures
+    fmpe benchmark TASK... --budget N               train and score on benchmark tasks
+    fmpe report                                     tables and figures of the results
+
+`fmpe COMMAND --help` explains each command and its options.
 
 Every argument is checked before any work starts; a bad one ends the command with one line
 on stderr and exit status 2.
@@ -114,6 +119,55 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quiet", action="store_true", help="no training progress bars")
 
+    train = commands.add_parser(
+        "train",
+        help="train a posterior on a task and save it",
+        description="Simulate a task's training set and train a posterior on it with the "
+        "task card's hyperparameters for the budget; save it to one .fmpe file. With "
+        "--checkpoints, an interrupted run started again goes on where it stopped.",
+    )
+    train.add_argument("task", metavar="TASK|CARD", help="a task name, or a card file (.toml)")
+    train.add_argument("--budget", type=positive_int, required=True, help="simulations, e.g. 1e4")
+    train.add_argument("-o", "--output", type=Path, required=True, help="the .fmpe file to write")
+    train.add_argument("--estimator", default="fmpe", help="fmpe (default) or npe")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--checkpoints", type=Path, help="a folder to resume from if interrupted")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sample = commands.add_parser(
+        "sample",
+        help="draw posterior samples for an observation",
+        description="Draw samples from a saved posterior for one of its task's observations "
+        "or for observations in a file; write them to .npy (shape (n, d), or (n, b, d) for b "
+        "observations) or .csv (one row per sample, with the observation's index).",
+    )
+    sample.add_argument("posterior", type=Path, help="a .fmpe file")
+    which = sample.add_mutually_exclusive_group(required=True)
+    which.add_argument("--observation", type=positive_int, help="the task's observation K")
+    which.add_argument(
+        "--x", type=Path, help=".npy with x (*x_shape) or (b, *x_shape), or .csv, a row each"
+    )
+    sample.add_argument("--task", help="the task of --observation (default: the file's)")
+    sample.add_argument("-n", "--num-samples", type=positive_int, default=10_000)
+    sample.add_argument("-o", "--output", type=Path, required=True, help="samples.npy or .csv")
+    sample.add_argument("--seed", type=int, default=0)
+
+    diagnose = commands.add_parser(
+        "diagnose",
+        help="calibration checks (SBC, coverage, TARP) with figures",
+        description="Draw parameters from the task's prior, simulate an observation from "
+        "each, and check the posterior's calibration on them: SBC ranks, highest-density "
+        "coverage, TARP and -log q(θ*). Writes calibration.json and the figures.",
+    )
+    diagnose.add_argument("posterior", type=Path, help="a .fmpe file")
+    diagnose.add_argument("--task", help="the task (default: the one the file was trained on)")
+    diagnose.add_argument("--observations", type=positive_int, default=200)
+    diagnose.add_argument("--samples", type=positive_int, default=1000, help="per observation")
+    diagnose.add_argument("--out", type=Path, help="default: <posterior>-diagnostics/")
+    diagnose.add_argument("--seed", type=int, default=0)
+    diagnose.add_argument("--quiet", action="store_true", help="no progress bars")
+
     report = commands.add_parser("report", help="markdown tables and a figure of the results")
     report.add_argument("--results", type=Path, default=RESULTS)
     report.add_argument("--out", type=Path, default=None, help="default: the CSV's folder")
@@ -157,8 +211,7 @@ def _benchmark(args: argparse.Namespace) -> None:
             raise ValueError(f"task {name} has observations 1-{count}, not {outside}")
     _writable_file(args.results, "--results")
     _writable_folder(args.runs, "--runs")
-    if args.device not in ("auto", "cpu") and not args.device.startswith("cuda"):
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+    _check_device(args.device)
 
     from fmpe.benchmark import run
     from fmpe.benchmark.results import KEY, TRAILING
@@ -188,6 +241,130 @@ def _benchmark(args: argparse.Namespace) -> None:
     print(f"results in {args.results}")
 
 
+def _check_device(device: str) -> None:
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from fmpe.benchmark.measure import resolve_device
+    from fmpe.benchmark.runner import _trainer_kwargs
+    from fmpe.estimators import get_estimator
+    from fmpe.tasks import get_task, load_card
+
+    estimator = get_estimator(args.estimator)
+    card = load_card(args.task)
+    task = get_task(card.name)
+    if args.output.suffix != ".fmpe":
+        raise ValueError(f"-o {args.output}: name a .fmpe file")
+    _writable_file(args.output, "-o")
+    _check_device(args.device)
+    model, train = card.hyperparameters(args.budget, args.estimator)
+    torch_device = resolve_device(args.device)
+    posterior = estimator(task.training_simulate, task.prior, **model).train(
+        args.budget,
+        seed=args.seed,
+        checkpoint_dir=args.checkpoints,
+        augment_x=task.augment_x,
+        trainer_kwargs=_trainer_kwargs(torch_device),
+        show_progress=not args.quiet,
+        **train,
+    )
+    posterior.metadata = {
+        "task": task.name,
+        "budget": args.budget,
+        "estimator": args.estimator,
+        "seed": args.seed,
+    }
+    posterior.save(args.output)
+    print(f"trained {args.estimator} on {task.name} with {args.budget} simulations in "
+          f"{posterior.training_record.seconds:.0f} s; wrote {args.output}")  # fmt: skip
+
+
+def _posterior_and_task(path: Path, task_name: str | None):
+    """The posterior at `path`, with the prior of its task (`task_name`, or the one the file
+    names), and the task."""
+    import fmpe
+    from fmpe.tasks import get_task
+
+    name = task_name or fmpe.load(path).metadata.get("task")
+    if name is None:
+        raise ValueError(f"{path} does not say which task it was trained for; pass --task")
+    task = get_task(name)
+    return fmpe.load(path, prior=task.prior), task
+
+
+def _read_observations(path: Path):
+    import numpy as np
+    import torch
+
+    if path.suffix == ".npy":
+        values = np.load(path, allow_pickle=False)
+    elif path.suffix == ".csv":
+        values = np.loadtxt(path, delimiter=",", ndmin=2)
+        values = values[0] if len(values) == 1 else values
+    else:
+        raise ValueError(f"--x {path}: expected a .npy or .csv file")
+    return torch.as_tensor(values, dtype=torch.float32)
+
+
+def _sample(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    import fmpe
+
+    if args.output.suffix not in (".npy", ".csv"):
+        raise ValueError(f"-o {args.output}: expected a .npy or .csv file")
+    _writable_file(args.output, "-o")
+    if args.x is not None:
+        if args.task is not None:
+            raise ValueError("--task goes with --observation, not with --x")
+        posterior = fmpe.load(args.posterior)
+        x = _read_observations(args.x)
+    else:
+        posterior, task = _posterior_and_task(args.posterior, args.task)
+        x = task.observation(args.observation)
+    torch.manual_seed(args.seed)
+    samples = posterior.sample(args.num_samples, x).numpy()
+    if args.output.suffix == ".npy":
+        np.save(args.output, samples)
+    else:
+        d = samples.shape[-1]
+        rows = samples.reshape(len(samples), -1, d)
+        index = np.broadcast_to(np.arange(rows.shape[1])[None, :, None], (*rows.shape[:2], 1))
+        table = np.concatenate([index, rows], axis=-1).reshape(-1, d + 1)
+        header = "observation," + ",".join(f"theta_{i + 1}" for i in range(d))
+        np.savetxt(args.output, table, delimiter=",", header=header, comments="", fmt="%.7g")
+    print(f"wrote {args.num_samples} samples of shape {samples.shape[1:]} to {args.output}")
+
+
+def _diagnose(args: argparse.Namespace) -> None:
+    import torch
+
+    from fmpe.diagnostics.calibration import calibrate
+
+    posterior, task = _posterior_and_task(args.posterior, args.task)
+    out = args.out or args.posterior.with_name(args.posterior.stem + "-diagnostics")
+    _writable_folder(out, "--out")
+    torch.manual_seed(args.seed)
+    thetas = task.prior.sample((args.observations,))
+    xs = task.simulate(thetas)
+    kept = torch.isfinite(xs.flatten(1)).all(1)
+    calibration = calibrate(
+        posterior, thetas[kept], xs[kept], args.samples, seed=args.seed,
+        show_progress=not args.quiet,
+    )  # fmt: skip
+    for path in calibration.write(out):
+        print(f"wrote {path}")
+    numbers = calibration.numbers
+    print(
+        f"SBC KS p-values {', '.join(f'{p:.2f}' for p in numbers['sbc_ks_pvalues'])}; "
+        f"coverage KS p-value {numbers['coverage']['ks_pvalue']:.2f}; "
+        f"TARP ATC {numbers['tarp_atc']:+.3f} (p {numbers['tarp_ks_pvalue']:.2f})"
+    )
+
+
 def _report(args: argparse.Namespace) -> None:
     from fmpe.benchmark.report import write_report
 
@@ -198,6 +375,9 @@ def _report(args: argparse.Namespace) -> None:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "train": _train,
+    "sample": _sample,
+    "diagnose": _diagnose,
     "benchmark": _benchmark,
     "report": _report,
 }

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
+from fmpe.checks import as_count
+
 
 def block_sizes(dim: int, block_size: int) -> list[int]:
     """The blocks `dim` coordinates are cut into: dim // b of b = min(block_size, dim), then
@@ -105,16 +107,6 @@ def rotate_blocks(u: Tensor, rotations: Tensor) -> Tensor:
     return torch.bmm(rotations, padded).view(blocks * size, -1)[:dim]
 
 
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_non_negative(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-
-
 def _check_neumann_terms(terms: int | None) -> None:
     if terms is not None and (not isinstance(terms, int) or terms < 1):
         raise ValueError(
@@ -152,9 +144,9 @@ class POETLinear(nn.Module):
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
-        _check_positive("in_features", in_features)
-        _check_positive("out_features", out_features)
-        _check_positive("block_size", block_size)
+        as_count(in_features, "in_features", minimum=1)
+        as_count(out_features, "out_features", minimum=1)
+        as_count(block_size, "block_size", minimum=1)
         _check_neumann_terms(neumann_terms)
         self.in_features = in_features
         self.out_features = out_features
@@ -305,10 +297,11 @@ def poet_layers(module: nn.Module) -> list[POETLinear]:
 
 
 def poet_parameter_groups(
-    module: nn.Module, learning_rate: float, rotation_learning_rate: float
+    module: nn.Module, learning_rate: float | None, rotation_learning_rate: float | None
 ) -> list[dict]:
     """Optimizer parameter groups: the rotations of every POETLinear at `rotation_learning_rate`,
-    every other parameter at `learning_rate`; empty groups are left out."""
+    every other parameter at `learning_rate` (None: the optimizer's own learning rate); empty
+    groups are left out."""
     rotations = [p for layer in poet_layers(module) for p in layer.rotation_parameters()]
     rotation_ids = {id(p) for p in rotations}
     others = [p for p in module.parameters() if id(p) not in rotation_ids]
@@ -316,6 +309,7 @@ def poet_parameter_groups(
         {"params": others, "lr": learning_rate},
         {"params": rotations, "lr": rotation_learning_rate},
     ]
+    groups = [{k: v for k, v in g.items() if v is not None} for g in groups]
     return [group for group in groups if group["params"]]
 
 
@@ -339,8 +333,8 @@ class POETMerge(Callback):
     """
 
     def __init__(self, every_n_steps: int, seed: int = 0, clip_ramp_steps: int = 10):
-        _check_positive("every_n_steps", every_n_steps)
-        _check_non_negative("clip_ramp_steps", clip_ramp_steps)
+        as_count(every_n_steps, "every_n_steps", minimum=1)
+        as_count(clip_ramp_steps, "clip_ramp_steps")
         self.every_n_steps = every_n_steps
         self.seed = seed
         self.clip_ramp_steps = clip_ramp_steps
@@ -423,6 +417,8 @@ class POET:
         merge_every: optimizer steps between merges.
         seed: seed of the permutations drawn at the merges.
         clip_ramp_steps: steps over which the clipping threshold recovers after a merge.
+        rotation_learning_rate: the learning rate of the rotations (None: the optimizer's);
+            the paper uses larger ones for smaller blocks.
     """
 
     block_size: int = 32
@@ -430,12 +426,13 @@ class POET:
     merge_every: int = 200
     seed: int = 0
     clip_ramp_steps: int = 10
+    rotation_learning_rate: float | None = None
 
     def __post_init__(self):
-        _check_positive("block_size", self.block_size)
+        as_count(self.block_size, "block_size", minimum=1)
         _check_neumann_terms(self.neumann_terms)
-        _check_positive("merge_every", self.merge_every)
-        _check_non_negative("clip_ramp_steps", self.clip_ramp_steps)
+        as_count(self.merge_every, "merge_every", minimum=1)
+        as_count(self.clip_ramp_steps, "clip_ramp_steps")
 
     def __call__(self, in_features: int, out_features: int, bias: bool = True) -> POETLinear:
         return POETLinear(
@@ -446,5 +443,9 @@ class POET:
             neumann_terms=self.neumann_terms,
         )
 
-    def callbacks(self) -> list[Callback]:
+    def parameter_groups(self, module: nn.Module) -> list[dict]:
+        """Optimizer groups of a network built by this factory (see `poet_parameter_groups`)."""
+        return poet_parameter_groups(module, None, self.rotation_learning_rate)
+
+    def training_callbacks(self) -> list[Callback]:
         return [POETMerge(self.merge_every, seed=self.seed, clip_ramp_steps=self.clip_ramp_steps)]

@@ -17,6 +17,8 @@ from torch import Tensor
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
+from fmpe.checks import as_count
+
 Simulator = Callable[[Tensor], Tensor]
 
 
@@ -71,10 +73,9 @@ def simulation_chunks(
             simulator must then be picklable: a module-level function or an object of an
             importable class, not a lambda.
     """
-    if num_simulations < 1:
-        raise ValueError(f"num_simulations must be positive, got {num_simulations}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+    num_simulations = as_count(num_simulations, "num_simulations", minimum=1)
+    batch_size = as_count(batch_size, "batch_size", minimum=1)
+    num_workers = as_count(num_workers, "num_workers")
     starts = range(0, num_simulations, batch_size)
     sizes = [min(batch_size, num_simulations - start) for start in starts]
 

@@ -48,3 +48,14 @@ def gaussian_posterior(gaussian, tmp_path_factory):
     return estimator.train(
         16_000, max_epochs=80, batch_size=256, learning_rate=2e-3, show_progress=False
     )
+
+
+@pytest.fixture(scope="session")
+def gaussian_npe_posterior(gaussian):
+    """NPE's posterior on the same problem, trained once per test session."""
+    from fmpe import NPE
+
+    torch.manual_seed(0)
+    return NPE(gaussian.simulator, gaussian.prior).train(
+        16_000, max_epochs=80, batch_size=256, learning_rate=1e-3, show_progress=False
+    )

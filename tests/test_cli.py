@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -96,3 +97,93 @@ def test_benchmark_needs_a_task_and_a_budget():
         main(["benchmark", "two_moons", "--all", "--budget", "100"])
     with pytest.raises(SystemExit, match="--budget"):
         main(["benchmark", "two_moons"])
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["two_moons", "--budget", "300", "--observations", "3-1"], "range 3-1 is reversed"),
+        (["two_moons", "--budget", "999.9"], "'999.9' is not a whole number"),
+        (["two_moons", "--budget", "0"], "every number must be positive"),
+        (["two_moons", "--budget", "300", "--observations", "11"], r"1-10, not \[11\]"),
+        (["two_moon", "--budget", "300"], "unknown task 'two_moon'; known: "),
+        (["two_moons", "--budget", "300", "--estimator", "snpe"], "unknown estimator 'snpe'"),
+        (["two_moons", "--budget", "300", "--results", "."], "--results . is a folder"),
+        (["two_moons", "--budget", "300", "--device", "tpu"], "--device must be auto, cpu"),
+        (["two_moons", "--budget", "300", "--samples", "1,2"], "not one positive whole number"),
+    ],
+)
+def test_bad_arguments_end_in_one_line_before_any_work(arguments, message, capsys, monkeypatch):
+    import fmpe.benchmark.runner
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("no work may start before every argument is checked")
+
+    monkeypatch.setattr(fmpe.benchmark.runner, "train_for_task", no_work)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["benchmark", *arguments])
+    assert exit_info.value.code == 2
+    printed = capsys.readouterr().err
+    assert printed.count("\n") == 1 and "Traceback" not in printed
+    assert printed.startswith("fmpe benchmark: error:")
+    assert re.search(message, printed), printed
+
+
+def test_repeated_observations_and_budgets_run_once(tmp_path):
+    results = tmp_path / "results.csv"
+    main(["benchmark", "gaussian_linear", "--budgets", "300,300", "--observations", "1,1",
+          "--samples", "500", "--device", "cpu", "--quiet",
+          "--results", str(results), "--runs", str(tmp_path / "runs")])  # fmt: skip
+    assert len(rows(results)) == 1
+
+
+def test_train_sample_and_diagnose(tmp_path, capsys):
+    import numpy as np
+
+    posterior = tmp_path / "post.fmpe"
+    main(["train", "gaussian_linear", "--budget", "300", "-o", str(posterior), "--quiet"])
+    assert "wrote" in capsys.readouterr().out and posterior.exists()
+
+    samples = tmp_path / "samples.npy"
+    main(["sample", str(posterior), "--observation", "2", "-n", "500", "-o", str(samples)])
+    drawn = np.load(samples)
+    assert drawn.shape == (500, 10)
+    from fmpe.tasks import get_task
+
+    truth = get_task("gaussian_linear").true_parameters(2).numpy()
+    assert np.abs(drawn.mean(0) - truth).mean() < 0.5  # a rough posterior, near the truth
+
+    observations = tmp_path / "x.csv"
+    np.savetxt(observations, np.zeros((3, 10)), delimiter=",")
+    table = tmp_path / "samples.csv"
+    main(["sample", str(posterior), "--x", str(observations), "-n", "7", "-o", str(table)])
+    lines = table.read_text().splitlines()
+    assert lines[0].startswith("observation,theta_1,") and len(lines) == 1 + 7 * 3
+
+    out = tmp_path / "diagnostics"
+    main(["diagnose", str(posterior), "--observations", "30", "--samples", "50",
+          "--out", str(out), "--quiet"])  # fmt: skip
+    numbers = json.loads((out / "calibration.json").read_text())
+    assert numbers["observations"] == 30 and len(numbers["sbc_ks_pvalues"]) == 10
+    for figure in ("sbc_ranks.png", "coverage.png", "tarp.png", "pp_plot.png"):
+        assert (out / figure).stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["train", "two_moons", "--budget", "300", "-o", "post.txt"], "name a .fmpe file"),
+        (["train", "nope", "--budget", "300", "-o", "p.fmpe"], "no task card 'nope'"),
+        (["train", "two_moons", "-o", "p.fmpe"], "the following arguments are required: --budget"),
+        (["sample", "missing.fmpe", "--observation", "1", "-o", "s.npy"], "no posterior file"),
+        (["sample", "p.fmpe", "--x", "x.npy", "--observation", "1", "-o", "s.npy"], "not allowed"),
+        (["diagnose", "missing.fmpe"], "no posterior file at missing.fmpe"),
+        (["report", "--results", "missing.csv"], "no results file at missing.csv"),
+    ],
+)
+def test_bad_user_commands_end_in_one_line(arguments, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2
+    printed = capsys.readouterr().err
+    assert printed.count("\n") == 1 and message in printed, printed

@@ -40,11 +40,15 @@ def test_log_density_of_linear_flow_is_exact(method):
     a = torch.tensor([[0.4, 0.3], [-0.2, -0.6]], dtype=torch.float64)
     theta0 = torch.randn(50, 2, dtype=torch.float64)
     settings = SolverSettings(method, rtol=1e-10, atol=1e-10)
-    solution = solve(lambda t, th, rows: th @ a.T, theta0, 0.0, 1.0, settings, track_log_density=True)
+
+    def linear(t, th, rows):
+        return th @ a.T
+
+    solution = solve(linear, theta0, 0.0, 1.0, settings, track_log_density=True)
     expected_end = theta0 @ torch.linalg.matrix_exp(a).T
     assert torch.allclose(solution.theta, expected_end, atol=1e-8)
     assert torch.allclose(solution.log_density_change, -a.trace().expand(50), atol=1e-8)
-    back = solve(lambda t, th, rows: th @ a.T, expected_end, 1.0, 0.0, settings, track_log_density=True)
+    back = solve(linear, expected_end, 1.0, 0.0, settings, track_log_density=True)
     assert torch.allclose(back.theta, theta0, atol=1e-8)
     log_q1 = standard_normal_log_prob(back.theta) - back.log_density_change
     assert torch.allclose(log_q1, standard_normal_log_prob(theta0) - a.trace(), atol=1e-8)

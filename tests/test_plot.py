@@ -182,7 +182,10 @@ def test_pp_plot_accepts_ranks_and_one_parameter():
         (lambda: pp_plot(np.full((10, 2), 1.5)), r"must lie in \[0, 1\]"),
         (lambda: coverage_plot(np.linspace(0, 1, 3), np.linspace(0, 1, 4)), "one shape"),
         (lambda: tarp_plot(np.linspace(0, 1, 3), np.linspace(0, 1, 3), 5, band="x"), "band must"),
-        (lambda: coverage_plot(np.linspace(0, 1, 3), np.linspace(0, 1, 3), 0), "positive int"),
+        (
+            lambda: coverage_plot(np.linspace(0, 1, 3), np.linspace(0, 1, 3), 0),
+            "must be an integer >= 1",
+        ),
     ],
 )
 def test_calibration_plots_refuse_bad_input(call, message):

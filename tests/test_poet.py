@@ -342,12 +342,12 @@ def test_factory_builds_poet_layers_and_their_callback():
     layer = factory(6, 3, bias=False)
     assert isinstance(layer, POETLinear) and layer.bias is None
     assert (layer.block_size, layer.neumann_terms) == (4, None)
-    (callback,) = factory.callbacks()
+    (callback,) = factory.training_callbacks()
     assert isinstance(callback, POETMerge) and callback.every_n_steps == 50
 
 
 def test_bad_input_is_refused_with_clear_messages():
-    with pytest.raises(ValueError, match="block_size must be a positive integer"):
+    with pytest.raises(ValueError, match="block_size must be an integer >= 1"):
         POETLinear(4, 4, block_size=0)
     with pytest.raises(ValueError, match="neumann_terms must be a positive integer or None"):
         POETLinear(4, 4, block_size=2, neumann_terms=0)
@@ -357,11 +357,11 @@ def test_bad_input_is_refused_with_clear_messages():
         skew_symmetric(torch.zeros(5), upper_triangle_index([4], 4), 1, 4)
     with pytest.raises(ValueError, match=r"block sizes \[5\] do not fit in 4x4"):
         upper_triangle_index([5], 4)
-    with pytest.raises(ValueError, match="every_n_steps must be a positive integer"):
+    with pytest.raises(ValueError, match="every_n_steps must be an integer >= 1"):
         POETMerge(0)
-    with pytest.raises(ValueError, match="clip_ramp_steps must be a non-negative integer"):
+    with pytest.raises(ValueError, match="clip_ramp_steps must be an integer >= 0"):
         POETMerge(5, clip_ramp_steps=-1)
-    with pytest.raises(ValueError, match="merge_every must be a positive integer"):
+    with pytest.raises(ValueError, match="merge_every must be an integer >= 1"):
         POET(block_size=4, merge_every=0)
 
 

@@ -10,62 +10,69 @@ from fmpe.metrics import c2st
 X_OBS = torch.tensor([0.8, -0.4])
 
 
-def test_samples_match_exact_posterior(gaussian, gaussian_posterior):
+@pytest.fixture(params=["fmpe", "npe"])
+def any_posterior(request):
+    """FMPE's and NPE's posteriors of the linear-Gaussian problem, held to the same bounds."""
+    names = {"fmpe": "gaussian_posterior", "npe": "gaussian_npe_posterior"}
+    return request.getfixturevalue(names[request.param])
+
+
+def test_samples_match_exact_posterior(gaussian, any_posterior):
     torch.manual_seed(1)
-    samples = gaussian_posterior.sample(5000, X_OBS)
+    samples = any_posterior.sample(5000, X_OBS)
     assert samples.shape == (5000, 2)
     exact = gaussian.posterior(X_OBS).sample((5000,))
     assert c2st(exact, samples) < 0.56
 
 
-def test_log_prob_matches_exact_density_in_bulk(gaussian, gaussian_posterior):
+def test_log_prob_matches_exact_density_in_bulk(gaussian, any_posterior):
     exact = gaussian.posterior(X_OBS)
     torch.manual_seed(2)
     theta = exact.sample((1000,))
     # The bulk: the 90% of draws nearest the mode in Mahalanobis distance.
     log_exact = exact.log_prob(theta)
     bulk = log_exact >= log_exact.quantile(0.1)
-    log_q = gaussian_posterior.log_prob(theta[bulk], X_OBS)
+    log_q = any_posterior.log_prob(theta[bulk], X_OBS)
     assert (log_q - log_exact[bulk]).abs().mean() < 0.05
 
 
-def test_density_integrates_to_one(gaussian, gaussian_posterior):
+def test_density_integrates_to_one(gaussian, any_posterior):
     mean = gaussian.posterior(X_OBS).mean
     axis = torch.linspace(-2.5, 2.5, 61)
     grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1).reshape(-1, 2) + mean
-    density = gaussian_posterior.log_prob(grid, X_OBS).exp().reshape(61, 61)
+    density = any_posterior.log_prob(grid, X_OBS).exp().reshape(61, 61)
     cell = (axis[1] - axis[0]) ** 2
     assert abs((density.sum() * cell).item() - 1) < 0.02
 
 
-def test_log_prob_does_not_depend_on_batch_composition(gaussian, gaussian_posterior):
+def test_log_prob_does_not_depend_on_batch_composition(gaussian, any_posterior):
     torch.manual_seed(3)
     point = gaussian.posterior(X_OBS).sample((1,))
-    alone = gaussian_posterior.log_prob(point, X_OBS)
+    alone = any_posterior.log_prob(point, X_OBS)
     # The same point next to far-out points, which force small adaptive steps.
     neighbours = torch.cat([point, 4 * torch.randn(255, 2)])
-    crowded = gaussian_posterior.log_prob(neighbours, X_OBS)[:1]
+    crowded = any_posterior.log_prob(neighbours, X_OBS)[:1]
     assert (alone - crowded).abs().item() <= 1e-4
 
 
-def test_sample_and_log_prob_agree_with_log_prob(gaussian_posterior):
+def test_sample_and_log_prob_agree_with_log_prob(any_posterior):
     torch.manual_seed(4)
-    theta, log_q = gaussian_posterior.sample_and_log_prob(200, X_OBS)
+    theta, log_q = any_posterior.sample_and_log_prob(200, X_OBS)
     assert theta.shape == (200, 2) and log_q.shape == (200,)
-    assert torch.allclose(log_q, gaussian_posterior.log_prob(theta, X_OBS), atol=2e-3)
+    assert torch.allclose(log_q, any_posterior.log_prob(theta, X_OBS), atol=2e-3)
 
 
-def test_batch_of_observations(gaussian, gaussian_posterior):
+def test_batch_of_observations(gaussian, any_posterior):
     xs = torch.stack([X_OBS, torch.tensor([-1.0, 0.5]), torch.tensor([0.0, 1.5])])
     torch.manual_seed(5)
-    samples = gaussian_posterior.sample(2000, xs)
+    samples = any_posterior.sample(2000, xs)
     assert samples.shape == (2000, 3, 2)
     for j, x in enumerate(xs):
         exact_mean = gaussian.posterior(x).mean
         assert torch.allclose(samples[:, j].mean(0), exact_mean, atol=0.05)
-    log_q = gaussian_posterior.log_prob(samples[:50], xs)
+    log_q = any_posterior.log_prob(samples[:50], xs)
     assert log_q.shape == (50, 3)
-    single = gaussian_posterior.log_prob(samples[:50, 1], xs[1])
+    single = any_posterior.log_prob(samples[:50, 1], xs[1])
     assert torch.allclose(log_q[:, 1], single, atol=1e-4)
 
 
@@ -129,3 +136,26 @@ def test_sampling_alone_uses_the_looser_sample_tolerance(gaussian_posterior):
         500, X_OBS, sample_rtol=1e-5, sample_atol=1e-5, return_cost=True
     )
     assert loose.evaluations < 0.8 * tight.evaluations
+
+
+def test_many_observations_are_solved_together(any_posterior):
+    """A batch of observations is one batched solve per chunk, not one solve per observation,
+    and each observation's densities are those it gets alone."""
+    xs = torch.randn(100, 2)
+    theta = torch.randn(10, 100, 2)
+    batched, cost = any_posterior.log_prob(theta, xs, return_cost=True)
+    _, single = any_posterior.log_prob(theta[:, 0], xs[0], return_cost=True)
+    assert cost.evaluations < 3 * single.evaluations
+    for j in (0, 57, 99):
+        assert torch.allclose(batched[:, j], any_posterior.log_prob(theta[:, j], xs[j]), atol=1e-4)
+
+
+def test_map_finds_the_analytic_mode(gaussian, any_posterior):
+    xs = torch.stack([X_OBS, torch.tensor([-1.0, 0.5])])
+    torch.manual_seed(10)
+    modes = any_posterior.map(xs)
+    assert modes.shape == (2, 2)
+    for x, mode in zip(xs, modes):
+        # The mode of a Gaussian posterior is its mean.
+        assert torch.allclose(mode, gaussian.posterior(x).mean, atol=0.05)
+    assert any_posterior.map(X_OBS).shape == (2,)

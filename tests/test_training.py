@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import textwrap
+import time
 
 import lightning as L
 import pytest
@@ -63,10 +64,21 @@ def test_killed_run_resumes_from_checkpoint(tmp_path):
     prior = torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2))
     epochs_run = []
 
+    clock = {}
+
     class RecordEpochs(L.Callback):
         def on_train_epoch_start(self, trainer, module):
             epochs_run.append(trainer.current_epoch)
 
+        def on_train_start(self, trainer, module):
+            clock["start"] = time.perf_counter()
+
+        def on_train_end(self, trainer, module):
+            clock["end"] = time.perf_counter()
+
+    checkpoint = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    (before,) = [v["seconds"] for k, v in checkpoint["callbacks"].items() if "TrainingTime" in k]
+    assert before > 0
     posterior = FMPE(no_simulator, prior, network_options={"hidden_widths": (16,)}).train(
         500,
         max_epochs=10,
@@ -76,6 +88,9 @@ def test_killed_run_resumes_from_checkpoint(tmp_path):
         trainer_kwargs={"callbacks": [RecordEpochs()]},
     )
     assert epochs_run == list(range(killed_at + 1, 10))
+    # The training time adds the killed process's time (up to its last checkpoint) to this one's.
+    own = clock["end"] - clock["start"]
+    assert posterior.training_record.seconds == pytest.approx(before + own, abs=0.05)
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 9
     assert posterior.sample(5, torch.zeros(2)).shape == (5, 2)
 

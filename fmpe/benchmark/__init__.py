@@ -1,6 +1,12 @@
 """The benchmark: runs of estimators on tasks, their results store, metrics and reports."""
 
-from fmpe.benchmark.measure import float64_log_prob, machine_description, resolve_device, timed
+from fmpe.benchmark.measure import (
+    append_csv,
+    float64_log_prob,
+    machine_description,
+    resolve_device,
+    timed,
+)
 from fmpe.benchmark.results import ResultsStore
 from fmpe.benchmark.runner import evaluate, run, train_for_task
 from fmpe.benchmark.scoring import METRICS, Scoring, register_metric
@@ -8,6 +14,7 @@ from fmpe.benchmark.scoring import METRICS, Scoring, register_metric
 __all__ = [
     "METRICS",
     "ResultsStore",
+    "append_csv",
     "Scoring",
     "evaluate",
     "float64_log_prob",

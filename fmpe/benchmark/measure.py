@@ -1,9 +1,13 @@
 """What every benchmark needs to report a number honestly: the machine, and timings."""
 
+import csv
+import fcntl
 import os
 import platform
 import statistics
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -44,3 +48,17 @@ def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def append_csv(path: Path, row: dict, fields: Sequence[str]) -> None:
+    """Appends one row to a benchmark script's CSV under an exclusive lock, writing the header
+    first if the file is new or empty."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if f.tell() == 0:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())

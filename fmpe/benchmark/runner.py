@@ -91,6 +91,12 @@ def train_for_task(
             show_progress=show_progress,
             **train_options,
         )
+        posterior.metadata = {
+            "task": task.name,
+            "budget": budget,
+            "estimator": estimator,
+            "seed": seed,
+        }
         _write_atomically(record, json.dumps(hyperparameters, indent=2, sort_keys=True))
         posterior.save(saved)
     return posterior.to(device), posterior.training_record.seconds

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from fmpe.validation import as_float_tensor, check_shape
+from fmpe.checks import as_count, as_float_tensor, check_shape
 
 
 class BatchedPosterior(Protocol):
@@ -47,17 +47,12 @@ def check_pairs(thetas: Tensor | np.ndarray, xs: Tensor | np.ndarray) -> tuple[T
     return thetas, xs
 
 
-def check_positive_int(value: int, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def observation_chunks(
     num_observations: int, chunk_size: int, show_progress: bool, desc: str
 ) -> Iterator[slice]:
     """Consecutive slices of at most chunk_size observations, with one progress bar over all
     observations that advances after each chunk is processed."""
-    check_positive_int(chunk_size, "chunk_size")
+    as_count(chunk_size, "chunk_size", minimum=1)
     with tqdm(total=num_observations, desc=desc, disable=not show_progress) as bar:
         for start in range(0, num_observations, chunk_size):
             stop = min(start + chunk_size, num_observations)

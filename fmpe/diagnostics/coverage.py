@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fmpe.checks import as_count
 from fmpe.diagnostics.batching import (
     BatchedPosterior,
     check_pairs,
-    check_positive_int,
     draw_samples_and_log_prob,
     observation_chunks,
     true_log_prob,
@@ -44,7 +44,7 @@ def hpd_ranks(
         ranks: (N,) int64 in {0, …, L}; θ* outside q's support (log q = -inf) gets L.
     """
     thetas, xs = check_pairs(thetas, xs)
-    check_positive_int(num_posterior_samples, "num_posterior_samples")
+    as_count(num_posterior_samples, "num_posterior_samples", minimum=1)
     ranks = []
     for rows in observation_chunks(len(thetas), chunk_size, show_progress, "coverage"):
         x = xs[rows]

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fmpe.checks import as_count
 from fmpe.diagnostics.batching import (
     BatchedPosterior,
     check_pairs,
-    check_positive_int,
     draw_samples,
     observation_chunks,
 )
@@ -38,7 +38,7 @@ def run_sbc(
         ranks: (N, d) int64, how many of the L samples lie below θ*_i in each coordinate.
     """
     thetas, xs = check_pairs(thetas, xs)
-    check_positive_int(num_posterior_samples, "num_posterior_samples")
+    as_count(num_posterior_samples, "num_posterior_samples", minimum=1)
     ranks = []
     for rows in observation_chunks(len(thetas), chunk_size, show_progress, "SBC"):
         samples = draw_samples(posterior, num_posterior_samples, xs[rows], thetas.shape[1])

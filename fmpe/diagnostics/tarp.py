@@ -16,10 +16,10 @@ import torch
 from scipy import stats
 from torch import Tensor
 
+from fmpe.checks import as_count
 from fmpe.diagnostics.batching import (
     BatchedPosterior,
     check_pairs,
-    check_positive_int,
     draw_samples,
     observation_chunks,
 )
@@ -86,9 +86,9 @@ def run_tarp(
         alpha: (num_bins + 1,) the credibility levels, evenly spaced over [0, 1].
     """
     thetas, xs = check_pairs(thetas, xs)
-    check_positive_int(num_posterior_samples, "num_posterior_samples")
+    as_count(num_posterior_samples, "num_posterior_samples", minimum=1)
     num_bins = max(len(thetas) // 10, 1) if num_bins is None else num_bins
-    check_positive_int(num_bins, "num_bins")
+    as_count(num_bins, "num_bins", minimum=1)
     generator = torch.Generator().manual_seed(seed)
     low, high = thetas.min(0).values, thetas.max(0).values
     if references is None:
@@ -145,7 +145,7 @@ def check_tarp(ecp: np.ndarray, alpha: np.ndarray, num_observations: int) -> tup
             "ecp and alpha must have the same shape (G,) with G >= 2, "
             f"got {ecp.shape} and {alpha.shape}"
         )
-    check_positive_int(num_observations, "num_observations")
+    as_count(num_observations, "num_observations", minimum=1)
     middle = len(alpha) // 2
     atc = float(((ecp[middle:] - alpha[middle:]) * (alpha[1] - alpha[0])).sum())
     distance = float(np.abs(ecp - alpha).max())

@@ -13,6 +13,8 @@ import torch
 from scipy import stats
 from torch import Tensor
 
+from fmpe.checks import as_count
+
 
 def credible_levels(
     ranks: Tensor, num_posterior_samples: int, generator: torch.Generator | None = None
@@ -35,10 +37,7 @@ def credible_levels(
 
 def check_ranks(ranks: Tensor | np.ndarray, num_posterior_samples: int) -> Tensor:
     """ranks as an integer CPU tensor, with a ValueError unless each lies in {0, …, L}."""
-    if not isinstance(num_posterior_samples, int) or num_posterior_samples < 1:
-        raise ValueError(
-            f"num_posterior_samples must be a positive int, got {num_posterior_samples!r}"
-        )
+    as_count(num_posterior_samples, "num_posterior_samples", minimum=1)
     ranks = torch.as_tensor(ranks).cpu()
     if ranks.is_floating_point() or ranks.dtype == torch.bool:
         raise ValueError(f"ranks must have an integer dtype, got {ranks.dtype}")
@@ -107,7 +106,6 @@ def binomial_band(
 
 
 def _check_band_arguments(num_observations: int, confidence: float) -> None:
-    if not isinstance(num_observations, int) or num_observations < 1:
-        raise ValueError(f"num_observations must be a positive int, got {num_observations!r}")
+    as_count(num_observations, "num_observations", minimum=1)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")

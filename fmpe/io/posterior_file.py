@@ -87,13 +87,14 @@ def save_posterior(posterior: Posterior, path: str | Path) -> None:
             "name it: register it with fmpe.register_network('my_network', builder) and train "
             "with network='my_network'"
         )
-    try:
-        json.dumps(network_spec)
-    except TypeError as error:
-        raise ValueError(
-            f"the options of network {network_spec['name']!r} must be JSON values to be saved: "
-            f"{error}"
-        ) from None
+    for what, value in (
+        ("the options of the network", network_spec),
+        ("metadata", posterior.metadata),
+    ):
+        try:
+            json.dumps(value)
+        except TypeError as error:
+            raise ValueError(f"{what} must be JSON values to be saved: {error}") from None
     _check_rebuilds(posterior, network_spec, embedding_spec)
     tensors = {name: t.detach().cpu().contiguous() for name, t in posterior.state_dict().items()}
     prior_spec = None
@@ -113,6 +114,7 @@ def save_posterior(posterior: Posterior, path: str | Path) -> None:
             "prior": prior_spec,
             "has_prior": posterior.prior is not None,
             "training": record.__dict__ if record is not None else None,
+            "metadata": posterior.metadata,
             "fmpe_version": fmpe.__version__,
         },
         sort_keys=True,
@@ -276,4 +278,5 @@ def load(
     posterior.embedding_spec = embedding
     if config["training"] is not None:
         posterior.training_record = TrainingRecord(**config["training"])
+    posterior.metadata = config.get("metadata", {})
     return posterior.to(device)

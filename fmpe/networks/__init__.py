@@ -3,7 +3,7 @@
 The protocol every network follows is in `fmpe.networks.registry.register_network` and in
 docs/extending.md. Registered here: the velocity network "residual" (FMPE's default), the
 conditional flows "nsf" (NPE's default) and "maf", the embedding net "mlp", and the linear
-layer "linear".
+layers "linear" and "poet".
 """
 
 from fmpe.networks import embeddings as _embeddings  # noqa: F401
@@ -21,8 +21,10 @@ from fmpe.networks.registry import (
     register_network,
 )
 from fmpe.networks.velocity import VelocityNetwork
+from fmpe.poet import POET
 
 register_network("residual", VelocityNetwork)
+register_linear("poet", POET)
 
 __all__ = [
     "EMBEDDINGS",

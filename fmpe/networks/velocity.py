@@ -215,3 +215,9 @@ class VelocityNetwork(nn.Module):
     def training_callbacks(self) -> list:
         """Lightning callbacks that the layers need while training (POET's merges)."""
         return list(getattr(self.linear, "training_callbacks", list)())
+
+    def parameter_groups(self) -> list[dict]:
+        """The layer factory's optimizer groups (POET's rotations), else one group."""
+        if hasattr(self.linear, "parameter_groups"):
+            return self.linear.parameter_groups(self)
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]

@@ -34,6 +34,23 @@ def exact_divergence(field: VectorField, theta: Tensor) -> tuple[Tensor, Tensor]
     return value.detach(), divergence
 
 
+def differentiable_divergence(field: VectorField, theta: Tensor) -> tuple[Tensor, Tensor]:
+    """Field value and its exact divergence, both differentiable with respect to theta (a
+    second-order graph), for optimizing through a density; theta (n, d) must be part of the
+    graph already, e.g. require grad.
+
+    Returns:
+        value: (n, d), divergence: (n,)
+    """
+    with torch.enable_grad():
+        value = field(theta)
+        divergence = torch.zeros(theta.shape[:-1], dtype=theta.dtype, device=theta.device)
+        for i in range(theta.shape[-1]):
+            (gradient,) = torch.autograd.grad(value[:, i].sum(), theta, create_graph=True)
+            divergence = divergence + gradient[:, i]
+    return value, divergence
+
+
 def hutchinson_divergence(
     field: VectorField, theta: Tensor, probes: Tensor
 ) -> tuple[Tensor, Tensor]:

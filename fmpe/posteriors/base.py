@@ -25,6 +25,7 @@ from fmpe.unbounded import UnboundedTransform, in_support
 
 LOW_ACCEPTANCE = 0.1
 FAILED_ACCEPTANCE = 1e-3  # after 10,000 draws of one observation, below this is an error
+FAR_OUT = 1e3  # standard deviations of the training θ; beyond, log_prob is -inf
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class Posterior(nn.Module):
         self.network_spec: dict | None = None
         self.embedding_spec: dict | str | None = None
         self.training_record = None
+        self.metadata: dict = {}
+        """JSON values saved with the posterior, e.g. the task it was trained for."""
 
     @property
     def theta_dim(self) -> int:
@@ -359,9 +362,13 @@ class Posterior(nn.Module):
         """log q(θ | x) of rows (N, d), row i given observation `observation[i]`."""
         nan = torch.isnan(rows).any(-1)
         inside = self._inside(rows)
-        # Points outside get -inf; a finite stand-in keeps them out of the solver's error control.
         u = torch.where(inside.unsqueeze(-1), self.theta_transform(rows), 0.0)
         z = self.theta_standardizer(u)
+        # So far out that the density is 0 in any float; solving from there only overflows.
+        far = (z.abs() > FAR_OUT).any(-1)
+        solved = inside & ~far
+        # A finite stand-in keeps the other rows out of the solver's error control.
+        z = torch.where(solved.unsqueeze(-1), z, 0.0)
         log_q_z, evaluations = [], 0
         with tqdm(total=len(rows), desc="log_prob", disable=not show_progress, leave=False) as bar:
             for index in torch.arange(len(rows), device=self.device).split(self._log_prob_rows):
@@ -376,8 +383,62 @@ class Posterior(nn.Module):
             + self.theta_standardizer.log_abs_det_jacobian()
             + self.theta_transform.log_abs_det_jacobian(u)
         )
-        log_prob = torch.where(inside, log_prob, -math.inf)
-        return torch.where(nan, math.nan, log_prob), evaluations
+        failed = solved & ~torch.isfinite(log_prob)
+        if failed.any():
+            warnings.warn(
+                f"the density of {int(failed.sum())} of {len(rows)} points could not be "
+                "computed (the ODE solve failed); they get NaN",
+                stacklevel=4,
+            )
+        log_prob = torch.where(solved, log_prob, -math.inf)
+        return torch.where(nan | failed, math.nan, log_prob), evaluations
+
+    # ----- the mode -------------------------------------------------------------------
+
+    def _differentiable_log_prob_z(self, z: Tensor, context: Tensor) -> Tensor:
+        """log q(z) (N,) of z (N, d), differentiable with respect to z."""
+        raise NotImplementedError
+
+    def map(self, x: Tensor, *, num_candidates: int = 1000, max_iterations: int = 100) -> Tensor:
+        """The maximum a posteriori estimate, argmax over θ of q(θ | x).
+
+        Starts from the most probable of `num_candidates` samples and climbs the exact log
+        density (in θ's own coordinates) with L-BFGS, in the standardized coordinates z where
+        the problem is well scaled.
+
+        Args:
+            x: one observation (*x_shape) or a batch (b, *x_shape).
+
+        Returns:
+            theta: (d,), or (b, d) for a batch.
+        """
+        x, batched = self._observations(x)
+        num_candidates = as_count(num_candidates, "num_candidates", minimum=1)
+        theta, log_prob = self.sample_and_log_prob(num_candidates, x)  # (n, b, d), (n, b)
+        start = theta[log_prob.argmax(0), torch.arange(len(x))]
+        context = self._embed(x)
+        z = self.theta_standardizer(self.theta_transform(start)).detach().requires_grad_(True)
+        optimizer = torch.optim.LBFGS(
+            [z], max_iter=as_count(max_iterations, "max_iterations", minimum=1),
+            line_search_fn="strong_wolfe",
+        )  # fmt: skip
+
+        def negative_log_prob() -> Tensor:
+            optimizer.zero_grad()
+            u = self.theta_standardizer.inverse(z)
+            log_prob = (
+                self._differentiable_log_prob_z(z, context)
+                + self.theta_standardizer.log_abs_det_jacobian()
+                + self.theta_transform.log_abs_det_jacobian(u)
+            )
+            loss = -log_prob.sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(negative_log_prob)
+        with torch.no_grad():
+            mode = self.theta_transform.inverse(self.theta_standardizer.inverse(z))
+        return mode if batched else mode[0]
 
     def save(self, path) -> None:
         """Writes the posterior to one safetensors file (weights, and JSON configuration)."""

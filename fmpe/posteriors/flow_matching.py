@@ -5,11 +5,15 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
+from torchdiffeq import odeint
 
 from fmpe.ode import SolverSettings, solve, standard_normal_log_prob
+from fmpe.ode.divergence import differentiable_divergence
 from fmpe.posteriors.base import Posterior
 from fmpe.standardize import Standardizer
 from fmpe.unbounded import UnboundedTransform
+
+MAP_STEPS = 20  # RK4 steps of the density that `map` climbs
 
 
 class FlowMatchingPosterior(Posterior):
@@ -82,6 +86,23 @@ class FlowMatchingPosterior(Posterior):
         solution = solve(self._field(context), z, 1.0, 0.0, settings, track_log_density=True)
         log_q = standard_normal_log_prob(solution.theta) - solution.log_density_change
         return log_q, solution.evaluations
+
+    def _differentiable_log_prob_z(self, z: Tensor, context: Tensor) -> Tensor:
+        # A fixed-step RK4 through which gradients flow: the mode of its density is the mode
+        # of the exact one up to the solve's error, at a fixed, small cost per gradient.
+        field = self._field(context)
+
+        def right_hand_side(t: Tensor, state: Tensor) -> Tensor:
+            velocity, divergence = differentiable_divergence(
+                lambda y: field(t, y, None), state[:, :-1]
+            )
+            return torch.cat([velocity, -divergence.unsqueeze(-1)], dim=-1)
+
+        state = torch.cat([z, z.new_zeros(len(z), 1)], dim=-1)
+        times = torch.tensor([1.0, 0.0], dtype=z.dtype, device=z.device)
+        options = {"step_size": 1.0 / MAP_STEPS}
+        end = odeint(right_hand_side, state, times, method="rk4", options=options)[-1]
+        return standard_normal_log_prob(end[:, :-1]) - end[:, -1]
 
     @property
     def _log_prob_rows(self) -> int:

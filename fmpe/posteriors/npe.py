@@ -50,3 +50,6 @@ class NPEPosterior(Posterior):
 
     def _log_prob_z(self, z: Tensor, context: Tensor, options: dict) -> tuple[Tensor, int]:
         return self._distribution(context, options).log_prob(z), 1
+
+    def _differentiable_log_prob_z(self, z: Tensor, context: Tensor) -> Tensor:
+        return self._distribution(context, {}).log_prob(z)

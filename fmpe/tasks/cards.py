@@ -129,13 +129,19 @@ def _read(path, name: str) -> Table:
         raise CardError(f"{path}: not valid TOML: {error}") from error
 
 
-def load_card(name: str) -> TaskCard:
-    """Read and check the card of task ``name``, on top of the base card."""
+def load_card(name: str | Path) -> TaskCard:
+    """Read and check the card of task ``name`` (or a card file at a path ending in .toml),
+    on top of the base card."""
     folder = card_folder()
     base_path = folder / f"{BASE_CARD}.toml"
     base_data = _read(base_path, BASE_CARD)
-    path = folder / f"{name}.toml"
-    data = _read(path, name)
+    if str(name).endswith(".toml"):
+        path = Path(name)
+        data = _read(path, str(name))
+        name = data.get("name", "")
+    else:
+        path = folder / f"{name}.toml"
+        data = _read(path, name)
     card = _parse(data, name, str(path), _parse_estimators(base_data, str(base_path)))
     for estimator in {*card.base, *card.estimators}:
         for budget in [0, *card.budgets(estimator)]:

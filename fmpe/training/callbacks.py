@@ -41,7 +41,7 @@ class ExponentialMovingAverage(WeightAveraging):
         recomputed at every step."""
         average = self._average_model.module
         averaged = dict(average.named_parameters()) | dict(average.named_buffers())
-        adapted = {}
+        adapted: set[str] = set()
         for prefix, module in pl_module.named_modules():
             if hasattr(module, "averaged_state"):
                 own = {name: averaged[f"{prefix}.{name}"] for name in module.averaged_state()}
@@ -62,7 +62,8 @@ class ExponentialMovingAverage(WeightAveraging):
         k = int(average.n_averaged)
         weight = 1.0 - min(self.decay, (1 + k) / (10 + k))
         with torch.no_grad():
-            torch._foreach_lerp_(*self._pairs, weight)
+            if self._pairs[0]:
+                torch._foreach_lerp_(*self._pairs, weight)
             for averaged, raw in self._copied:
                 averaged.copy_(raw)
             for own, module in self._adapted:

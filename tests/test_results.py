@@ -1,0 +1,118 @@
+"""The benchmark results store against forced races, crashes mid-write and old files."""
+
+import csv
+import multiprocessing
+
+import pytest
+
+from fmpe.benchmark.results import KEY, ResultsStore
+
+
+def row(observation, task="two_moons", estimator="fmpe", **metrics):
+    return {
+        "task": task,
+        "budget": 10000,
+        "estimator": estimator,
+        "observation": observation,
+        "seed": 0,
+        **metrics,
+        "train_seconds": 1.5,
+        "machine": "CPU x86_64, 2 cores",
+        "finished_at": "2026-12-01T00:00:00+00:00",
+    }
+
+
+def lines(path):
+    return path.read_text().splitlines()
+
+
+def _add_many(path, start, count, barrier):
+    barrier.wait()  # every process starts adding at the same moment
+    store = ResultsStore(path)
+    for observation in range(start, start + count):
+        store.add(row(observation, c2st=0.5 + observation / 1000))
+
+
+def test_forced_races_write_one_header_and_every_row_once(tmp_path):
+    path = tmp_path / "new.csv"
+    processes, per_process = 8, 25
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(processes)
+    workers = [
+        context.Process(target=_add_many, args=(path, k * per_process, per_process, barrier))
+        for k in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    text = lines(path)
+    assert sum(line.startswith("task,") for line in text) == 1
+    rows = ResultsStore(path).rows()
+    assert sorted(int(r["observation"]) for r in rows) == list(range(processes * per_process))
+    assert len(text) == 1 + processes * per_process
+
+
+def test_racing_runs_of_the_same_cell_keep_one_row(tmp_path):
+    path = tmp_path / "same.csv"
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(6)
+    workers = [context.Process(target=_add_many, args=(path, 0, 5, barrier)) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert len(ResultsStore(path).rows()) == 5
+
+
+def test_a_row_cut_by_a_crash_is_repaired_not_glued(tmp_path):
+    path = tmp_path / "results.csv"
+    store = ResultsStore(path)
+    for observation in (1, 2):
+        store.add(row(observation, c2st=0.55, mmd=0.01))
+    whole = path.read_bytes()
+    path.write_bytes(whole + b"two_moons,10000,fmpe,3,0,0.61,0.0")  # killed mid-write
+    with pytest.warns(UserWarning, match="removed a half-written last row"):
+        done = store.completed()
+    assert sorted(key[3] for key in done) == [1, 2]  # the broken row is not counted
+    assert path.read_bytes() == whole
+    store.add(row(3, c2st=0.6, mmd=0.02))
+    rows = store.rows()
+    assert [r["observation"] for r in rows] == ["1", "2", "3"]
+    assert rows[2]["mmd"] == "0.02"
+
+
+def test_a_row_that_does_not_parse_is_never_counted(tmp_path):
+    path = tmp_path / "results.csv"
+    ResultsStore(path).add(row(1, c2st=0.5))
+    with path.open("a") as f:
+        f.write("two_moons,10000,fmpe,seven,0,0.5,,,\n")
+    with pytest.warns(UserWarning, match="skipped 1 rows that do not parse"):
+        assert len(ResultsStore(path).rows()) == 1
+
+
+def test_a_new_metric_adds_a_column_and_keeps_every_row(tmp_path):
+    path = tmp_path / "results.csv"
+    store = ResultsStore(path)
+    store.add(row(1, c2st=0.5))
+    store.add(row(1, estimator="npe", c2st=0.6, is_efficiency=0.3))
+    with path.open(newline="") as f:
+        header = next(csv.reader(f))
+    assert header[: len(KEY)] == list(KEY)
+    assert header.index("c2st") < header.index("is_efficiency") < header.index("train_seconds")
+    rows = store.rows()
+    assert [(r["estimator"], r["is_efficiency"]) for r in rows] == [("fmpe", ""), ("npe", "0.3")]
+
+
+def test_files_from_before_the_estimator_column_are_read_as_fmpe(tmp_path):
+    path = tmp_path / "old.csv"
+    path.write_text(
+        "task,budget,observation,seed,c2st,train_seconds,machine,finished_at\n"
+        "two_moons,10000,1,0,0.53,20.0,CPU,2026-11-27T10:00:00+00:00\n"
+    )
+    store = ResultsStore(path)
+    assert list(store.completed()) == [("two_moons", 10000, "fmpe", 1, 0)]
+    store.add(row(2, c2st=0.54))
+    assert [r["estimator"] for r in store.rows()] == ["fmpe", "fmpe"]
+    assert lines(path)[0].startswith("task,budget,estimator,observation,seed,c2st")
