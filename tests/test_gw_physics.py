@@ -292,6 +292,14 @@ def test_simulator_shapes_prior_and_scale_up():
     assert wide.prior().base_dist.low[0] == 8.0
 
 
+def test_simulator_chunks_give_the_same_waveforms():
+    theta = gw.GWSimulator().prior().sample((40,))
+    whole = gw.GWSimulator(chunk_size=1000).waveforms(theta)
+    torch.testing.assert_close(gw.GWSimulator(chunk_size=16).waveforms(theta), whole)
+    with pytest.raises(ValueError, match="chunk_size"):
+        gw.GWSimulator(chunk_size=0)
+
+
 def test_simulator_rejects_bad_input():
     simulator = gw.GWSimulator()
     with pytest.raises(ValueError, match=r"\(n, 9\)"):

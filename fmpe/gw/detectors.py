@@ -7,6 +7,7 @@ the Earth's rotation during a signal is neglected.
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -117,12 +118,21 @@ def antenna_patterns(
     Returns:
         f_plus, f_cross: (n,) each, in the dtype of `ra`.
     """
-    response = get_detector(detector).response_tensor
-    response = torch.tensor(response, dtype=ra.dtype, device=ra.device)
+    f_plus, f_cross = network_antenna_patterns((detector,), ra, dec, psi, gmst)
+    return f_plus[:, 0], f_cross[:, 0]
+
+
+def network_antenna_patterns(
+    detectors: Sequence[str], ra: Tensor, dec: Tensor, psi: Tensor, gmst: float | Tensor
+) -> tuple[Tensor, Tensor]:
+    """`antenna_patterns` of several detectors at once: f_plus, f_cross (n, detectors) each."""
+    responses = [get_detector(name).response_tensor for name in detectors]
+    responses = torch.tensor(responses, dtype=ra.dtype, device=ra.device)
     hour_angle = gmst - ra
     sin_h, cos_h = torch.sin(hour_angle), torch.cos(hour_angle)
     sin_d, cos_d = torch.sin(dec), torch.cos(dec)
     sin_p, cos_p = torch.sin(psi), torch.cos(psi)
+    # The wave's polarization axes X, Y in Earth-fixed coordinates.
     x = torch.stack(
         [
             -cos_p * sin_h - sin_p * cos_h * sin_d,
@@ -139,9 +149,10 @@ def antenna_patterns(
         ],
         dim=-1,
     )
-    response_x, response_y = x @ response, y @ response
-    f_plus = (response_x * x).sum(-1) - (response_y * y).sum(-1)
-    f_cross = 2 * (response_x * y).sum(-1)  # D is symmetric: x^T D y = y^T D x
+    response_x = torch.einsum("nj,dij->ndi", x, responses)
+    response_y = torch.einsum("nj,dij->ndi", y, responses)
+    f_plus = (response_x * x[:, None]).sum(-1) - (response_y * y[:, None]).sum(-1)
+    f_cross = 2 * (response_x * y[:, None]).sum(-1)  # D is symmetric: X^T D Y = Y^T D X
     return f_plus, f_cross
 
 
@@ -156,13 +167,21 @@ def time_delay(detector: str, ra: Tensor, dec: Tensor, gmst: float | Tensor) -> 
     Returns:
         (n,) in the dtype of `ra`.
     """
-    position = torch.tensor(get_detector(detector).position, dtype=ra.dtype, device=ra.device)
+    return network_time_delays((detector,), ra, dec, gmst)[:, 0]
+
+
+def network_time_delays(
+    detectors: Sequence[str], ra: Tensor, dec: Tensor, gmst: float | Tensor
+) -> Tensor:
+    """`time_delay` of several detectors at once: (n, detectors) seconds."""
+    positions = [get_detector(name).position for name in detectors]
+    positions = torch.tensor(positions, dtype=ra.dtype, device=ra.device)
     hour_angle = gmst - ra
     cos_d = torch.cos(dec)
     towards_source = torch.stack(
         [cos_d * torch.cos(hour_angle), -cos_d * torch.sin(hour_angle), torch.sin(dec)], dim=-1
     )
-    return -(towards_source @ position) / SPEED_OF_LIGHT
+    return -(towards_source @ positions.T) / SPEED_OF_LIGHT
 
 
 def detector_strain(

