@@ -162,22 +162,23 @@ class GWSimulator:
         dec = torch.asin(sin_declination)
         f_plus, f_cross = network_antenna_patterns(self.detectors, ra, dec, polarization, self.gmst)
         delay = network_time_delays(self.detectors, ra, dec, self.gmst)
-        # h_I = (F_+ (1 + cos²ι)/2 - i F_x cos ι) A e^(-iΘ) e^(-2πi f τ_I) with A = -|A|
-        # (LAL's sign) is |A| R_I e^(iϑ_I), writing the detector's complex factor as R_I e^(iβ_I),
-        # ϑ_I = -Ψ + 2 φ_ref + π/4 + β_I - π - 2π f τ_I. The imaginary part is |A| R_I
-        # cos(ϑ_I - π/2): one cosine over (detector, part) gives both parts.
-        response = torch.complex(
-            f_plus * ((1 + cos_inclination**2) / 2)[:, None], -f_cross * cos_inclination[:, None]
-        )
+        # h_I = (P_I - i C_I) A e^(-iΘ) e^(-2πi f τ_I), with P_I = F_+ (1 + cos²ι)/2,
+        # C_I = F_x cos ι and A = -|A| (LAL's sign), is |A| R_I e^(iϑ_I) where
+        # P_I - i C_I = R_I e^(iβ_I) and ϑ_I = -Ψ + 2 φ_ref + π/4 + β_I - π - 2π f τ_I.
+        # The imaginary part is |A| R_I cos(ϑ_I - π/2): one cosine gives both parts.
+        plus = f_plus * ((1 + cos_inclination**2) / 2)[:, None]
+        cross = f_cross * cos_inclination[:, None]
         coefficients, constant = phase_coefficients(mass_1, mass_2)
-        offset = (2 * phase - constant - 3 * math.pi / 4)[:, None] + response.angle()
+        offset = (2 * phase - constant - 3 * math.pi / 4)[:, None] + torch.atan2(-cross, plus)
         offset = offset[..., None] - self._part_phase_shift  # (n, detectors, 2)
         slope = -2 * math.pi * (time_of_arrival[:, None] + delay)
         x = torch.addcmul(offset[..., None], slope[:, :, None, None], self.frequencies)
         x = x.add_((coefficients @ self._negative_phase_basis)[:, None, None]).cos_()
 
         below_isco = self.frequencies <= isco_frequency(mass_1 + mass_2)[:, None]
-        scale = amplitude_prefactor(mass_1, mass_2, distance).abs()[:, None] * response.abs()
+        scale = (
+            torch.hypot(plus, cross) * amplitude_prefactor(mass_1, mass_2, distance).abs()[:, None]
+        )
         amplitude = scale[..., None] * (below_isco * self._whitened_amplitude)[:, None]
         # In place, so that no second array of the data's size is allocated.
         return x.mul_(amplitude[:, :, None])

@@ -168,12 +168,12 @@ def taylorf2(
     """
     _check_batch(mass_1, mass_2, luminosity_distance, inclination, phase)
     coefficients, constant = phase_coefficients(mass_1, mass_2)
-    theta = coefficients @ phase_basis(frequencies) + (constant - 2 * phase - math.pi / 4)[:, None]
+    angle = coefficients @ phase_basis(frequencies) + (constant - 2 * phase - math.pi / 4)[:, None]
     below_isco = frequencies <= isco_frequency(mass_1 + mass_2)[:, None]
     amplitude = torch.where(
         below_isco, amplitude_prefactor(mass_1, mass_2, luminosity_distance)[:, None], 0.0
     ) * frequencies ** (-7 / 6)
-    real, imag = amplitude * torch.cos(theta), -amplitude * torch.sin(theta)
+    real, imag = amplitude * torch.cos(angle), -amplitude * torch.sin(angle)
     cos_inclination = torch.cos(inclination)[:, None]
     plus = (1 + cos_inclination**2) / 2
     h_plus = torch.complex(plus * real, plus * imag)
