@@ -40,7 +40,7 @@ import torch
 
 import fmpe
 import fmpe.gw as gw
-from fmpe.benchmark import append_row, machine_description
+from fmpe.benchmark import append_csv, machine_description
 
 RESULTS = Path(__file__).parent / "results"
 GPS_GW150914 = 1126259462.391
@@ -194,7 +194,7 @@ def main() -> None:
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         print({k: row[k] for k in FIELDS[:8]}, flush=True)
-        append_row(path, row, FIELDS)
+        append_csv(path, row, FIELDS)
 
     cpu = torch.device("cpu")
     reference = gw.GWSimulator(dtype=torch.float64)
