@@ -107,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
         help="observation numbers, e.g. 1-10 or 1,4 (default 1-10)",
     )
     bench.add_argument("--estimator", default="fmpe", help="fmpe (default) or npe")
+    bench.add_argument(
+        "--variant", help="a variant the task cards declare, e.g. poet; results name it fmpe+poet"
+    )
+    bench.add_argument(
+        "--poet", action="store_const", const="poet", dest="variant",
+        help="train POET-parameterized networks (the cards' poet variant)",
+    )  # fmt: skip
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     bench.add_argument("--results", type=Path, default=RESULTS, help="CSV to add rows to")
@@ -190,7 +197,7 @@ def _writable_folder(path: Path, what: str) -> None:
 
 def _benchmark(args: argparse.Namespace) -> None:
     from fmpe.estimators import get_estimator
-    from fmpe.tasks import available_tasks, get_task
+    from fmpe.tasks import available_tasks, get_task, load_card
 
     if args.all == bool(args.tasks):
         raise ValueError("name one or more TASKs or pass --all")
@@ -205,6 +212,10 @@ def _benchmark(args: argparse.Namespace) -> None:
             f"unknown task {', '.join(map(repr, unknown))}; known: {', '.join(available_tasks())}"
         )
     for name in tasks:
+        if args.variant is not None and args.variant not in load_card(name).variants(
+            args.estimator
+        ):
+            raise ValueError(f"the card of {name} declares no variant {args.variant!r}")
         count = get_task(name).num_observations
         outside = [o for o in args.observations if o > count]
         if outside:
@@ -223,6 +234,7 @@ def _benchmark(args: argparse.Namespace) -> None:
         budgets,
         args.observations,
         estimator=args.estimator,
+        variant=args.variant,
         seed=args.seed,
         device=args.device,
         results=args.results,

@@ -439,3 +439,33 @@ def test_unknown_card_lists_the_known_ones(card_folder):
     _write_card(card_folder, "toy", "")
     with pytest.raises(ValueError, match="no task card 'missing'; available: toy"):
         load_card("missing")
+
+
+def test_variants_override_last_and_must_be_declared(card_folder):
+    (card_folder / "defaults.toml").write_text(
+        """
+[fmpe.variants.poet.model.network_options.linear]
+name = "poet"
+block_size = 8
+[fmpe.budget.1000.train]
+batch_size = 64
+"""
+    )
+    _write_card(
+        card_folder,
+        "toy",
+        """
+[fmpe.variants.poet.model.network_options.linear]
+block_size = 4
+[fmpe.variants.poet.train]
+batch_size = 32
+""",
+    )
+    card = load_card("toy")
+    assert card.variants() == ["poet"]
+    model, train = card.hyperparameters(1000, "fmpe", "poet")
+    assert model["network_options"]["linear"] == {"name": "poet", "block_size": 4}
+    assert train == {"batch_size": 32}
+    assert card.hyperparameters(1000) == ({}, {"batch_size": 64})
+    with pytest.raises(ValueError, match="declares no variant 'wide' of fmpe; declared: poet"):
+        card.hyperparameters(1000, "fmpe", "wide")

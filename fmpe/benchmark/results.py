@@ -22,6 +22,7 @@ KEY = ("task", "budget", "estimator", "observation", "seed")
 INTEGER_KEYS = ("budget", "observation", "seed")
 TRAILING = (
     "acceptance_rate",
+    "trainable_parameters",
     "train_seconds",
     "sample_seconds",
     "evaluations",

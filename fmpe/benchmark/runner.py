@@ -35,9 +35,14 @@ def _trainer_kwargs(device: torch.device) -> dict:
     return {"accelerator": "cpu", "devices": 1}
 
 
-def run_stem(run_dir: Path, task: str, budget: int, estimator: str, seed: int) -> Path:
+def method_label(estimator: str, variant: str | None) -> str:
+    """What the results call an estimator with a card variant: "fmpe", "fmpe+poet"."""
+    return estimator if variant is None else f"{estimator}+{variant}"
+
+
+def run_stem(run_dir: Path, task: str, budget: int, label: str, seed: int) -> Path:
     """The path, without suffix, of one trained posterior's files."""
-    return run_dir / f"{task}_{budget}_{estimator}_seed{seed}"
+    return run_dir / f"{task}_{budget}_{label}_seed{seed}"
 
 
 @contextmanager
@@ -59,8 +64,10 @@ def train_for_task(
     run_dir: Path,
     show_progress: bool,
     estimator: str = "fmpe",
+    variant: str | None = None,
 ) -> tuple[Posterior, float]:
-    """Trains (or reloads a finished) posterior with the task card's hyperparameters.
+    """Trains (or reloads a finished) posterior with the task card's hyperparameters (and
+    those of one of its variants, if named).
 
     The hyperparameters are recorded beside the posterior; a finished posterior whose record
     differs from what the card now says is refused rather than reused.
@@ -68,10 +75,12 @@ def train_for_task(
     Returns:
         the posterior on `device` and its training seconds (summed over interruptions).
     """
-    stem = run_stem(run_dir, task.name, budget, estimator, seed)
+    label = method_label(estimator, variant)
+    stem = run_stem(run_dir, task.name, budget, label, seed)
     saved = stem.with_suffix(".fmpe")
     record = stem.with_suffix(".card.json")
-    model_options, train_options = load_card(task.name).hyperparameters(budget, estimator)
+    card = load_card(task.name)
+    model_options, train_options = card.hyperparameters(budget, estimator, variant)
     hyperparameters = {"model": model_options, "train": train_options}
     run_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(stem.with_suffix(".lock")):
@@ -165,6 +174,7 @@ def run(
     observations: Iterable[int],
     *,
     estimator: str = "fmpe",
+    variant: str | None = None,
     seed: int = 0,
     device: str | None = None,
     results: Path,
@@ -172,7 +182,8 @@ def run(
     num_samples: int = NUM_SAMPLES,
     show_progress: bool = True,
 ) -> list[dict]:
-    """Runs every (task, budget, observation) cell of `estimator` not yet in `results`.
+    """Runs every (task, budget, observation) cell of `estimator` (with the card's `variant`,
+    if named) not yet in `results`.
 
     Repeated tasks, budgets or observations count once.
 
@@ -180,12 +191,13 @@ def run(
         the rows of all requested cells, those found in `results` and those added.
     """
     get_estimator(estimator)
+    label = method_label(estimator, variant)
     torch_device = resolve_device(device)
     store = ResultsStore(results)
     done = store.completed()
     cells = list(
         dict.fromkeys(
-            (t, b, estimator, o, seed)
+            (t, b, label, o, seed)
             for t in dict.fromkeys(tasks)
             for b in dict.fromkeys(budgets)
             for o in dict.fromkeys(observations)
@@ -197,7 +209,7 @@ def run(
             task = get_task(task_name)
             bar.set_postfix_str(f"training {task_name} at {budget}")
             posterior, train_seconds = train_for_task(
-                task, budget, seed, torch_device, run_dir, show_progress, estimator
+                task, budget, seed, torch_device, run_dir, show_progress, estimator, variant
             )
             for cell in (c for c in todo if c[:2] == (task_name, budget)):
                 if cell in store.completed():  # written meanwhile by a concurrent run
@@ -208,10 +220,11 @@ def run(
                 row = {
                     "task": task_name,
                     "budget": budget,
-                    "estimator": estimator,
+                    "estimator": label,
                     "observation": observation,
                     "seed": seed,
                     **evaluate(posterior, task, observation, seed, num_samples),
+                    "trainable_parameters": posterior.training_record.trainable_parameters,
                     "train_seconds": round(train_seconds, 2),
                     "machine": machine_description(torch_device),
                     "fmpe_version": fmpe.__version__,

@@ -9,11 +9,13 @@ Every card starts from the base card ``defaults.toml`` and overrides only what d
     [fmpe.model.network_options]       # ... of the network builder
     [fmpe.train]                       # training settings of FMPE.train(...)
     [fmpe.budget.1000.model]           # overrides for a simulation budget
+    [fmpe.variants.poet.model]         # overrides of a named variant (e.g. POET layers)
     [npe.model]                        # the same for every registered estimator
 
 For a budget B, the overrides of the largest budget at or below B that either card declares
 apply (none below every declared budget). Tables merge key by key, in the order: base
-defaults, task defaults, base budget overrides, task budget overrides. Every key is checked
+defaults, task defaults, base budget overrides, task budget overrides, and, for a variant,
+the base card's and then the task card's overrides of that variant. Every key is checked
 against the signature it feeds; an unknown one is an error that names the valid ones.
 
 Installed cards live in the package (``fmpe/task_cards``); in a source checkout they are
@@ -46,11 +48,12 @@ class CardError(ValueError):
 
 @dataclass(frozen=True)
 class EstimatorCard:
-    """One estimator's tables of a card: defaults and per-budget overrides."""
+    """One estimator's tables of a card: defaults, per-budget and per-variant overrides."""
 
     model: Table
     train: Table
     budgets: dict[int, dict[str, Table]]
+    variants: dict[str, dict[str, Table]]
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,16 @@ class TaskCard:
         parts = [c.get(estimator) for c in (self.base, self.estimators)]
         return sorted({b for part in parts if part is not None for b in part.budgets})
 
-    def hyperparameters(self, budget: int, estimator: str = "fmpe") -> tuple[Table, Table]:
-        """``(model kwargs, train settings)`` of `estimator` for a simulation budget."""
+    def variants(self, estimator: str = "fmpe") -> list[str]:
+        """The variants that either card declares for `estimator`, sorted."""
+        parts = [c.get(estimator) for c in (self.base, self.estimators)]
+        return sorted({v for part in parts if part is not None for v in part.variants})
+
+    def hyperparameters(
+        self, budget: int, estimator: str = "fmpe", variant: str | None = None
+    ) -> tuple[Table, Table]:
+        """``(model kwargs, train settings)`` of `estimator` for a simulation budget, with the
+        overrides of `variant` if one is named."""
         if budget < 1:
             raise ValueError(f"the simulation budget must be positive, got {budget}")
         below = [b for b in self.budgets(estimator) if b <= budget]
@@ -91,6 +102,16 @@ class TaskCard:
             overrides = layer.budgets.get(key, {})
             _merge(model, overrides.get("model", {}))
             _merge(train, overrides.get("train", {}))
+        if variant is not None:
+            if variant not in self.variants(estimator):
+                raise ValueError(
+                    f"the card of {self.name} declares no variant {variant!r} of {estimator}; "
+                    f"declared: {', '.join(self.variants(estimator)) or 'none'}"
+                )
+            for layer in layers:
+                overrides = layer.variants.get(variant, {})
+                _merge(model, overrides.get("model", {}))
+                _merge(train, overrides.get("train", {}))
         return copy.deepcopy(model), copy.deepcopy(train)
 
 
@@ -145,8 +166,9 @@ def load_card(name: str | Path) -> TaskCard:
     card = _parse(data, name, str(path), _parse_estimators(base_data, str(base_path)))
     for estimator in {*card.base, *card.estimators}:
         for budget in [0, *card.budgets(estimator)]:
-            model, train = card.hyperparameters(max(budget, 1), estimator)
-            check_hyperparameters(estimator, model, train, f"{path} [{estimator}]")
+            for variant in [None, *card.variants(estimator)]:
+                model, train = card.hyperparameters(max(budget, 1), estimator, variant)
+                check_hyperparameters(estimator, model, train, f"{path} [{estimator}]")
     return card
 
 
@@ -182,10 +204,10 @@ def _parse_estimators(data: Table, where: str) -> dict[str, EstimatorCard]:
             continue
         tables = _table(data, estimator, where)
         here = f"{where} [{estimator}]"
-        unknown = set(tables) - {"budget", *_SECTIONS}
+        unknown = set(tables) - {"budget", "variants", *_SECTIONS}
         if unknown:
             raise CardError(
-                f"{here}: unknown keys {sorted(unknown)}; expected model, train, budget"
+                f"{here}: unknown keys {sorted(unknown)}; expected model, train, budget, variants"
             )
         budgets: dict[int, dict[str, Table]] = {}
         for key, overrides in _table(tables, "budget", here).items():
@@ -196,8 +218,17 @@ def _parse_estimators(data: Table, where: str) -> dict[str, EstimatorCard]:
             budgets[int(key)] = {
                 s: _table(overrides, s, f"{here} [budget.{key}]") for s in overrides
             }
+        variants: dict[str, dict[str, Table]] = {}
+        for name, overrides in _table(tables, "variants", here).items():
+            if not isinstance(overrides, dict) or set(overrides) - set(_SECTIONS):
+                raise CardError(
+                    f"{here}: [variants.{name}] may only hold [model] and [train] tables"
+                )
+            variants[name] = {
+                s: _table(overrides, s, f"{here} [variants.{name}]") for s in overrides
+            }
         parsed[estimator] = EstimatorCard(
-            _table(tables, "model", here), _table(tables, "train", here), budgets
+            _table(tables, "model", here), _table(tables, "train", here), budgets, variants
         )
     return parsed
 

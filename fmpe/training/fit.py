@@ -28,11 +28,14 @@ class TrainingRecord:
             checkpoint).
         epochs: epochs trained.
         best_validation_loss: the validation loss of the returned weights.
+        trainable_parameters: parameters the optimizer trained (POET: its rotations and the
+            biases, not the fixed weights); None in files that did not record it.
     """
 
     seconds: float
     epochs: int
     best_validation_loss: float
+    trainable_parameters: int | None = None
 
 
 def fit(
@@ -101,7 +104,8 @@ def fit(
     if best.best_state is not None:
         module.load_state_dict(best.best_state)
     module.eval()
-    record = TrainingRecord(timer.seconds, trainer.current_epoch, best.best_score)
+    trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
+    record = TrainingRecord(timer.seconds, trainer.current_epoch, best.best_score, trainable)
     return trainer.strategy.root_device, record
 
 

@@ -1,0 +1,287 @@
+"""POET against ordinary training of fmpe's velocity networks, on this machine.
+
+    uv run python benchmarks/poet.py ablation          # two_moons and slcp at 1e4
+    uv run python benchmarks/poet.py table             # all ten sbibm tasks at 1e3 and 1e4
+    uv run python benchmarks/poet.py report            # poet.md and poet.png from the rows
+
+`ablation` trains POET networks (the cards' `poet` variant with one setting changed at a
+time: block size, merge interval, Neumann terms, learning rate) on the benchmark's own
+simulations and records, per configuration, the best validation loss (uniform t, so
+configurations compare), the trainable parameters, the training time and the C2ST over
+observations 1-3. The configuration the `poet` variant uses is the one with the lowest
+validation loss relative to ordinary training, averaged over the two tasks: `report` says
+which it is; no C2ST enters that choice. `table` runs `fmpe benchmark --poet` on every task at
+1e3 and 1e4, observations 1-10, into the sbibm results, beside the ordinary rows. Every run is
+resumable: rows already in the CSVs are skipped.
+"""
+
+import argparse
+import csv
+import statistics
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+import fmpe
+from fmpe.benchmark import append_csv, machine_description, timed
+from fmpe.benchmark.report import published_c2st
+from fmpe.benchmark.results import ResultsStore
+from fmpe.estimators import FMPE
+from fmpe.metrics import c2st
+from fmpe.networks import network_builder
+from fmpe.tasks import get_task, load_card
+
+RESULTS = Path(__file__).parent / "results"
+ABLATION_TASKS = ("two_moons", "slcp")
+ABLATION_BUDGET = 10_000
+ABLATION_OBSERVATIONS = (1, 2, 3)
+# One setting changed at a time from the card's poet variant ("variant": the variant itself).
+ABLATION = {
+    "variant": {},
+    "block 4": {"linear": {"block_size": 4}},
+    "block 16": {"linear": {"block_size": 16}},
+    "block 32": {"linear": {"block_size": 32}},
+    "merge every 50": {"linear": {"merge_every": 50}},
+    "merge every 800": {"linear": {"merge_every": 800}},
+    "neumann 3 (odd)": {"linear": {"neumann_terms": 3}},
+    "exact cayley": {"linear": {"neumann_terms": None}},
+    "learning rate x 0.25": {"learning_rate_factor": 0.25},
+    "learning rate x 4": {"learning_rate_factor": 4.0},
+    "learning rate x 16": {"learning_rate_factor": 16.0},
+}
+ABLATION_FIELDS = (
+    "task",
+    "budget",
+    "configuration",
+    "block_size",
+    "merge_every",
+    "neumann_terms",
+    "learning_rate",
+    "validation_loss",
+    "ordinary_validation_loss",
+    "c2st_mean",
+    "c2st_observations",
+    "trainable_parameters",
+    "ordinary_parameters",
+    "train_seconds",
+    "machine",
+    "fmpe_version",
+    "finished_at",
+)
+
+
+def configuration(task: str, budget: int, change: dict) -> tuple[dict, dict]:
+    """The card's poet variant for (task, budget) with `change` applied."""
+    model, train = load_card(task).hyperparameters(budget, "fmpe", "poet")
+    model["network_options"]["linear"].update(change.get("linear", {}))
+    if "learning_rate_factor" in change:
+        train["learning_rate"] = train.get("learning_rate", 2e-3) * change["learning_rate_factor"]
+    return model, train
+
+
+def train(task, budget: int, model: dict, train_options: dict):
+    torch.manual_seed(0)
+    estimator = FMPE(task.simulate, task.prior, **model)
+    return estimator.train(budget, seed=0, show_progress=False, **train_options)
+
+
+def ordinary_parameters(task, budget: int) -> int:
+    """Trainable parameters of the ordinary network the card gives, built without training."""
+    model, _ = load_card(task.name).hyperparameters(budget)
+    builder = network_builder(model.get("network", "residual"))
+    network = builder(task.theta_dim, task.x_shape, **model.get("network_options", {}))
+    return sum(p.numel() for p in network.parameters())
+
+
+def run_ablation(path: Path) -> None:
+    done = set()
+    if path.exists():
+        with path.open(newline="") as f:
+            done = {(r["task"], r["configuration"]) for r in csv.DictReader(f)}
+    for task_name in ABLATION_TASKS:
+        task = get_task(task_name)
+        ordinary = None
+        for name, change in ABLATION.items():
+            if (task_name, name) in done:
+                continue
+            if ordinary is None:
+                card_model, card_train = load_card(task_name).hyperparameters(ABLATION_BUDGET)
+                ordinary = train(task, ABLATION_BUDGET, card_model, card_train)
+            model, train_options = configuration(task_name, ABLATION_BUDGET, change)
+            posterior, seconds = timed(train, task, ABLATION_BUDGET, model, train_options)
+            scores = []
+            for observation in ABLATION_OBSERVATIONS:
+                torch.manual_seed(0)
+                samples = posterior.sample(10_000, task.observation(observation))
+                scores.append(c2st(task.reference_samples(observation), samples))
+            linear = model["network_options"]["linear"]
+            row = {
+                "task": task_name,
+                "budget": ABLATION_BUDGET,
+                "configuration": name,
+                "block_size": linear.get("block_size"),
+                "merge_every": linear.get("merge_every"),
+                "neumann_terms": linear.get("neumann_terms"),
+                "learning_rate": train_options.get("learning_rate"),
+                "validation_loss": posterior.training_record.best_validation_loss,
+                "ordinary_validation_loss": ordinary.training_record.best_validation_loss,
+                "c2st_mean": statistics.fmean(scores),
+                "c2st_observations": " ".join(f"{s:.3f}" for s in scores),
+                "trainable_parameters": posterior.training_record.trainable_parameters,
+                "ordinary_parameters": ordinary_parameters(task, ABLATION_BUDGET),
+                "train_seconds": round(seconds, 1),
+                "machine": machine_description(),
+                "fmpe_version": fmpe.__version__,
+                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            print({k: row[k] for k in ABLATION_FIELDS[:11]}, flush=True)
+            append_csv(path, row, ABLATION_FIELDS)
+
+
+def run_table(results: Path, runs: Path) -> None:
+    command = [
+        sys.executable, "-m", "fmpe.cli", "benchmark", "--all", "--budgets", "1e3,1e4",
+        "--observations", "1-10", "--poet", "--quiet", "--results", str(results),
+        "--runs", str(runs),
+    ]  # fmt: skip
+    subprocess.run(command, check=True)
+
+
+def _ablation_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| task | configuration | block | merge every | Neumann k | lr | val loss / ordinary "
+        "| C2ST (obs 1-3) | trainable / ordinary parameters | train s |",
+        "|---" * 10 + "|",
+    ]
+    for r in rows:
+        ratio = float(r["validation_loss"]) / float(r["ordinary_validation_loss"])
+        share = int(r["trainable_parameters"]) / int(r["ordinary_parameters"])
+        lines.append(
+            f"| {r['task']} | {r['configuration']} | {r['block_size']} | {r['merge_every']} | "
+            f"{r['neumann_terms'] or 'exact'} | {float(r['learning_rate']):.0e} | {ratio:.3f} | "
+            f"{float(r['c2st_mean']):.3f} ({r['c2st_observations']}) | {share:.1%} | "
+            f"{r['train_seconds']} |"
+        )
+    ratios: dict[str, list[float]] = {}
+    for r in rows:
+        value = float(r["validation_loss"]) / float(r["ordinary_validation_loss"])
+        ratios.setdefault(r["configuration"], []).append(value)
+    complete = {c: statistics.fmean(v) for c, v in ratios.items() if len(v) == len(ABLATION_TASKS)}
+    if complete:
+        best = min(complete, key=complete.get)
+        lines += [
+            "",
+            f"Lowest mean validation loss relative to ordinary training: **{best}** "
+            f"({complete[best]:.3f}); the cards' poet variant should be this configuration.",
+        ]
+    return lines
+
+
+def _comparison(results: Path) -> tuple[list[str], dict]:
+    rows = ResultsStore(results).rows()
+    cells: dict[tuple[str, int, str], list[dict]] = {}
+    for r in rows:
+        if r["estimator"] in ("fmpe", "fmpe+poet") and int(r["budget"]) in (1000, 10000):
+            cells.setdefault((r["task"], int(r["budget"]), r["estimator"]), []).append(r)
+    published = published_c2st()
+    lines = [
+        "| task | budget | ordinary C2ST | POET C2ST | difference | NPE (published) "
+        "| POET trainable / ordinary parameters | ordinary train s | POET train s |",
+        "|---" * 9 + "|",
+    ]
+    tally = {1000: [0, 0], 10000: [0, 0]}  # POET better (1e3) or within 0.02 (1e4), cells
+    for task, budget in sorted({(t, b) for t, b, _ in cells}):
+        ordinary, poet = cells.get((task, budget, "fmpe")), cells.get((task, budget, "fmpe+poet"))
+        if not ordinary or not poet:
+            continue
+        mean = {k: statistics.fmean(float(r["c2st"]) for r in v) for k, v in
+                (("o", ordinary), ("p", poet))}  # fmt: skip
+        task_obj = get_task(task)
+        share = int(poet[0]["trainable_parameters"]) / ordinary_parameters(task_obj, budget)
+        difference = mean["p"] - mean["o"]
+        good = difference < 0 if budget == 1000 else difference <= 0.02
+        tally[budget][0] += good
+        tally[budget][1] += 1
+        lines.append(
+            f"| {task} | {budget:.0e} | {mean['o']:.3f} ({len(ordinary)}) | {mean['p']:.3f} "
+            f"({len(poet)}) | {difference:+.3f} | {published.get((task, 'NPE', budget), '–')} | "
+            f"{share:.1%} | {float(ordinary[0]['train_seconds']):.0f} | "
+            f"{float(poet[0]['train_seconds']):.0f} |"
+        )
+    summary = [
+        "",
+        f"At 1e4, POET is within 0.02 C2ST of ordinary training on {tally[10000][0]} of "
+        f"{tally[10000][1]} tasks (target: at least 8 of 10). At 1e3 it is better on "
+        f"{tally[1000][0]} of {tally[1000][1]} (target: at least half).",
+    ]
+    machines = sorted({r["machine"] for v in cells.values() for r in v})
+    return lines + summary + ["", "Machines: " + "; ".join(machines)], cells
+
+
+def write_report(ablation: Path, results: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    text = [
+        "# POET against ordinary training",
+        "",
+        "Produced by `uv run python benchmarks/poet.py`; see its docstring for what is run.",
+    ]
+    if ablation.exists():
+        with ablation.open(newline="") as f:
+            text += [
+                "",
+                "## Ablation (1e4 simulations)",
+                "",
+                *_ablation_table(list(csv.DictReader(f))),
+            ]
+    cells = {}
+    if results.exists():
+        lines, cells = _comparison(results)
+        text += ["", "## Ten sbibm tasks, observations 1-10", "", *lines]
+    (out / "poet.md").write_text("\n".join(text) + "\n")
+    if cells:
+        tasks = sorted({t for t, _, _ in cells})
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+        for ax, budget in zip(axes, (1000, 10000)):
+            methods = (("fmpe", "ordinary"), ("fmpe+poet", "POET"))
+            for k, (estimator, label) in enumerate(methods):
+                rows = [cells.get((t, budget, estimator), []) for t in tasks]
+                means = [statistics.fmean(float(r["c2st"]) for r in v) if v else None for v in rows]
+                means = [m if m is not None else float("nan") for m in means]
+                ax.bar([i + 0.4 * k for i in range(len(tasks))], means, 0.4, label=label)
+            ax.set_xticks([i + 0.2 for i in range(len(tasks))], tasks, rotation=70, fontsize=7)
+            ax.set_title(f"{budget:.0e} simulations")
+            ax.set_ylim(0.45, 1.0)
+        axes[0].set_ylabel("C2ST (0.5 is best)")
+        axes[0].legend()
+        fig.tight_layout()
+        fig.savefig(out / "poet.png", dpi=120)
+        plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("step", choices=("ablation", "table", "report"))
+    parser.add_argument("--results", type=Path, default=RESULTS / "sbibm.csv")
+    parser.add_argument("--runs", type=Path, default=Path(__file__).parent / "runs")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    ablation = RESULTS / "poet_ablation.csv"
+    if args.step == "ablation":
+        run_ablation(ablation)
+    elif args.step == "table":
+        run_table(args.results, args.runs)
+    write_report(ablation, args.results, RESULTS)
+
+
+if __name__ == "__main__":
+    main()
