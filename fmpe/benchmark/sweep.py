@@ -1,0 +1,306 @@
+"""Hyperparameters chosen without the test set: a search over card settings by validation loss.
+
+`fmpe sweep TASK --budget B [--estimator fmpe|npe]` trains configurations of a grid, taken
+from the FMPE paper's Table 2 and trimmed to fit a 2-core machine, on the training
+simulations the benchmark uses, and scores each on the held-out validation split. It never
+reads reference samples, observations or C2ST.
+
+- The score is the best validation loss of the run: for FMPE the flow-matching loss at
+  stratified uniform times (α = 0) with fixed base draws, so that runs with different α
+  compare; for NPE the negative log density. Both live in the flow's standardized
+  coordinates, so they compare only between runs with the same `map_to_unbounded`; runs that
+  differ there are compared by the held-out negative log density in θ's own coordinates,
+  which every run records too.
+- The search is greedy, in stages: each stage varies one group of settings around the best
+  configuration so far (for FMPE: network and α, then batch and learning rate, then the map
+  onto R for bounded priors), so that its cost grows with the sum of the options, not their
+  product.
+
+Rows go to a resumable CSV (by default benchmarks/results/sweep.csv), one per configuration;
+``--write-card`` writes the chosen configuration into the task's card as a generated section
+that names the CSV and the command.
+"""
+
+import copy
+import csv
+import json
+import math
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+import fmpe
+from fmpe.benchmark.measure import append_csv, machine_description
+from fmpe.checks import as_count
+from fmpe.estimators import get_estimator
+from fmpe.simulation import simulate
+from fmpe.tasks import Task, get_task, load_card
+from fmpe.tasks.cards import _merge, card_folder
+from fmpe.training.data import split_indices
+from fmpe.unbounded import support_bounds
+
+Override = dict[str, dict]
+"""{"model": {...}, "train": {...}}: changes to the card's hyperparameters."""
+
+# Stages of the greedy search: each is a list of overrides tried on top of the best so far.
+FMPE_STAGES: dict[int, list[list[Override]]] = {
+    1000: [
+        [
+            {"model": {"network_options": {"hidden_widths": widths}, "time_prior_exponent": a}}
+            for widths in ([64, 64, 64], [128, 128, 128, 128], [32, 64, 128, 64, 32])
+            for a in (0.0, 1.0, 4.0)
+        ],
+        [
+            {"train": {"batch_size": b, "learning_rate": lr}}
+            for b, lr in ((64, 1e-3), (32, 5e-4), (128, 2e-3))
+        ],
+    ],
+    10000: [
+        [
+            {"model": {"network_options": {"hidden_widths": widths}, "time_prior_exponent": a}}
+            for widths in ([128, 128, 128, 128], [64, 128, 256, 128, 64])
+            for a in (0.0, 1.0, 4.0)
+        ],
+        [
+            {"train": {"batch_size": b, "learning_rate": lr}}
+            for b, lr in ((256, 1e-3), (512, 2e-3), (128, 5e-4))
+        ],
+    ],
+}
+NPE_STAGES: dict[int, list[list[Override]]] = {
+    budget: [
+        [
+            {"model": {"network_options": {"transforms": t, "hidden_features": h}}}
+            for t, h in ((5, [50, 50]), (5, [128, 128]), (8, [64, 64]))
+        ],
+        [
+            {"train": {"batch_size": b, "learning_rate": lr}}
+            for b, lr in ((10_000, 5e-4), (256, 5e-4), (64, 1e-3))
+        ],
+    ]
+    for budget in (1000, 10000)
+}
+STAGES = {"fmpe": FMPE_STAGES, "npe": NPE_STAGES}
+UNBOUNDED_STAGE = [{"model": {"map_to_unbounded": flag}} for flag in (False, True)]
+
+FIELDS = (
+    "task",
+    "budget",
+    "estimator",
+    "stage",
+    "configuration",
+    "validation_loss",
+    "heldout_nll",
+    "map_to_unbounded",
+    "trainable_parameters",
+    "train_seconds",
+    "machine",
+    "fmpe_version",
+    "finished_at",
+)
+
+
+def stages(estimator: str, budget: int, task: Task) -> list[list[Override]]:
+    """The search stages for a cell: those of the closest budget at or below `budget`, and the
+    map onto R where the prior has bounds."""
+    table = STAGES[estimator]
+    below = [b for b in table if b <= budget] or [min(table)]
+    chosen = copy.deepcopy(table[max(below)])
+    low, high = support_bounds(task.prior, task.theta_dim)
+    if torch.isfinite(low).any() or torch.isfinite(high).any():
+        chosen.append(copy.deepcopy(UNBOUNDED_STAGE))
+    return chosen
+
+
+def _combined(base: Override, change: Override) -> Override:
+    merged = copy.deepcopy(base)
+    for part in ("model", "train"):
+        merged.setdefault(part, {})
+        _merge(merged[part], change.get(part, {}))
+    return merged
+
+
+def _name(override: Override) -> str:
+    return json.dumps(override, sort_keys=True)
+
+
+def heldout_nll(posterior, theta: torch.Tensor, x: torch.Tensor) -> float:
+    """Mean −log q(θ | x) over held-out pairs theta (m, d), x (m, *x_shape), in θ's
+    coordinates; each pair is its own observation."""
+    log_prob = posterior.log_prob(theta.unsqueeze(0).to(posterior.device), x.to(posterior.device))
+    finite = log_prob[torch.isfinite(log_prob)]
+    if len(finite) < log_prob.numel():
+        return math.inf
+    return -finite.mean().item()
+
+
+def sweep(
+    task_name: str,
+    budget: int,
+    *,
+    estimator: str = "fmpe",
+    seed: int = 0,
+    results: Path,
+    show_progress: bool = True,
+    trainer_kwargs: dict | None = None,
+) -> Override:
+    """Runs the search for one (task, budget, estimator) cell; returns the chosen override of
+    the card's hyperparameters. Configurations already in `results` are not trained again."""
+    budget = as_count(budget, "budget", minimum=1)
+    task = get_task(task_name)
+    card = load_card(task_name)
+    cls = get_estimator(estimator)
+    model, train = card.hyperparameters(budget, estimator)
+    done = {
+        (r["stage"], r["configuration"]): r
+        for r in _rows(results)
+        if (r["task"], int(r["budget"]), r["estimator"]) == (task_name, budget, estimator)
+    }
+    torch.manual_seed(seed)
+    theta, x = simulate(task.training_simulate, task.prior, budget, show_progress=show_progress)
+    best: Override = {}
+    for index, stage in enumerate(stages(estimator, budget, task)):
+        scored = []
+        for change in stage:
+            candidate = _combined(best, change)
+            key = (str(index), _name(candidate))
+            if key not in done:
+                done[key] = _train_and_score(
+                    task, budget, cls, model, train, candidate, theta, x, seed, index,
+                    estimator, trainer_kwargs, show_progress,
+                )  # fmt: skip
+                append_csv(results, done[key], FIELDS)
+            scored.append((done[key], candidate))
+        best = _choose(scored)
+    return best
+
+
+def _choose(scored: list[tuple[dict, Override]]) -> Override:
+    """The configuration with the lowest validation loss; between configurations that differ
+    in map_to_unbounded, the lower held-out negative log density decides."""
+    groups: dict[str, list[tuple[dict, Override]]] = {}
+    for row, candidate in scored:
+        groups.setdefault(row["map_to_unbounded"], []).append((row, candidate))
+    winners = [
+        min(group, key=lambda rc: float(rc[0]["validation_loss"])) for group in groups.values()
+    ]
+    if len(winners) == 1:
+        return winners[0][1]
+    return min(winners, key=lambda rc: float(rc[0]["heldout_nll"]))[1]
+
+
+def _train_and_score(
+    task, budget, cls, model, train, candidate, theta, x, seed, stage, estimator,
+    trainer_kwargs, show_progress,
+) -> dict:  # fmt: skip
+    options_model = copy.deepcopy(model)
+    options_train = copy.deepcopy(train)
+    _merge(options_model, candidate.get("model", {}))
+    _merge(options_train, candidate.get("train", {}))
+    start = time.perf_counter()
+    posterior = (
+        cls(prior=task.prior, **options_model)
+        .append_simulations(theta, x)
+        .train(
+            seed=seed, trainer_kwargs=trainer_kwargs, show_progress=show_progress, **options_train
+        )
+    )
+    seconds = time.perf_counter() - start
+    fraction = options_train.get("validation_fraction", cls.training_defaults.validation_fraction)
+    _, held_out = split_indices(len(theta), fraction, seed)
+    return {
+        "task": task.name,
+        "budget": budget,
+        "estimator": estimator,
+        "stage": str(stage),
+        "configuration": _name(candidate),
+        "validation_loss": posterior.training_record.best_validation_loss,
+        "heldout_nll": heldout_nll(posterior, theta[held_out], x[held_out]),
+        "map_to_unbounded": str(bool(options_model.get("map_to_unbounded", False))),
+        "trainable_parameters": posterior.training_record.trainable_parameters,
+        "train_seconds": round(seconds, 1),
+        "machine": machine_description(posterior.device),
+        "fmpe_version": fmpe.__version__,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _rows(results: Path) -> list[dict]:
+    if not results.exists():
+        return []
+    with results.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+GENERATED = "# >>> generated by fmpe sweep"
+END = "# <<< end of generated section"
+
+
+def write_card_section(
+    task: str, budget: int, estimator: str, chosen: Override, results: Path
+) -> Path:
+    """Writes `chosen` into the task's card as the generated section of (estimator, budget),
+    replacing an earlier one; hand-written overrides of that budget must not exist."""
+    path = Path(str(card_folder() / f"{task}.toml"))
+    text = path.read_text()
+    marker = f"{GENERATED} {task} --budget {budget} --estimator {estimator}"
+    lines = text.splitlines()
+    if marker in lines:
+        start = lines.index(marker)
+        end = lines.index(END, start)
+        lines = lines[:start] + lines[end + 1 :]
+    section = [
+        marker,
+        f"# from {results.name}: the lowest validation loss of the search; do not edit by hand.",
+        *_toml_tables(f"{estimator}.budget.{budget}", chosen),
+        END,
+    ]
+    previous = path.read_text()
+    path.write_text("\n".join([*lines, "", *section]).rstrip() + "\n")
+    try:
+        load_card(task)
+    except ValueError as error:
+        path.write_text(previous)
+        raise ValueError(
+            f"{path} would not parse with the generated section ({error}); remove its "
+            f"hand-written [{estimator}.budget.{budget}] tables first"
+        ) from None
+    return path
+
+
+def _toml_tables(prefix: str, chosen: Override) -> list[str]:
+    lines: list[str] = []
+    for part in ("model", "train"):
+        values = chosen.get(part, {})
+        flat = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        nested = {k: v for k, v in values.items() if isinstance(v, dict)}
+        if flat:
+            lines.append(f"[{prefix}.{part}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in flat.items()]
+        for key, table in nested.items():
+            lines.append(f"[{prefix}.{part}.{key}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return lines
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def summary(results: Path, cells: Iterable[tuple[str, int, str]]) -> dict:
+    """Per cell, the number of configurations and the total training time of the search."""
+    rows = _rows(results)
+    out = {}
+    for cell in cells:
+        mine = [r for r in rows if (r["task"], int(r["budget"]), r["estimator"]) == cell]
+        out[cell] = {
+            "configurations": len(mine),
+            "hours": sum(float(r["train_seconds"]) for r in mine) / 3600,
+            "best": min((float(r["validation_loss"]) for r in mine), default=math.nan),
+        }
+    return out
