@@ -286,8 +286,30 @@ class Estimator:
     def _posterior(self, network: nn.Module, data) -> Posterior:
         raise NotImplementedError
 
+    def _network_contract(self, x_shape: tuple[int, ...]) -> str:
+        """What this estimator needs of a network, in words."""
+        raise NotImplementedError
+
+    def _probe(self, network: nn.Module, x_shape: tuple[int, ...]) -> tuple[tuple, tuple]:
+        """Calls `network` on a batch of zeros: (the shape it gave, the shape it must give)."""
+        raise NotImplementedError
+
     def _check_network(self, network: nn.Module, x_shape: tuple[int, ...]) -> None:
-        """Raises a clear error when `network` does not act as this estimator needs."""
+        """Calls the network once, in eval mode, and raises a clear error unless it acts as
+        this estimator needs (`_network_contract`)."""
+        was_training = network.training
+        network.eval()
+        try:
+            with torch.no_grad():
+                shape, expected = self._probe(network, x_shape)
+        except (TypeError, RuntimeError, ValueError, AttributeError) as error:
+            raise ValueError(
+                f"{self._network_contract(x_shape)}; calling it failed: {error}"
+            ) from error
+        finally:
+            network.train(was_training)
+        if shape != expected:
+            raise ValueError(f"{self._network_contract(x_shape)}, got shape {shape}")
 
     def _build_network(self, x_shape) -> tuple[nn.Module, tuple[dict | None, dict | str | None]]:
         """The network, and the specs that name it and its embedding net for saving."""

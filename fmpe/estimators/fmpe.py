@@ -65,23 +65,15 @@ class FMPE(Estimator):
     def _module_options(self) -> dict[str, Any]:
         return {"sigma_min": self.sigma_min, "time_prior_exponent": self.time_prior_exponent}
 
-    def _check_network(self, network: nn.Module, x_shape: tuple[int, ...]) -> None:
-        expected = (
+    def _network_contract(self, x_shape: tuple[int, ...]) -> str:
+        return (
             f"the network {self.network!r} must map t (n,), theta (n, {self.theta_dim}) and "
             f"x (n, *{x_shape}) to a velocity (n, {self.theta_dim})"
         )
-        was_training = network.training
-        network.eval()
-        try:
-            with torch.no_grad():
-                zeros = (torch.zeros(2), torch.zeros(2, self.theta_dim), torch.zeros(2, *x_shape))
-                shape = tuple(network(*zeros).shape)
-        except (TypeError, RuntimeError, ValueError) as error:
-            raise ValueError(f"{expected}; calling it failed: {error}") from error
-        finally:
-            network.train(was_training)
-        if shape != (2, self.theta_dim):
-            raise ValueError(f"{expected}, got {shape}")
+
+    def _probe(self, network: nn.Module, x_shape: tuple[int, ...]) -> tuple[tuple, tuple]:
+        zeros = (torch.zeros(2), torch.zeros(2, self.theta_dim), torch.zeros(2, *x_shape))
+        return tuple(network(*zeros).shape), (2, self.theta_dim)
 
     def _posterior(self, network: nn.Module, data) -> FlowMatchingPosterior:
         return FlowMatchingPosterior(

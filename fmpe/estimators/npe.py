@@ -59,23 +59,15 @@ class NPE(Estimator):
             map_to_unbounded=map_to_unbounded,
         )
 
-    def _check_network(self, network: nn.Module, x_shape: tuple[int, ...]) -> None:
-        expected = (
+    def _network_contract(self, x_shape: tuple[int, ...]) -> str:
+        return (
             f"the network {self.network!r} must map x (n, *{x_shape}) to a distribution over "
-            f"theta (n, {self.theta_dim})"
+            f"theta (n, {self.theta_dim}) whose log_prob gives (n,)"
         )
-        was_training = network.training
-        network.eval()
-        try:
-            with torch.no_grad():
-                density = network(torch.zeros(2, *x_shape))
-                shape = tuple(density.log_prob(torch.zeros(2, self.theta_dim)).shape)
-        except (TypeError, RuntimeError, ValueError, AttributeError) as error:
-            raise ValueError(f"{expected}; calling it failed: {error}") from error
-        finally:
-            network.train(was_training)
-        if shape != (2,):
-            raise ValueError(f"{expected}; its log_prob gave shape {shape}")
+
+    def _probe(self, network: nn.Module, x_shape: tuple[int, ...]) -> tuple[tuple, tuple]:
+        density = network(torch.zeros(2, *x_shape))
+        return tuple(density.log_prob(torch.zeros(2, self.theta_dim)).shape), (2,)
 
     def _posterior(self, network: nn.Module, data) -> NPEPosterior:
         return NPEPosterior(
