@@ -1,8 +1,12 @@
-"""Calibration diagnostics of posteriors: SBC ranks, highest-density coverage, TARP.
+"""Calibration diagnostics of posteriors: SBC ranks, highest-density coverage, TARP; and
+importance sampling with a posterior as the proposal, for tasks with a likelihood.
 
-Each takes true parameters thetas (N, d), their observations xs (N, *x_shape) and a posterior
-with fmpe's batched `sample`, `log_prob` and `sample_and_log_prob`, and evaluates it on
-`chunk_size` observations per call under one progress bar.
+The calibration diagnostics take true parameters thetas (N, d), their observations
+xs (N, *x_shape) and a posterior with fmpe's batched `sample`, `log_prob` and
+`sample_and_log_prob`, and evaluate it on `chunk_size` observations per call under one
+progress bar. Importance sampling
+(`importance_sample`, `defensive_importance_sample`) takes one observation and the exact
+log-likelihood.
 """
 
 from fmpe.diagnostics.coverage import (
@@ -12,18 +16,26 @@ from fmpe.diagnostics.coverage import (
     hpd_ranks,
     negative_log_prob,
 )
+from fmpe.diagnostics.importance import (
+    ImportanceResult,
+    defensive_importance_sample,
+    importance_sample,
+)
 from fmpe.diagnostics.sbc import check_sbc, run_sbc
 from fmpe.diagnostics.tarp import check_tarp, run_tarp, tarp_ranks
 from fmpe.diagnostics.uniformity import credible_levels, ks_uniform
 
 __all__ = [
+    "ImportanceResult",
     "check_coverage",
     "check_sbc",
     "check_tarp",
     "coverage_curve",
     "credible_levels",
+    "defensive_importance_sample",
     "expected_coverage",
     "hpd_ranks",
+    "importance_sample",
     "ks_uniform",
     "negative_log_prob",
     "run_sbc",

@@ -1,15 +1,17 @@
 """Embedding nets: maps from standardized x (n, *x_shape) to features (n, k).
 
-Registered: "mlp" (a plain multilayer perceptron on the flattened x).
+Registered: "mlp" (a plain multilayer perceptron on the flattened x) and "svd" (a projection
+per channel onto a basis fitted by SVD, then a residual network).
 """
 
 import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from fmpe.networks.registry import register_embedding
-from fmpe.networks.velocity import make_activation
+from fmpe.networks.velocity import DenseResidualNet, make_activation
 
 
 class MLPEmbedding(nn.Module):
@@ -41,3 +43,71 @@ class MLPEmbedding(nn.Module):
 
 
 register_embedding("mlp", MLPEmbedding)
+
+
+class SVDEmbedding(nn.Module):
+    """A linear projection of each detector's data onto a basis fitted by SVD, then a residual
+    network, as in the FMPE paper's gravitational-wave embedding (there: 150 elements per
+    detector).
+
+    x has shape (channels, *rest), e.g. (detectors, 2, bins) for `fmpe.gw.GWSimulator`; every
+    channel is projected onto its own `basis` elements. Until `fit_to_data` is called the basis
+    is a random orthonormal one. The basis is a trainable weight, so it is fine-tuned with the
+    rest of the network, and it is saved with the weights, so a loaded network needs no refit.
+
+    Args:
+        x_shape: shape of one observation, (channels, *rest).
+        basis: basis elements per channel.
+        hidden_widths: one residual block (`DenseResidualNet`) per entry.
+        width: k, the number of output features.
+    """
+
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        basis: int = 64,
+        hidden_widths: Sequence[int] = (256, 256),
+        width: int = 128,
+        activation: str = "gelu",
+    ):
+        super().__init__()
+        if len(x_shape) < 1:
+            raise ValueError(f"x_shape must be (channels, *rest), got {tuple(x_shape)}")
+        channels, features = x_shape[0], math.prod(x_shape[1:])
+        if not isinstance(basis, int) or not 1 <= basis <= features:
+            raise ValueError(
+                f"basis must be an int in [1, {features}] (the numbers per channel), got {basis!r}"
+            )
+        self.x_shape = tuple(x_shape)
+        random = torch.linalg.qr(torch.randn(channels, features, basis)).Q
+        self.basis = nn.Parameter(random.transpose(1, 2).contiguous())  # (channels, basis, m)
+        self.net = DenseResidualNet(channels * basis, width, hidden_widths, activation=activation)
+
+    @torch.no_grad()
+    def fit_to_data(self, x: Tensor) -> None:
+        """Sets each channel's basis to the leading right singular vectors of the training
+        data x: (n, *x_shape), standardized (and, for GW, noise-free)."""
+        if tuple(x.shape[1:]) != self.x_shape:
+            raise ValueError(
+                f"fit_to_data needs x of shape (n, *{self.x_shape}), got {tuple(x.shape)}"
+            )
+        channels, basis, features = self.basis.shape
+        if len(x) < basis:
+            raise ValueError(f"fitting {basis} basis elements needs at least {basis} rows of x")
+        rows = x.reshape(len(x), channels, features).transpose(0, 1).double()
+        # Eigenvectors of the Gram matrix XᵀX are the right singular vectors of X.
+        _, vectors = torch.linalg.eigh(rows.transpose(1, 2) @ rows)  # ascending eigenvalues
+        leading = vectors.flip(-1)[..., :basis].transpose(1, 2)
+        self.basis.copy_(leading.to(self.basis))
+
+    def project(self, x: Tensor) -> Tensor:
+        """The basis coefficients, x: (n, *x_shape) -> (n, channels, basis)."""
+        channels, _, features = self.basis.shape
+        return torch.einsum("ncm,ckm->nck", x.reshape(len(x), channels, features), self.basis)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (n, *x_shape) -> (n, width)"""
+        return self.net(self.project(x).flatten(1))
+
+
+register_embedding("svd", SVDEmbedding)

@@ -12,6 +12,7 @@ A subclass gives the density of z = (T(θ) - μ) / σ, where T is the identity o
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -320,6 +321,40 @@ class Posterior(nn.Module):
             n, x, True, reject_outside_prior, show_progress, solver_options
         )
         return (theta, log_prob, cost) if return_cost else (theta, log_prob)
+
+    def importance_sample(
+        self,
+        n: int,
+        x: Tensor,
+        log_likelihood: Callable[[Tensor, Tensor], Tensor],
+        *,
+        prior: Distribution | None = None,
+        chunk_size: int | None = None,
+        show_progress: bool = False,
+    ):
+        """Importance-samples the exact posterior with this one as the proposal.
+
+        Args:
+            x: one observation (*x_shape).
+            log_likelihood: ``log_likelihood(theta: (m, d), x) -> (m,)``, the exact log L.
+            prior: π; default this posterior's prior.
+            chunk_size: samples per call; default this posterior's `chunk_size`.
+
+        Returns:
+            a `fmpe.diagnostics.importance.ImportanceResult`: weights, effective sample size,
+            sample efficiency, log evidence and its standard error.
+        """
+        from fmpe.diagnostics.importance import importance_sample
+
+        return importance_sample(
+            self,
+            n,
+            x,
+            log_likelihood,
+            prior,
+            chunk_size=chunk_size or self.chunk_size,
+            show_progress=show_progress,
+        )
 
     # ----- densities --------------------------------------------------------------------
 

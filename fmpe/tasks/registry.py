@@ -12,6 +12,15 @@ from fmpe.tasks.sbibm import WRAPPED_TASKS, SbibmTask
 from fmpe.tasks.sir import SIR
 from fmpe.tasks.slcp_distractors import SlcpDistractors
 
+
+def _gw() -> Task:
+    # Imported when first used: the gw task registers benchmark metrics, and the benchmark
+    # package imports this registry.
+    from fmpe.tasks.gw import GWTask
+
+    return GWTask()
+
+
 _FACTORIES: dict[str, Callable[[], Task]] = {
     **{name: partial(SbibmTask, name) for name in WRAPPED_TASKS},
     "bernoulli_glm": partial(BernoulliGLM, "bernoulli_glm"),
@@ -19,6 +28,7 @@ _FACTORIES: dict[str, Callable[[], Task]] = {
     "slcp_distractors": SlcpDistractors,
     "sir": SIR,
     "lotka_volterra": LotkaVolterra,
+    "gw": _gw,
 }
 
 

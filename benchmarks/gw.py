@@ -1,0 +1,590 @@
+"""FMPE against NPE on the gravitational-wave task, with importance sampling and P–P plots.
+
+    uv run python benchmarks/gw.py                    # the full comparison (hours on 2 cores)
+    uv run python benchmarks/gw.py --smoke            # every step at a tiny scale (< 1 min)
+
+Both estimators train with the `gw` card's hyperparameters on the same waveforms (the same
+budget, seed and epochs); every step is resumable, and a finished one is skipped when the
+script runs again:
+
+1. train and score (`fmpe.benchmark.run`, the results store gw_injections.csv): per injection,
+   the importance-sampling efficiency and log evidence with the estimator as the proposal,
+   −log q(θ*), and the credible level of θ* per parameter;
+2. reference posteriors of the first injections: importance sampling with the exact
+   likelihood from a defensive mixture of both estimators and the prior, until the effective
+   sample size reaches its target (gw_reference.csv; the samples are kept in the runs folder);
+3. the Jensen–Shannon divergence of each estimator's 1-D marginals to the reference's, in
+   mnat, and that between two halves of the reference as its noise floor (gw_jsd.csv);
+4. the reference checked against dynesty's nested sampling: log evidence and JSD per
+   parameter (gw_dynesty.csv);
+5. figures (gw_pp.png, gw_corner.png, gw_is_efficiency.png) and the summary gw_summary.md.
+
+Every row names the machine it was measured on.
+"""
+
+import argparse
+import csv
+import math
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from safetensors.torch import load_file, save_file
+from scipy import stats
+
+import fmpe
+from fmpe.benchmark import append_csv, machine_description, resolve_device, run, train_for_task
+from fmpe.diagnostics import ImportanceResult, defensive_importance_sample, ks_uniform
+from fmpe.plot import pairplot, pp_plot
+from fmpe.tasks import get_task
+from fmpe.tasks.gw import PARAMETER_LABELS, GWTask
+
+RESULTS = Path(__file__).parent / "results"
+RUNS = Path(__file__).parent / "runs" / "gw"
+ESTIMATORS = ("fmpe", "npe")
+NAMES = {"fmpe": "FMPE", "npe": "NPE"}
+PERIODIC = (4, 6, 7)  # φ_c, ψ and ra: the likelihood is periodic over each one's prior range
+JSD_GRID = 400
+REFERENCE_PRIOR_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much each step does."""
+
+    budget: int = 100_000
+    injections: int = 100  # scored per estimator: IS efficiency, log Z, P–P
+    samples: int = 2_000  # posterior samples per injection, and proposal samples of its IS
+    reference_injections: int = 5
+    reference_ess: int = 5_000
+    reference_round: int = 20_000  # mixture samples per round, until the ESS is reached
+    reference_max_samples: int = 400_000
+    jsd_samples: int = 10_000
+    dynesty_injections: int = 3
+    dynesty_live_points: int = 500
+    dynesty_dlogz: float = 0.1
+    dynesty_max_calls: int = 3_000_000
+
+
+SMOKE = Scale(
+    budget=2_000,
+    injections=5,
+    samples=200,
+    reference_injections=1,
+    reference_ess=100,
+    reference_round=1_000,
+    reference_max_samples=3_000,
+    jsd_samples=500,
+    dynesty_injections=1,
+    dynesty_live_points=20,
+    dynesty_dlogz=10.0,
+    dynesty_max_calls=600,
+)
+
+
+# ----- small helpers ---------------------------------------------------------------------
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def reference_path(runs: Path, scale: Scale, seed: int, injection: int) -> Path:
+    return runs / f"gw_{scale.budget}_seed{seed}_reference{injection}.safetensors"
+
+
+def load_reference(path: Path) -> ImportanceResult:
+    tensors = load_file(str(path))
+    return ImportanceResult(tensors["theta"], tensors["log_weights"])
+
+
+# ----- step 2: reference posteriors ------------------------------------------------------
+
+
+def reference_posterior(
+    task: GWTask, posteriors: list, injection: int, scale: Scale, show_progress: bool
+) -> tuple[ImportanceResult, float]:
+    """Defensive importance sampling in rounds until the effective sample size reaches its
+    target (or the sample cap); returns the joined result and its seconds."""
+    x = task.observation(injection).to(posteriors[0].device)
+    rounds: list[ImportanceResult] = []
+    start = time.perf_counter()
+    while True:
+        rounds.append(
+            defensive_importance_sample(
+                posteriors,
+                scale.reference_round,
+                x,
+                task.log_likelihood,
+                task.prior,
+                prior_fraction=REFERENCE_PRIOR_FRACTION,
+                show_progress=show_progress,
+            )
+        )
+        result = ImportanceResult.joined(rounds)
+        drawn = result.num_samples
+        if result.effective_sample_size >= scale.reference_ess:
+            break
+        if drawn + scale.reference_round > scale.reference_max_samples:
+            print(
+                f"reference {injection}: ESS {result.effective_sample_size:.0f} after {drawn} "
+                f"samples, below the target {scale.reference_ess}; stopping at the cap"
+            )
+            break
+    return result, time.perf_counter() - start
+
+
+def run_references(task, posteriors, args, scale, machine) -> dict[int, ImportanceResult]:
+    path = args.out / "gw_reference.csv"
+    done = {int(r["injection"]) for r in read_rows(path)}
+    references = {}
+    for i in range(1, scale.reference_injections + 1):
+        saved = reference_path(args.runs, scale, args.seed, i)
+        if i in done and saved.exists():
+            references[i] = load_reference(saved)
+            continue
+        torch.manual_seed(args.seed + i)
+        result, seconds = reference_posterior(task, posteriors, i, scale, not args.quiet)
+        tensors = {"theta": result.theta.contiguous(), "log_weights": result.log_weights}
+        save_file(tensors, str(saved))
+        references[i] = result
+        row = {
+            "injection": i,
+            "snr": round(task.snr(i), 3),
+            "num_samples": result.num_samples,
+            "effective_sample_size": round(result.effective_sample_size, 1),
+            "sample_efficiency": f"{result.sample_efficiency:.5g}",
+            "log_evidence": f"{result.log_evidence:.4f}",
+            "log_evidence_error": f"{result.log_evidence_error:.4f}",
+            "prior_fraction": REFERENCE_PRIOR_FRACTION,
+            "seconds": round(seconds, 1),
+            "machine": machine,
+            "finished_at": now(),
+        }
+        append_csv(path, row, list(row))
+        print(f"reference {i}: ESS {result.effective_sample_size:.0f} of {result.num_samples}")
+    return references
+
+
+# ----- step 3: Jensen–Shannon divergences ------------------------------------------------
+
+
+def marginal_jsd(
+    samples: np.ndarray,
+    reference: np.ndarray,
+    reference_weights: np.ndarray,
+    sample_weights: np.ndarray | None = None,
+) -> float:
+    """The Jensen–Shannon divergence (nats) of two 1-D distributions given by samples.
+
+    Both are Gaussian kernel density estimates with the same bandwidth (Silverman's rule for
+    the reference's effective sample size), on a common grid over the central 99.8% of both.
+    """
+    weights = reference_weights / reference_weights.sum()
+    sample_weights = (
+        np.full(len(samples), 1 / len(samples))
+        if sample_weights is None
+        else sample_weights / sample_weights.sum()
+    )
+    n_eff = 1 / np.square(weights).sum()
+    mean = (weights * reference).sum()
+    spread = math.sqrt((weights * (reference - mean) ** 2).sum())
+    bandwidth = 1.06 * spread * n_eff ** (-1 / 5)
+    low = min(np.quantile(samples, 0.001), _weighted_quantile(reference, weights, 0.001))
+    high = max(np.quantile(samples, 0.999), _weighted_quantile(reference, weights, 0.999))
+    grid = np.linspace(low - 3 * bandwidth, high + 3 * bandwidth, JSD_GRID)
+    p = _kde(reference, weights, grid, bandwidth)
+    q = _kde(samples, sample_weights, grid, bandwidth)
+    m = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_p = np.where(p > 0, p * np.log(p / m), 0.0).sum()
+        kl_q = np.where(q > 0, q * np.log(q / m), 0.0).sum()
+    return float(max(kl_p + kl_q, 0.0) / 2)
+
+
+def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, q * cumulative[-1])])
+
+
+def _kde(values: np.ndarray, weights: np.ndarray, grid: np.ndarray, bandwidth: float):
+    """The kernel density estimate on the grid, normalized to sum to 1 over the grid."""
+    keep = weights > 0
+    values, weights = values[keep], weights[keep]
+    density = np.zeros_like(grid)
+    for start in range(0, len(values), 20_000):
+        part = slice(start, start + 20_000)
+        z = (grid[None, :] - values[part, None]) / bandwidth
+        density += (weights[part, None] * np.exp(-0.5 * z**2)).sum(0)
+    return density / density.sum()
+
+
+def jsd_row(task: GWTask, samples, sample_weights, reference, reference_weights) -> dict:
+    """JSD in mnat per parameter (and their mean) of samples (n, 9) to a weighted reference."""
+    row = {
+        f"jsd_mnat_{name}": round(
+            1000 * marginal_jsd(samples[:, j], reference[:, j], reference_weights, sample_weights),
+            3,
+        )
+        for j, name in enumerate(task.parameter_names)
+    }
+    row["mean_jsd_mnat"] = round(float(np.mean(list(row.values()))), 3)
+    return row
+
+
+def run_jsd(task, posteriors, references, args, scale, machine) -> None:
+    path = args.out / "gw_jsd.csv"
+    done = {(int(r["injection"]), r["estimator"]) for r in read_rows(path)}
+    for i, reference in references.items():
+        theta, weights = reference.theta.double().numpy(), reference.weights.numpy()
+        x = task.observation(i).to(posteriors["fmpe"].device)
+        rows = {}
+        for name, posterior in posteriors.items():
+            if (i, name) not in done:
+                torch.manual_seed(args.seed + 100 + i)
+                samples = posterior.sample(scale.jsd_samples, x).cpu().double().numpy()
+                rows[name] = (len(samples), jsd_row(task, samples, None, theta, weights))
+        if (i, "reference_halves") not in done:
+            # Two random halves of the reference: the divergence its finite sample alone gives.
+            generator = torch.Generator().manual_seed(args.seed + i)
+            first, second = torch.randperm(len(theta), generator=generator).numpy().reshape(2, -1)
+            halves = jsd_row(task, theta[first], weights[first], theta[second], weights[second])
+            rows["reference_halves"] = (len(first), halves)
+        for name, (count, jsd) in rows.items():
+            row = {"injection": i, "estimator": name, **jsd, "samples": count}
+            row |= {"machine": machine, "finished_at": now()}
+            append_csv(path, row, list(row))
+            print(f"JSD injection {i} {name}: mean {jsd['mean_jsd_mnat']} mnat")
+
+
+# ----- step 4: dynesty -------------------------------------------------------------------
+
+
+class DynestyProblem:
+    """The prior transform and likelihood of one injection, as dynesty calls them."""
+
+    def __init__(self, task: GWTask, injection: int):
+        self.task = task
+        self.x = task.observation(injection).double()
+        self.low = task.prior.base_dist.low.double().numpy()
+        self.width = task.prior.base_dist.high.double().numpy() - self.low
+
+    def prior_transform(self, u: np.ndarray) -> np.ndarray:
+        return self.low + self.width * u
+
+    def log_likelihood(self, theta: np.ndarray) -> float:
+        with torch.inference_mode():
+            return float(self.task.log_likelihood(torch.from_numpy(theta)[None], self.x)[0])
+
+
+def run_dynesty_checks(task, references, args, scale, machine) -> None:
+    import dynesty
+
+    path = args.out / "gw_dynesty.csv"
+    done = {int(r["injection"]) for r in read_rows(path)}
+    for i in range(1, min(scale.dynesty_injections, len(references)) + 1):
+        if i in done:
+            continue
+        problem = DynestyProblem(task, i)
+        sampler = dynesty.NestedSampler(
+            problem.log_likelihood,
+            problem.prior_transform,
+            task.theta_dim,
+            nlive=scale.dynesty_live_points,
+            periodic=list(PERIODIC),
+            rstate=np.random.default_rng(args.seed + i),
+        )
+        start = time.perf_counter()
+        sampler.run_nested(
+            dlogz=scale.dynesty_dlogz, maxcall=scale.dynesty_max_calls, print_progress=False
+        )
+        seconds = time.perf_counter() - start
+        result = sampler.results
+        weights = result.importance_weights()
+        reference = references[i]
+        theta, reference_weights = reference.theta.double().numpy(), reference.weights.numpy()
+        row = {
+            "injection": i,
+            "dynesty_log_evidence": f"{result.logz[-1]:.4f}",
+            "dynesty_log_evidence_error": f"{result.logzerr[-1]:.4f}",
+            "reference_log_evidence": f"{reference.log_evidence:.4f}",
+            "reference_log_evidence_error": f"{reference.log_evidence_error:.4f}",
+            **jsd_row(task, result.samples, weights, theta, reference_weights),
+            "dynesty_effective_samples": round(float(1 / np.square(weights).sum()), 1),
+            "likelihood_calls": int(np.sum(result.ncall)),
+            "live_points": scale.dynesty_live_points,
+            "dlogz": scale.dynesty_dlogz,
+            "seconds": round(seconds, 1),
+            "machine": machine,
+            "finished_at": now(),
+        }
+        append_csv(path, row, list(row))
+        print(
+            f"dynesty {i}: log Z {result.logz[-1]:.3f} ± {result.logzerr[-1]:.3f}, reference "
+            f"{reference.log_evidence:.3f} ± {reference.log_evidence_error:.3f}"
+        )
+
+
+# ----- step 5: figures and summary -------------------------------------------------------
+
+
+def injection_rows(args, scale) -> dict[str, list[dict]]:
+    rows = read_rows(args.out / "gw_injections.csv")
+    return {
+        name: sorted(
+            (
+                r
+                for r in rows
+                if r["estimator"] == name
+                and int(r["budget"]) == scale.budget
+                and int(r["seed"]) == args.seed
+                and int(r["observation"]) <= scale.injections
+            ),
+            key=lambda r: int(r["observation"]),
+        )
+        for name in ESTIMATORS
+    }
+
+
+def credible_levels(task: GWTask, rows: list[dict]) -> np.ndarray:
+    """(N, 9) credible levels of θ* of the scored injections."""
+    return np.array([[float(r[f"credible_level_{p}"]) for p in task.parameter_names] for r in rows])
+
+
+def plot_pp(task, rows, path: Path) -> None:
+    fig = Figure(figsize=(13, 5.2), layout="constrained")
+    for ax, name in zip(fig.subplots(1, 2), ESTIMATORS):
+        pp_plot(credible_levels(task, rows[name]), PARAMETER_LABELS, ax=ax)
+        ax.set_title(NAMES[name])
+    fig.savefig(path, dpi=120)
+
+
+def plot_efficiency(rows, path: Path) -> None:
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    values = {n: np.array([float(r["is_efficiency"]) for r in rows[n]]) for n in ESTIMATORS}
+    positive = np.concatenate([v[v > 0] for v in values.values()])
+    low = max(positive.min() if len(positive) else 1e-6, 1e-6)
+    bins = np.logspace(math.log10(low) - 0.1, 0.0, 30)
+    for k, (name, efficiency) in enumerate(values.items()):
+        ax.hist(np.clip(efficiency, low, 1), bins=bins, alpha=0.5, color=f"C{k}", label=NAMES[name])
+        ax.axvline(np.median(efficiency), color=f"C{k}", ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("importance-sampling efficiency n_eff / N (dashed: median)")
+    ax.set_ylabel("injections")
+    ax.legend()
+    fig.savefig(path, dpi=120)
+
+
+def plot_corner(task, posteriors, reference, injection, scale, seed, path: Path) -> None:
+    x = task.observation(injection).to(posteriors["fmpe"].device)
+    torch.manual_seed(seed)
+    sets = [posteriors[n].sample(scale.jsd_samples, x).cpu() for n in ESTIMATORS]
+    sets.append(reference.resample(scale.jsd_samples, torch.Generator().manual_seed(seed)))
+    fig = pairplot(
+        [s.double().numpy() for s in sets],
+        PARAMETER_LABELS,
+        truth=task.true_parameters(injection).double().numpy(),
+        set_labels=[NAMES[n] for n in ESTIMATORS] + ["reference (IS)"],
+        colors=["C0", "C1", "k"],
+    )
+    fig.savefig(path, dpi=80)
+
+
+def spread(values: np.ndarray) -> str:
+    """median [16th, 84th percentile]"""
+    q16, q50, q84 = np.quantile(values, [0.16, 0.5, 0.84])
+    return f"{q50:.3g} [{q16:.3g}, {q84:.3g}]"
+
+
+def write_summary(task, posteriors, rows, args, scale, machine, command: str) -> None:
+    lines = [
+        "# FMPE against NPE on the gravitational-wave task",
+        "",
+        f"`{command}` (fmpe {fmpe.__version__}, finished {now()}), on {machine}.",
+        f"Budget {scale.budget} noise-free waveforms (noise drawn afresh at every use), seed "
+        f"{args.seed}; both estimators with the `gw` card's hyperparameters.",
+        "",
+        "## Training and importance sampling",
+        "",
+        f"Per injection (1-{scale.injections}, network SNR ≥ 8), {scale.samples} proposal samples;"
+        " efficiency median [16th, 84th percentile].",
+        "",
+        "| estimator | training s | epochs | best validation loss | IS efficiency | "
+        "min / max | −log q(θ*) median |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ESTIMATORS:
+        record = posteriors[name].training_record
+        efficiency = np.array([float(r["is_efficiency"]) for r in rows[name]])
+        nltp = np.array([float(r["nltp"]) for r in rows[name]])
+        lines.append(
+            f"| {NAMES[name]} | {float(rows[name][0]['train_seconds']):.0f} | {record.epochs} | "
+            f"{record.best_validation_loss:.4f} | {spread(efficiency)} | "
+            f"{efficiency.min():.3g} / {efficiency.max():.3g} | {np.median(nltp):.2f} |"
+        )
+    lines += ["", "## P–P: KS p-values of the credible levels of θ*", ""]
+    lines += ["| estimator | " + " | ".join(PARAMETER_LABELS) + " | combined (Fisher) |"]
+    lines += ["|---" * (len(PARAMETER_LABELS) + 2) + "|"]
+    for name in ESTIMATORS:
+        _, pvalues = ks_uniform(credible_levels(task, rows[name]))
+        combined = stats.combine_pvalues(pvalues, method="fisher").pvalue
+        cells = " | ".join(f"{p:.3g}" for p in pvalues)
+        lines.append(f"| {NAMES[name]} ({len(rows[name])}) | {cells} | {combined:.3g} |")
+
+    references = read_rows(args.out / "gw_reference.csv")
+    lines += [
+        "",
+        "## Reference posteriors and log evidence",
+        "",
+        f"Defensive mixture: {100 * (1 - REFERENCE_PRIOR_FRACTION) / 2:.1f}% FMPE, "
+        f"{100 * (1 - REFERENCE_PRIOR_FRACTION) / 2:.1f}% NPE, "
+        f"{100 * REFERENCE_PRIOR_FRACTION:.0f}% prior; target ESS {scale.reference_ess}.",
+        "",
+        "| injection | SNR | samples | ESS | log Z reference | log Z FMPE − ref | "
+        "log Z NPE − ref |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    by_injection = {n: {int(r["observation"]): r for r in rows[n]} for n in ESTIMATORS}
+    for r in references:
+        i = int(r["injection"])
+        differences = []
+        for name in ESTIMATORS:
+            scored = by_injection[name].get(i)
+            if scored is None:
+                differences.append("")
+                continue
+            delta = float(scored["is_log_evidence"]) - float(r["log_evidence"])
+            differences.append(f"{delta:+.3f} ± {float(scored['is_log_evidence_error']):.3f}")
+        lines.append(
+            f"| {i} | {float(r['snr']):.1f} | {r['num_samples']} | "
+            f"{float(r['effective_sample_size']):.0f} | {float(r['log_evidence']):.3f} ± "
+            f"{float(r['log_evidence_error']):.3f} | {' | '.join(differences)} |"
+        )
+
+    jsd = read_rows(args.out / "gw_jsd.csv")
+    lines += [
+        "",
+        "## Jensen–Shannon divergence to the reference (mnat), mean over injections",
+        "",
+        "`reference halves`: between two random halves of the reference, its noise floor.",
+        "",
+        "| estimator | injections | " + " | ".join(PARAMETER_LABELS) + " | mean | max |",
+        "|---" * (len(PARAMETER_LABELS) + 4) + "|",
+    ]
+    for name in (*ESTIMATORS, "reference_halves"):
+        selected = [r for r in jsd if r["estimator"] == name]
+        if not selected:
+            continue
+        table = np.array(
+            [[float(r[f"jsd_mnat_{p}"]) for p in task.parameter_names] for r in selected]
+        )
+        cells = " | ".join(f"{v:.2f}" for v in table.mean(0))
+        label = NAMES.get(name, name.replace("_", " "))
+        lines.append(
+            f"| {label} | {len(selected)} | {cells} | {table.mean():.2f} | {table.max():.2f} |"
+        )
+
+    dynesty_rows = read_rows(args.out / "gw_dynesty.csv")
+    lines += [
+        "",
+        "## The reference against dynesty",
+        "",
+        "| injection | log Z dynesty | log Z reference | mean JSD (mnat) | max JSD | calls | s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in dynesty_rows:
+        values = [float(r[f"jsd_mnat_{p}"]) for p in task.parameter_names]
+        lines.append(
+            f"| {r['injection']} | {float(r['dynesty_log_evidence']):.3f} ± "
+            f"{float(r['dynesty_log_evidence_error']):.3f} | "
+            f"{float(r['reference_log_evidence']):.3f} ± "
+            f"{float(r['reference_log_evidence_error']):.3f} | {float(r['mean_jsd_mnat']):.2f} | "
+            f"{max(values):.2f} | {r['likelihood_calls']} | {float(r['seconds']):.0f} |"
+        )
+    lines += [
+        "",
+        "Figures: gw_pp.png (P–P, 95% simultaneous bands), gw_corner.png (injection 1), "
+        "gw_is_efficiency.png.",
+        "",
+    ]
+    (args.out / "gw_summary.md").write_text("\n".join(lines))
+
+
+# ----- the run ---------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="every step at a tiny scale")
+    parser.add_argument("--budget", type=int, help=f"waveforms (default {Scale.budget})")
+    parser.add_argument("--injections", type=int, help=f"scored (default {Scale.injections})")
+    parser.add_argument("--samples", type=int, help=f"per injection (default {Scale.samples})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a busy CPU)")
+    parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
+    parser.add_argument("--runs", type=Path, help="posteriors and samples (benchmarks/runs/gw)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args()
+    scale = SMOKE if args.smoke else Scale()
+    overrides = {k: getattr(args, k) for k in ("budget", "injections", "samples")}
+    scale = replace(scale, **{k: v for k, v in overrides.items() if v is not None})
+    smoke_folder = RUNS.with_name("gw-smoke")
+    args.out = args.out or (smoke_folder / "results" if args.smoke else RESULTS)
+    args.runs = args.runs or (smoke_folder if args.smoke else RUNS)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    machine = machine_description(device) + f", {args.threads} torch thread(s)"
+    command = "python benchmarks/gw.py " + (
+        "--smoke" if args.smoke else f"--budget {scale.budget} --seed {args.seed}"
+    )
+    task = get_task("gw")
+    if scale.injections > task.num_observations:
+        raise SystemExit(f"the gw task has {task.num_observations} injections")
+
+    posteriors = {}
+    for name in ESTIMATORS:
+        run(
+            ["gw"],
+            [scale.budget],
+            range(1, scale.injections + 1),
+            estimator=name,
+            seed=args.seed,
+            device=args.device,
+            results=args.out / "gw_injections.csv",
+            run_dir=args.runs,
+            num_samples=scale.samples,
+            show_progress=not args.quiet,
+        )
+        posteriors[name], _ = train_for_task(
+            task, scale.budget, args.seed, device, args.runs, False, name
+        )
+    references = run_references(task, list(posteriors.values()), args, scale, machine)
+    run_jsd(task, posteriors, references, args, scale, machine)
+    run_dynesty_checks(task, references, args, scale, machine)
+
+    rows = injection_rows(args, scale)
+    plot_pp(task, rows, args.out / "gw_pp.png")
+    plot_efficiency(rows, args.out / "gw_is_efficiency.png")
+    plot_corner(task, posteriors, references[1], 1, scale, args.seed, args.out / "gw_corner.png")
+    write_summary(task, posteriors, rows, args, scale, machine, command)
+    print(f"results in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Importance sampling against closed forms: the linear-Gaussian model's evidence
+p(x) = N(x; 0, Σp + Σl), and a box prior whose evidence is a product of normal CDFs."""
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+from torch.distributions import Independent, MultivariateNormal, Normal, Uniform
+
+from fmpe import NPE
+from fmpe.diagnostics import ImportanceResult, defensive_importance_sample, importance_sample
+
+X_OBS = torch.tensor([0.7, -0.4])
+
+
+class AnalyticProposal:
+    """A proposal with a known density, with the methods importance sampling uses."""
+
+    def __init__(self, distribution, prior=None, nan_every: int | None = None):
+        self.distribution = distribution
+        self.prior = prior
+        self.nan_every = nan_every
+
+    def sample_and_log_prob(self, n, x, *, reject_outside_prior=True):
+        theta = self.distribution.sample((n,))
+        log_q = self.distribution.log_prob(theta)
+        if self.nan_every is not None:
+            log_q[:: self.nan_every] = math.nan
+        return theta, log_q
+
+    def log_prob(self, theta, x):
+        return self.distribution.log_prob(theta)
+
+
+def gaussian_log_likelihood(gaussian):
+    def log_likelihood(theta, x):
+        return MultivariateNormal(theta, gaussian.noise_cov).log_prob(x)
+
+    return log_likelihood
+
+
+def exact_log_evidence(gaussian, x) -> float:
+    return float(
+        MultivariateNormal(torch.zeros(2), gaussian.prior_cov + gaussian.noise_cov).log_prob(x)
+    )
+
+
+def broad_proposal(gaussian):
+    return AnalyticProposal(MultivariateNormal(torch.zeros(2), 4 * torch.eye(2)), gaussian.prior)
+
+
+def test_the_exact_posterior_as_proposal_has_efficiency_one_and_the_exact_evidence(gaussian):
+    torch.manual_seed(0)
+    proposal = AnalyticProposal(gaussian.posterior(X_OBS), gaussian.prior)
+    result = importance_sample(proposal, 5000, X_OBS, gaussian_log_likelihood(gaussian))
+    assert result.sample_efficiency == pytest.approx(1.0, abs=1e-6)
+    assert result.effective_sample_size == pytest.approx(5000, rel=1e-6)
+    assert result.log_evidence == pytest.approx(exact_log_evidence(gaussian, X_OBS), abs=1e-4)
+    assert result.log_evidence_error < 1e-3
+    assert result.weights.sum().item() == pytest.approx(1.0)
+
+
+def test_a_broad_proposal_gives_the_evidence_within_its_error(gaussian):
+    torch.manual_seed(1)
+    result = importance_sample(
+        broad_proposal(gaussian), 20_000, X_OBS, gaussian_log_likelihood(gaussian), chunk_size=3000
+    )
+    assert result.num_samples == 20_000
+    assert 0.01 < result.sample_efficiency < 0.5
+    error = abs(result.log_evidence - exact_log_evidence(gaussian, X_OBS))
+    assert error < 4 * result.log_evidence_error
+    # The weighted samples are the posterior: its mean, within the Monte Carlo error.
+    posterior = gaussian.posterior(X_OBS)
+    mean = (result.weights[:, None] * result.theta.double()).sum(0)
+    spread = posterior.covariance_matrix.diagonal().sqrt().double()
+    assert (
+        (mean - posterior.mean.double()).abs() < 5 * spread / result.effective_sample_size**0.5
+    ).all()
+
+
+def test_the_evidence_error_matches_the_spread_over_repeated_runs(gaussian):
+    torch.manual_seed(2)
+    proposal, log_likelihood = broad_proposal(gaussian), gaussian_log_likelihood(gaussian)
+    runs = [importance_sample(proposal, 1000, X_OBS, log_likelihood) for _ in range(300)]
+    estimates = torch.tensor([r.log_evidence for r in runs])
+    reported = torch.tensor([r.log_evidence_error for r in runs]).mean()
+    assert 0.8 < estimates.std() / reported < 1.25
+    assert (
+        abs(estimates.mean() - exact_log_evidence(gaussian, X_OBS)) < 3 * reported / 300**0.5 + 0.01
+    )
+
+
+def test_samples_outside_a_box_prior_get_weight_zero_and_the_evidence_is_exact():
+    # θ ~ U([-2, 2]²), x | θ ~ N(θ, diag(σ²)): Z = Π_j [Φ((2 - x_j)/σ_j) - Φ((-2 - x_j)/σ_j)] / 16.
+    sigma = torch.tensor([0.8, 0.5])
+    x = torch.tensor([1.6, -1.2])
+    prior = Independent(Uniform(torch.full((2,), -2.0), torch.full((2,), 2.0)), 1)
+
+    def log_likelihood(theta, x):
+        return Independent(Normal(theta, sigma), 1).log_prob(x)
+
+    mass = stats.norm.cdf((2 - x.numpy()) / sigma.numpy()) - stats.norm.cdf(
+        (-2 - x.numpy()) / sigma.numpy()
+    )
+    exact = math.log(mass.prod() / 16)
+    torch.manual_seed(3)
+    proposal = AnalyticProposal(Independent(Normal(x, torch.ones(2)), 1), prior)
+    result = importance_sample(proposal, 40_000, x, log_likelihood)
+    outside = (result.theta.abs() >= 2).any(-1)
+    assert outside.float().mean() > 0.1
+    assert torch.isinf(result.log_weights[outside]).all()
+    assert torch.isfinite(result.log_weights[~outside]).all()
+    assert abs(result.log_evidence - exact) < 4 * result.log_evidence_error
+
+
+def test_the_defensive_mixture_weights_by_the_mixture_density_and_gets_the_evidence(gaussian):
+    torch.manual_seed(4)
+    shifted = MultivariateNormal(torch.tensor([0.8, -0.1]), 0.05 * torch.eye(2))
+    broad = MultivariateNormal(torch.zeros(2), 4 * torch.eye(2))
+    proposals = [AnalyticProposal(shifted, gaussian.prior), AnalyticProposal(broad)]
+    log_likelihood = gaussian_log_likelihood(gaussian)
+    result = defensive_importance_sample(
+        proposals, 20_000, X_OBS, log_likelihood, prior_fraction=0.1, chunk_size=4000
+    )
+    assert result.num_samples == 20_000
+    error = abs(result.log_evidence - exact_log_evidence(gaussian, X_OBS))
+    assert error < 4 * result.log_evidence_error
+    # The weights, recomputed with the mixture's density written out: shares 0.45, 0.45, 0.1.
+    theta = result.theta
+    mixture = (
+        0.45 * shifted.log_prob(theta).double().exp()
+        + 0.45 * broad.log_prob(theta).double().exp()
+        + 0.1 * gaussian.prior.log_prob(theta).double().exp()
+    )
+    expected = (
+        gaussian.prior.log_prob(theta).double()
+        + log_likelihood(theta, X_OBS).double()
+        - mixture.log()
+    )
+    assert torch.allclose(result.log_weights, expected, atol=1e-4)
+
+
+def test_a_nan_density_counts_as_weight_zero_with_a_warning(gaussian):
+    proposal = AnalyticProposal(gaussian.posterior(X_OBS), gaussian.prior, nan_every=10)
+    with pytest.warns(UserWarning, match="100 of 1000 importance weights are NaN"):
+        result = importance_sample(proposal, 1000, X_OBS, gaussian_log_likelihood(gaussian))
+    assert torch.isinf(result.log_weights[::10]).all()
+    assert result.effective_sample_size == pytest.approx(900, rel=1e-4)
+
+
+def test_resample_draws_by_weight_and_joined_concatenates():
+    result = ImportanceResult(
+        torch.tensor([[0.0], [1.0]]), torch.tensor([0.0, math.log(3.0)], dtype=torch.float64)
+    )
+    draws = result.resample(40_000, generator=torch.Generator().manual_seed(0))
+    assert draws.mean().item() == pytest.approx(0.75, abs=0.01)
+    assert result.effective_sample_size == pytest.approx(16 / 10)
+    both = ImportanceResult.joined([result, result])
+    assert both.num_samples == 4
+    assert both.log_evidence == pytest.approx(result.log_evidence)
+    with pytest.raises(ValueError, match="nothing to resample"):
+        ImportanceResult(result.theta, torch.full((2,), -math.inf)).resample(3)
+
+
+def test_bad_arguments_are_named(gaussian):
+    proposal = broad_proposal(gaussian)
+    log_likelihood = gaussian_log_likelihood(gaussian)
+    with pytest.raises(ValueError, match="number of samples"):
+        importance_sample(proposal, 0, X_OBS, log_likelihood)
+    with pytest.raises(ValueError, match="needs the prior"):
+        importance_sample(AnalyticProposal(proposal.distribution), 10, X_OBS, log_likelihood)
+    with pytest.raises(ValueError, match="prior_fraction"):
+        defensive_importance_sample([proposal], 10, X_OBS, log_likelihood, prior_fraction=1.0)
+    with pytest.raises(ValueError, match="at least one posterior"):
+        defensive_importance_sample([], 10, X_OBS, log_likelihood, gaussian.prior)
+
+
+def test_posterior_importance_sample_corrects_a_trained_posterior(gaussian):
+    torch.manual_seed(5)
+    posterior = NPE(gaussian.simulator, gaussian.prior).train(
+        2000, max_epochs=15, batch_size=128, learning_rate=3e-3, show_progress=False
+    )
+    log_likelihood = gaussian_log_likelihood(gaussian)
+    torch.manual_seed(6)
+    result = posterior.importance_sample(10_000, X_OBS, log_likelihood, chunk_size=4000)
+    torch.manual_seed(6)
+    same = importance_sample(posterior, 10_000, X_OBS, log_likelihood, chunk_size=4000)
+    assert torch.equal(result.log_weights, same.log_weights)
+    assert 0.2 < result.sample_efficiency < 1.0
+    error = abs(result.log_evidence - exact_log_evidence(gaussian, X_OBS))
+    assert error < 4 * result.log_evidence_error + 1e-3
