@@ -24,10 +24,11 @@ class FMPE(Estimator):
         sigma_min: width of the optimal-transport path at t = 1.
         time_prior_exponent: α of the training time prior p(t) ∝ t^α.
         solver: default ODE settings of the returned posterior.
-        The others are those of `Estimator`; the default network is "residual"
-        (`fmpe.networks.VelocityNetwork`), and `map_to_unbounded` is off by default: on
-        sbibm's box priors it raised C2ST at 1e4 simulations (two_moons 0.541 to 0.566); on
-        log-normal priors it helped (docs/method.md).
+
+    The others are those of `Estimator`; the default network is "residual"
+    (`fmpe.networks.VelocityNetwork`), and `map_to_unbounded` is off by default: on sbibm's
+    box priors it raised C2ST at 1e4 simulations (two_moons 0.541 to 0.566); on log-normal
+    priors it helped (docs/method.md).
     """
 
     default_network = "residual"
