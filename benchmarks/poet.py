@@ -41,6 +41,9 @@ ABLATION_OBSERVATIONS = (1, 2, 3)
 # One setting changed at a time from the card's poet variant ("variant": the variant itself).
 ABLATION = {
     "variant": {},
+    "learning rate x 4": {"learning_rate_factor": 4.0},
+    "learning rate x 16": {"learning_rate_factor": 16.0},
+    "learning rate x 0.25": {"learning_rate_factor": 0.25},
     "block 4": {"linear": {"block_size": 4}},
     "block 16": {"linear": {"block_size": 16}},
     "block 32": {"linear": {"block_size": 32}},
@@ -48,10 +51,8 @@ ABLATION = {
     "merge every 800": {"linear": {"merge_every": 800}},
     "neumann 3 (odd)": {"linear": {"neumann_terms": 3}},
     "exact cayley": {"linear": {"neumann_terms": None}},
-    "learning rate x 0.25": {"learning_rate_factor": 0.25},
-    "learning rate x 4": {"learning_rate_factor": 4.0},
-    "learning rate x 16": {"learning_rate_factor": 16.0},
 }
+SETTING_FIELDS = ("task", "block_size", "merge_every", "neumann_terms", "learning_rate")
 ABLATION_FIELDS = (
     "task",
     "budget",
@@ -97,27 +98,36 @@ def ordinary_parameters(task, budget: int) -> int:
 
 
 def run_ablation(path: Path) -> None:
+    # A row is identified by its settings, not its name: the names are relative to the card's
+    # variant, which the ablation's result changes.
     done = set()
     if path.exists():
         with path.open(newline="") as f:
-            done = {(r["task"], r["configuration"]) for r in csv.DictReader(f)}
+            done = {tuple(r[k] for k in SETTING_FIELDS) for r in csv.DictReader(f)}
     for task_name in ABLATION_TASKS:
         task = get_task(task_name)
         ordinary = None
         for name, change in ABLATION.items():
-            if (task_name, name) in done:
+            model, train_options = configuration(task_name, ABLATION_BUDGET, change)
+            linear = model["network_options"]["linear"]
+            settings = (
+                task_name,
+                linear.get("block_size"),
+                linear.get("merge_every"),
+                linear.get("neumann_terms"),
+                train_options.get("learning_rate"),
+            )
+            if tuple("" if v is None else str(v) for v in settings) in done:
                 continue
             if ordinary is None:
                 card_model, card_train = load_card(task_name).hyperparameters(ABLATION_BUDGET)
                 ordinary = train(task, ABLATION_BUDGET, card_model, card_train)
-            model, train_options = configuration(task_name, ABLATION_BUDGET, change)
             posterior, seconds = timed(train, task, ABLATION_BUDGET, model, train_options)
             scores = []
             for observation in ABLATION_OBSERVATIONS:
                 torch.manual_seed(0)
                 samples = posterior.sample(10_000, task.observation(observation))
                 scores.append(c2st(task.reference_samples(observation), samples))
-            linear = model["network_options"]["linear"]
             row = {
                 "task": task_name,
                 "budget": ABLATION_BUDGET,
