@@ -5,20 +5,25 @@
 Trains fmpe with its defaults on two_moons, then, for each solver setting, draws 10,000
 samples (C2ST against sbibm's reference) and evaluates the exact log density of 1,000
 reference points (largest error against a float64 solve at tolerance 1e-9). Each time is the
-median of three calls; network evaluations are per call.
+median of three calls, in wall seconds and in CPU seconds of this process (which a busy
+machine disturbs less); network evaluations are per call. Every row records the load average,
+and its speed-up over the default of the same run and kind: on a shared machine compare rows
+within one run.
 
 Appends rows to benchmarks/results/solvers.csv and rewrites solvers.md from all rows there.
 """
 
 import argparse
 import csv
+import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 import fmpe
-from fmpe.benchmark import append_csv, float64_log_prob, machine_description, timed
+from fmpe.benchmark import append_csv, float64_log_prob, machine_description
 from fmpe.metrics import c2st
 from fmpe.tasks import get_task
 
@@ -35,17 +40,30 @@ SETTINGS = [
     ("sample", {"method": "midpoint", "steps": 16}),
     ("sample", {"method": "rk4", "steps": 5}),
     ("sample", {"method": "rk4", "steps": 10}),
+    ("sample", {"method": "tsit5_per_row"}),
+    ("sample", {"method": "rk4", "steps": 5, "time_grid": "late"}),
+    ("sample", {"method": "rk4", "steps": 6, "time_grid": "late"}),
+    ("sample", {"method": "rk4", "steps": 8, "time_grid": "late"}),
+    ("sample", {"method": "midpoint", "steps": 12, "time_grid": "late"}),
     ("log_prob", {}),
     ("log_prob", {"rtol": 1e-4, "atol": 1e-4}),
     ("log_prob", {"rtol": 1e-3, "atol": 1e-3}),
     ("log_prob", {"method": "rk4", "steps": 10}),
     ("log_prob", {"method": "rk4", "steps": 20}),
     ("log_prob", {"method": "midpoint", "steps": 32}),
+    ("log_prob", {"method": "tsit5_per_row"}),
+    ("log_prob", {"method": "tsit5_per_row", "rtol": 2e-5, "atol": 2e-5}),
+    ("log_prob", {"method": "tsit5_per_row", "rtol": 3e-5, "atol": 3e-5}),
+    ("log_prob", {"method": "dopri8", "rtol": 1e-3, "atol": 1e-3}),
+    ("log_prob", {"method": "rk4", "steps": 20, "time_grid": "late"}),
 ]
 FIELDS = (
     "solve",
     "settings",
     "seconds",
+    "cpu_seconds",
+    "speedup",
+    "load_average",
     "evaluations",
     "c2st",
     "max_error",
@@ -55,8 +73,46 @@ FIELDS = (
     "threads",
     "machine",
     "fmpe_version",
+    "run",
     "finished_at",
 )
+
+
+def timed_cpu(function, *args, repeats: int, **kwargs):
+    """The result of the last of `repeats` calls, and the median wall and CPU seconds (of
+    this process) of a call."""
+    wall, cpu = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        result = function(*args, **kwargs)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return result, sorted(wall)[len(wall) // 2], sorted(cpu)[len(cpu) // 2]
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of the CSV at `path`, with the fields of older versions of this script
+    filled in as empty."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [{field: row.get(field) or "" for field in FIELDS} for row in csv.DictReader(f)]
+
+
+def upgrade_header(path: Path) -> None:
+    """Rewrites a CSV written with fewer FIELDS under the current header (new fields empty),
+    so that rows appended now line up; the old rows' values are kept as they were."""
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        header = next(csv.reader(f), None)
+    if header is None or tuple(header) == FIELDS:
+        return
+    rows = read_rows(path)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def write_table(rows: list[dict], path: Path) -> None:
@@ -67,7 +123,9 @@ def write_table(rows: list[dict], path: Path) -> None:
         "Produced by `uv run python benchmarks/solvers.py`; each row names its machine. The",
         "first `sample` and `log_prob` rows of a run are fmpe's defaults. C2ST of 10,000 samples",
         "against sbibm's reference (0.5 is perfect); errors in nats against a float64 solve at",
-        "tolerance 1e-9, over 1,000 reference points; seconds: median of 3 calls.",
+        "tolerance 1e-9, over 1,000 reference points; seconds: median of 3 calls. CPU seconds",
+        "are those of the benchmark's process; speed-up is over the default row of the same run",
+        "and kind (wall seconds), the fairer comparison on a shared machine.",
         "",
         "| " + " | ".join(headings) + " |",
         "|" + "---|" * len(headings),
@@ -100,37 +158,44 @@ def main() -> None:
 
     args.results.mkdir(parents=True, exist_ok=True)
     path = args.results / "solvers.csv"
+    upgrade_header(path)
+    run = datetime.now(UTC).isoformat(timespec="seconds")
+    default_seconds: dict[str, float] = {}
     for solve, options in SETTINGS:
         torch.manual_seed(1)
         row = {"c2st": "", "max_error": "", "median_error": ""}
         if solve == "sample":
-            (samples, cost), seconds = timed(
+            (samples, cost), seconds, cpu_seconds = timed_cpu(
                 posterior.sample, NUM_SAMPLES, x_obs, repeats=REPEATS, return_cost=True, **options
             )
             row["c2st"] = f"{c2st(reference[:NUM_SAMPLES], samples):.3f}"
         else:
-            (log_prob, cost), seconds = timed(
+            (log_prob, cost), seconds, cpu_seconds = timed_cpu(
                 posterior.log_prob, points, x_obs, repeats=REPEATS, return_cost=True, **options
             )
             error = (log_prob.double() - exact).abs()
             row["max_error"] = f"{error.max().item():.1e}"
             row["median_error"] = f"{error.median().item():.1e}"
+        default_seconds.setdefault(solve, seconds)  # the first row of each kind is the default
         row |= {
             "solve": solve,
             "settings": ", ".join(f"{k}={v}" for k, v in options.items()) or "default",
             "seconds": f"{seconds:.2f}",
+            "cpu_seconds": f"{cpu_seconds:.2f}",
+            "speedup": f"{default_seconds[solve] / seconds:.2f}",
+            "load_average": f"{os.getloadavg()[0]:.1f}",
             "evaluations": str(cost.evaluations),
             "simulations": str(args.simulations),
             "observation": str(args.observation),
             "threads": str(args.threads),
             "machine": machine_description(torch.device("cpu")),
             "fmpe_version": fmpe.__version__,
+            "run": run,
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        print({k: row[k] for k in FIELDS[:7]}, flush=True)
+        print({k: row[k] for k in FIELDS[:10]}, flush=True)
         append_csv(path, row, FIELDS)
-    with path.open(newline="") as f:
-        write_table(list(csv.DictReader(f)), args.results / "solvers.md")
+    write_table(read_rows(path), args.results / "solvers.md")
 
 
 if __name__ == "__main__":

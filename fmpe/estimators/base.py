@@ -15,6 +15,7 @@ its LightningModule (an `EstimatorModule`: the loss) and its posterior (docs/ext
 
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,7 @@ class Estimator:
         *,
         batch_size: int = 1000,
         num_workers: int = 0,
+        executor: Executor | None = None,
         store: str | Path | SimulationStore | None = None,
         show_progress: bool = True,
     ) -> "Estimator":
@@ -169,6 +171,9 @@ class Estimator:
             batch_size: θ per simulator call.
             num_workers: worker processes simulating batches in parallel (0: this process);
                 the simulator must then be picklable. The result does not depend on it.
+            executor: any `concurrent.futures.Executor` to simulate the batches on instead
+                (a dask client's `get_executor()`, submitit for SLURM, MPI's or Ray's pool);
+                the result is the same as in this process (`fmpe.simulation.simulate`).
             store: a folder to write the simulations to, one shard per batch, instead of
                 memory; `train` then streams them from there. Simulations already in the
                 folder count towards `num_simulations`, so an interrupted run goes on.
@@ -185,6 +190,7 @@ class Estimator:
                 num_simulations,
                 batch_size=batch_size,
                 num_workers=num_workers,
+                executor=executor,
                 show_progress=show_progress,
             )
             return self.append_simulations(theta, x)
@@ -197,6 +203,7 @@ class Estimator:
                 missing,
                 batch_size=batch_size,
                 num_workers=num_workers,
+                executor=executor,
                 show_progress=show_progress,
             ):
                 self.store.append(theta, x)
