@@ -174,9 +174,8 @@ class SolverSettings:
             random projections, for high-dimensional θ).
         time_grid: "uniform", or "late": the solver steps evenly in s with
             t = 1 - (1 - s)², so that equal steps crowd towards t = 1, where the field curves
-            most (the α = 4 time prior trains mostly there). For the fixed-step methods: RK4
-            with 5 steps moved its samples about 8 times less far from the exact solution
-            on two_moons (benchmarks/solvers.py).
+            most (the α = 4 time prior trains mostly there); meant for the fixed-step
+            methods, measured in benchmarks/solvers.py.
     """
 
     method: str = PER_ROW_METHOD
