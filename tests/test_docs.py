@@ -96,3 +96,27 @@ def test_citation_version_is_the_package_version():
     source = (ROOT / "fmpe" / "__init__.py").read_text()
     version = re.search(r'^__version__ = "(.+)"$', source, re.MULTILINE).group(1)
     assert f"\nversion: {version}\n" in (ROOT / "CITATION.cff").read_text()
+
+
+def _build_site(out: Path, **env: str) -> subprocess.CompletedProcess:
+    pytest.importorskip("sphinx")
+    pytest.importorskip("myst_nb")
+    command = [str(BIN / "sphinx-build"), "-W", "-q", "-b", "html", str(ROOT / "docs"), str(out)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=ROOT)
+
+
+def test_site_builds_with_warnings_as_errors(tmp_path):
+    # The pages, the API reference and every cross-reference, without running the tutorials
+    # (test_every_tutorial_executes runs them).
+    result = _build_site(tmp_path / "html", FMPE_DOCS_EXECUTE="0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "html" / "api" / "fmpe.html").exists()
+
+
+@pytest.mark.slow
+def test_site_builds_with_executed_tutorials(tmp_path):
+    result = _build_site(tmp_path / "html", FMPE_DOCS_FAST="1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    page = (tmp_path / "html" / "tutorials" / "01_first_posterior.html").read_text()
+    assert "<img" in page, "the first tutorial's pair plot is missing from its page"

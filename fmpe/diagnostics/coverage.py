@@ -19,7 +19,7 @@ from fmpe.diagnostics.batching import (
     observation_chunks,
     true_log_prob,
 )
-from fmpe.diagnostics.uniformity import credible_levels, ecdf, ks_uniform
+from fmpe.diagnostics.uniformity import credible_levels, diagnostic_generator, ecdf, ks_uniform
 
 
 def hpd_ranks(
@@ -142,4 +142,4 @@ def _hpd_credibility(ranks: Tensor, num_posterior_samples: int, seed: int) -> Te
     """(N,) ranks -> (N,) continuous credibility levels of θ*."""
     if torch.as_tensor(ranks).dim() != 1:
         raise ValueError(f"ranks must have shape (N,), got {tuple(torch.as_tensor(ranks).shape)}")
-    return credible_levels(ranks, num_posterior_samples, torch.Generator().manual_seed(seed))
+    return credible_levels(ranks, num_posterior_samples, diagnostic_generator(seed, "coverage"))

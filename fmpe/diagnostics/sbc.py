@@ -13,7 +13,7 @@ from fmpe.diagnostics.batching import (
     draw_samples,
     observation_chunks,
 )
-from fmpe.diagnostics.uniformity import credible_levels, ks_uniform
+from fmpe.diagnostics.uniformity import credible_levels, diagnostic_generator, ks_uniform
 from fmpe.metrics import c2st
 
 
@@ -63,7 +63,7 @@ def check_sbc(ranks: Tensor, num_posterior_samples: int, *, seed: int = 0) -> di
     """
     if torch.as_tensor(ranks).dim() != 2:
         raise ValueError(f"ranks must have shape (N, d), got {tuple(torch.as_tensor(ranks).shape)}")
-    generator = torch.Generator().manual_seed(seed)
+    generator = diagnostic_generator(seed, "sbc")
     levels = credible_levels(ranks, num_posterior_samples, generator).float()
     uniform = torch.rand(levels.shape, generator=generator)
     _, pvalues = ks_uniform(levels)

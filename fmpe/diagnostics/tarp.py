@@ -23,7 +23,12 @@ from fmpe.diagnostics.batching import (
     draw_samples,
     observation_chunks,
 )
-from fmpe.diagnostics.uniformity import check_levels, credible_levels, ecdf
+from fmpe.diagnostics.uniformity import (
+    check_levels,
+    credible_levels,
+    diagnostic_generator,
+    ecdf,
+)
 
 METRICS = ("euclidean", "manhattan")
 
@@ -89,7 +94,7 @@ def run_tarp(
     as_count(num_posterior_samples, "num_posterior_samples", minimum=1)
     num_bins = max(len(thetas) // 10, 1) if num_bins is None else num_bins
     as_count(num_bins, "num_bins", minimum=1)
-    generator = torch.Generator().manual_seed(seed)
+    generator = diagnostic_generator(seed, "tarp")
     low, high = thetas.min(0).values, thetas.max(0).values
     if references is None:
         unit = torch.rand(thetas.shape, generator=generator, dtype=thetas.dtype)

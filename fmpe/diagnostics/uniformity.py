@@ -16,6 +16,17 @@ from torch import Tensor
 from fmpe.checks import as_count
 
 
+def diagnostic_generator(seed: int, stream: str) -> torch.Generator:
+    """A CPU generator for one use (`stream`) of a diagnostic's `seed`.
+
+    Not ``torch.Generator().manual_seed(seed)``: callers usually draw their θ* under
+    ``torch.manual_seed(seed)`` with that very seed, and from a uniform prior those θ* would be
+    the generator's own first draws (TARP's reference points landed on them).
+    """
+    words = np.random.SeedSequence([seed, *stream.encode()]).generate_state(1, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(words[0]))
+
+
 def credible_levels(
     ranks: Tensor, num_posterior_samples: int, generator: torch.Generator | None = None
 ) -> Tensor:
@@ -23,14 +34,14 @@ def credible_levels(
 
     Args:
         ranks: (N, ...) integer ranks among L = num_posterior_samples samples.
-        generator: the source of the uniform jitter; None means a fixed seed (0).
+        generator: the source of the uniform jitter; None means a fixed one.
 
     Returns:
         (N, ...) float64 levels (r + U) / (L + 1).
     """
     ranks = check_ranks(ranks, num_posterior_samples)
     if generator is None:
-        generator = torch.Generator().manual_seed(0)
+        generator = diagnostic_generator(0, "credible levels")
     jitter = torch.rand(ranks.shape, generator=generator, dtype=torch.float64)
     return (ranks.double() + jitter) / (num_posterior_samples + 1)
 

@@ -295,7 +295,7 @@ class Posterior(nn.Module):
             solver_options: fields of `SolverSettings` to override, e.g. method="rk4".
 
         Returns:
-            theta: (n, d), or (n, b, d) for a batch of observations.
+            the samples θ (n, d), or (n, b, d) for a batch of observations.
         """
         theta, _, cost = self._sample(
             n, x, False, reject_outside_prior, show_progress, solver_options
@@ -315,7 +315,8 @@ class Posterior(nn.Module):
         """Draws n samples and their log densities in one pass.
 
         Returns:
-            theta: (n, d) and log_prob: (n,), or (n, b, d) and (n, b) for a batch.
+            the samples θ (n, d) and their log densities (n,), or (n, b, d) and (n, b)
+            for a batch.
         """
         theta, log_prob, cost = self._sample(
             n, x, True, reject_outside_prior, show_progress, solver_options
@@ -445,7 +446,7 @@ class Posterior(nn.Module):
             x: one observation (*x_shape) or a batch (b, *x_shape).
 
         Returns:
-            theta: (d,), or (b, d) for a batch.
+            the mode θ (d,), or (b, d) for a batch.
         """
         x, batched = self._observations(x)
         num_candidates = as_count(num_candidates, "num_candidates", minimum=1)
