@@ -9,7 +9,8 @@ time: block size, merge interval, Neumann terms, learning rate) on the benchmark
 simulations and records, per configuration, the best validation loss (uniform t, so
 configurations compare), the trainable parameters, the training time and the C2ST over
 observations 1-3. The configuration the `poet` variant uses is the one with the lowest
-validation loss relative to ordinary training, averaged over the two tasks: `report` says
+validation loss relative to ordinary training, averaged over the two tasks, among those with
+at most 40% of the ordinary trainable parameters: `report` says
 which it is; no C2ST enters that choice. `table` runs `fmpe benchmark --poet` on every task at
 1e3 and 1e4, observations 1-10, into the sbibm results, beside the ordinary rows. Every run is
 resumable: rows already in the CSVs are skipped.
@@ -39,6 +40,7 @@ RESULTS = Path(__file__).parent / "results"
 ABLATION_TASKS = ("two_moons", "slcp")
 ABLATION_BUDGET = 10_000
 ABLATION_OBSERVATIONS = (1, 2, 3)
+MAX_PARAMETER_SHARE = 0.4  # of the ordinary network's trainable parameters (the issue's bound)
 # One setting changed at a time from the card's poet variant ("variant": the variant itself).
 ABLATION = {
     "variant": {},
@@ -118,7 +120,7 @@ def run_ablation(path: Path) -> None:
                 linear.get("neumann_terms"),
                 train_options.get("learning_rate"),
             )
-            if tuple("" if v is None else str(v) for v in settings) in done:
+            if tuple("" if v in (None, "exact") else str(v) for v in settings) in done:
                 continue
             if ordinary is None:
                 card_model, card_train = load_card(task_name).hyperparameters(ABLATION_BUDGET)
@@ -180,19 +182,43 @@ def _ablation_table(rows: list[dict]) -> list[str]:
             f"{float(r['c2st_mean']):.3f} ({r['c2st_observations']}) | {share:.1%} | "
             f"{r['train_seconds']} |"
         )
-    ratios: dict[str, list[float]] = {}
+    # Configurations are compared by their settings (names are relative to the card's variant
+    # when the row was run), among those within the parameter budget that trained.
+    ratios: dict[tuple, dict[str, float]] = {}
     for r in rows:
-        value = float(r["validation_loss"]) / float(r["ordinary_validation_loss"])
-        ratios.setdefault(r["configuration"], []).append(value)
-    complete = {c: statistics.fmean(v) for c, v in ratios.items() if len(v) == len(ABLATION_TASKS)}
+        ratio = float(r["validation_loss"]) / float(r["ordinary_validation_loss"])
+        share = int(r["trainable_parameters"]) / int(r["ordinary_parameters"])
+        if math.isfinite(ratio) and share <= MAX_PARAMETER_SHARE:
+            ratios.setdefault(tuple(r[k] for k in SETTING_FIELDS[1:]), {})[r["task"]] = ratio
+    complete = {
+        k: statistics.fmean(v.values()) for k, v in ratios.items() if set(v) == set(ABLATION_TASKS)
+    }
     if complete:
         best = min(complete, key=complete.get)
         lines += [
             "",
-            f"Lowest mean validation loss relative to ordinary training: **{best}** "
+            f"Lowest mean validation loss relative to ordinary training, with at most "
+            f"{MAX_PARAMETER_SHARE:.0%} of its parameters: **{_settings(best)}** "
             f"({complete[best]:.3f}); the cards' poet variant should be this configuration.",
         ]
+    for task in sorted({t for v in ratios.values() for t in v} - set().union(*map(set, complete))):
+        measured = {k: v[task] for k, v in ratios.items() if task in v}
+        best = min(measured, key=measured.get)
+        lines += [
+            "",
+            f"Not yet measured on every ablation task. Lowest on {task}, with at most "
+            f"{MAX_PARAMETER_SHARE:.0%} of the parameters: **{_settings(best)}** "
+            f"({measured[best]:.3f}).",
+        ]
     return lines
+
+
+def _settings(key: tuple) -> str:
+    block, merge, terms, learning_rate = key
+    return (
+        f"block {block}, merge every {merge}, Neumann k {terms or 'exact'}, "
+        f"lr {float(learning_rate):.0e}"
+    )
 
 
 def _comparison(results: Path) -> tuple[list[str], dict]:

@@ -409,7 +409,8 @@ class POET:
 
     Args:
         block_size: b of every layer's rotations.
-        neumann_terms: Neumann terms of the Cayley transform, None for the exact one. Even
+        neumann_terms: Neumann terms of the Cayley transform; None (or "exact", for cards,
+            which TOML cannot give a None) for the exact transform. Even
             counts are far more orthogonal than odd ones (‖Q‖^(2k+2) against about 2‖Q‖^(k+1));
             200 AdamW steps at learning rates 1e-3 to 4e-3 reached spectral norms ‖Q‖ of 0.2 to
             0.6 on a toy regression, where k = 3 is off orthogonality by 3e-3 to 0.24 and k = 4
@@ -422,7 +423,7 @@ class POET:
     """
 
     block_size: int = 32
-    neumann_terms: int | None = 4
+    neumann_terms: int | str | None = 4
     merge_every: int = 200
     seed: int = 0
     clip_ramp_steps: int = 10
@@ -430,6 +431,8 @@ class POET:
 
     def __post_init__(self):
         as_count(self.block_size, "block_size", minimum=1)
+        if self.neumann_terms == "exact":
+            object.__setattr__(self, "neumann_terms", None)
         _check_neumann_terms(self.neumann_terms)
         as_count(self.merge_every, "merge_every", minimum=1)
         as_count(self.clip_ramp_steps, "clip_ramp_steps")

@@ -528,3 +528,11 @@ def test_ddp_ranks_draw_the_same_permutations(tmp_path):
         drawn[step] = ranks[0]
     for a, b in [(initial, drawn[2]), (drawn[2], drawn[4]), (drawn[4], drawn[6])]:
         assert not torch.equal(a[0], b[0])
+
+
+def test_the_factory_takes_exact_for_the_exact_cayley_transform():
+    # Cards are TOML, which has no None: "exact" stands for it.
+    layer = POET(block_size=4, neumann_terms="exact")(8, 6)
+    assert layer.neumann_terms is None
+    with pytest.raises(ValueError, match="neumann_terms"):
+        POET(neumann_terms="approximate")
