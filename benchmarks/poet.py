@@ -189,7 +189,10 @@ def _ablation_table(rows: list[dict]) -> list[str]:
         ratio = float(r["validation_loss"]) / float(r["ordinary_validation_loss"])
         share = int(r["trainable_parameters"]) / int(r["ordinary_parameters"])
         if math.isfinite(ratio) and share <= MAX_PARAMETER_SHARE:
-            ratios.setdefault(tuple(r[k] for k in SETTING_FIELDS[1:]), {})[r["task"]] = ratio
+            key = tuple(
+                r[k] or "exact" if k == "neumann_terms" else r[k] for k in SETTING_FIELDS[1:]
+            )
+            ratios.setdefault(key, {})[r["task"]] = ratio
     complete = {
         k: statistics.fmean(v.values()) for k, v in ratios.items() if set(v) == set(ABLATION_TASKS)
     }
@@ -215,10 +218,7 @@ def _ablation_table(rows: list[dict]) -> list[str]:
 
 def _settings(key: tuple) -> str:
     block, merge, terms, learning_rate = key
-    return (
-        f"block {block}, merge every {merge}, Neumann k {terms or 'exact'}, "
-        f"lr {float(learning_rate):.0e}"
-    )
+    return f"block {block}, merge every {merge}, Neumann k {terms}, lr {float(learning_rate):.0e}"
 
 
 def _comparison(results: Path) -> tuple[list[str], dict]:
