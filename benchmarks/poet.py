@@ -286,7 +286,7 @@ def write_report(ablation: Path, results: Path, out: Path) -> None:
         lines, cells = _comparison(results)
         text += ["", "## Ten sbibm tasks, observations 1-10", "", *lines]
     (out / "poet.md").write_text("\n".join(text) + "\n")
-    if cells:
+    if any(estimator == "fmpe+poet" for _, _, estimator in cells):
         tasks = sorted({t for t, _, _ in cells})
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
         for ax, budget in zip(axes, (1000, 10000)):
