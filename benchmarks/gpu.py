@@ -24,7 +24,6 @@ appended to gpu.csv (each naming the machine) and gpu.md is rewritten from all r
 """
 
 import argparse
-import csv
 import math
 import statistics
 import tempfile
@@ -37,7 +36,7 @@ from pathlib import Path
 import torch
 
 import fmpe
-from fmpe.benchmark import append_csv, evaluate, machine_description, run
+from fmpe.benchmark import append_csv, evaluate, machine_description, read_csv, run
 from fmpe.flow_matching import draw_path_noise, flow_matching_loss
 from fmpe.metrics import c2st
 from fmpe.networks import VelocityNetwork
@@ -413,8 +412,7 @@ def bench_sbibm(report: Report, device: torch.device, posterior, smoke: bool) ->
 
 
 def write_table(path: Path, markdown: Path) -> None:
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(path)
     lines = [
         "# fmpe on one GPU",
         "",

@@ -23,7 +23,6 @@ Every row names the machine it was measured on.
 """
 
 import argparse
-import csv
 import math
 import time
 from dataclasses import dataclass, replace
@@ -37,7 +36,14 @@ from safetensors.torch import load_file, save_file
 from scipy import stats
 
 import fmpe
-from fmpe.benchmark import append_csv, machine_description, resolve_device, run, train_for_task
+from fmpe.benchmark import (
+    append_csv,
+    machine_description,
+    read_csv,
+    resolve_device,
+    run,
+    train_for_task,
+)
 from fmpe.diagnostics import ImportanceResult, defensive_importance_sample, ks_uniform
 from fmpe.plot import pairplot, pp_plot
 from fmpe.tasks import get_task
@@ -87,13 +93,6 @@ SMOKE = Scale(
 
 
 # ----- small helpers ---------------------------------------------------------------------
-
-
-def read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def now() -> str:
@@ -147,7 +146,7 @@ def reference_posterior(
 
 def run_references(task, posteriors, args, scale, machine) -> dict[int, ImportanceResult]:
     path = args.out / "gw_reference.csv"
-    done = {int(r["injection"]) for r in read_rows(path)}
+    done = {int(r["injection"]) for r in read_csv(path)}
     references = {}
     for i in range(1, scale.reference_injections + 1):
         saved = reference_path(args.runs, scale, args.seed, i)
@@ -246,7 +245,7 @@ def jsd_row(task: GWTask, samples, sample_weights, reference, reference_weights)
 
 def run_jsd(task, posteriors, references, args, scale, machine) -> None:
     path = args.out / "gw_jsd.csv"
-    done = {(int(r["injection"]), r["estimator"]) for r in read_rows(path)}
+    done = {(int(r["injection"]), r["estimator"]) for r in read_csv(path)}
     for i, reference in references.items():
         theta, weights = reference.theta.double().numpy(), reference.weights.numpy()
         x = task.observation(i).to(posteriors["fmpe"].device)
@@ -293,7 +292,7 @@ def run_dynesty_checks(task, references, args, scale, machine) -> None:
     import dynesty
 
     path = args.out / "gw_dynesty.csv"
-    done = {int(r["injection"]) for r in read_rows(path)}
+    done = {int(r["injection"]) for r in read_csv(path)}
     for i in range(1, min(scale.dynesty_injections, len(references)) + 1):
         if i in done:
             continue
@@ -341,7 +340,7 @@ def run_dynesty_checks(task, references, args, scale, machine) -> None:
 
 
 def injection_rows(args, scale) -> dict[str, list[dict]]:
-    rows = read_rows(args.out / "gw_injections.csv")
+    rows = read_csv(args.out / "gw_injections.csv")
     return {
         name: sorted(
             (
@@ -444,7 +443,7 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         cells = " | ".join(f"{p:.3g}" for p in pvalues)
         lines.append(f"| {NAMES[name]} ({len(rows[name])}) | {cells} | {combined:.3g} |")
 
-    references = read_rows(args.out / "gw_reference.csv")
+    references = read_csv(args.out / "gw_reference.csv")
     lines += [
         "",
         "## Reference posteriors and log evidence",
@@ -474,7 +473,7 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
             f"{float(r['log_evidence_error']):.3f} | {' | '.join(differences)} |"
         )
 
-    jsd = read_rows(args.out / "gw_jsd.csv")
+    jsd = read_csv(args.out / "gw_jsd.csv")
     lines += [
         "",
         "## Jensen–Shannon divergence to the reference (mnat), mean over injections",
@@ -497,7 +496,7 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
             f"| {label} | {len(selected)} | {cells} | {table.mean():.2f} | {table.max():.2f} |"
         )
 
-    dynesty_rows = read_rows(args.out / "gw_dynesty.csv")
+    dynesty_rows = read_csv(args.out / "gw_dynesty.csv")
     lines += [
         "",
         "## The reference against dynesty",

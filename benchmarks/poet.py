@@ -17,7 +17,6 @@ resumable: rows already in the CSVs are skipped.
 """
 
 import argparse
-import csv
 import math
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 import fmpe
-from fmpe.benchmark import append_csv, machine_description, timed
+from fmpe.benchmark import append_csv, machine_description, read_csv, timed
 from fmpe.benchmark.report import published_c2st
 from fmpe.benchmark.results import ResultsStore
 from fmpe.estimators import FMPE
@@ -103,10 +102,7 @@ def ordinary_parameters(task, budget: int) -> int:
 def run_ablation(path: Path) -> None:
     # A row is identified by its settings, not its name: the names are relative to the card's
     # variant, which the ablation's result changes.
-    done = set()
-    if path.exists():
-        with path.open(newline="") as f:
-            done = {tuple(r[k] for k in SETTING_FIELDS) for r in csv.DictReader(f)}
+    done = {tuple(r[k] for k in SETTING_FIELDS) for r in read_csv(path)}
     for task_name in ABLATION_TASKS:
         task = get_task(task_name)
         ordinary = None
@@ -273,13 +269,7 @@ def write_report(ablation: Path, results: Path, out: Path) -> None:
         "Produced by `uv run python benchmarks/poet.py`; see its docstring for what is run.",
     ]
     if ablation.exists():
-        with ablation.open(newline="") as f:
-            text += [
-                "",
-                "## Ablation (1e4 simulations)",
-                "",
-                *_ablation_table(list(csv.DictReader(f))),
-            ]
+        text += ["", "## Ablation (1e4 simulations)", "", *_ablation_table(read_csv(ablation))]
     cells = {}
     if results.exists():
         lines, cells = _comparison(results)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import fmpe
-from fmpe.benchmark import append_csv, float64_log_prob, machine_description
+from fmpe.benchmark import append_csv, float64_log_prob, machine_description, read_csv
 from fmpe.metrics import c2st
 from fmpe.tasks import get_task
 
@@ -93,10 +93,7 @@ def timed_cpu(function, *args, repeats: int, **kwargs):
 def read_rows(path: Path) -> list[dict]:
     """The rows of the CSV at `path`, with the fields of older versions of this script
     filled in as empty."""
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return [{field: row.get(field) or "" for field in FIELDS} for row in csv.DictReader(f)]
+    return [{field: row.get(field) or "" for field in FIELDS} for row in read_csv(path)]
 
 
 def upgrade_header(path: Path) -> None:

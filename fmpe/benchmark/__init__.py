@@ -4,6 +4,7 @@ from fmpe.benchmark.measure import (
     append_csv,
     float64_log_prob,
     machine_description,
+    read_csv,
     resolve_device,
     timed,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "METRICS",
     "ResultsStore",
     "append_csv",
+    "read_csv",
     "Scoring",
     "evaluate",
     "float64_log_prob",

@@ -50,6 +50,15 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
+def read_csv(path: Path) -> list[dict]:
+    """The rows of a benchmark script's CSV (see `append_csv`), as dicts of strings; none
+    if the file does not exist yet."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def append_csv(path: Path, row: dict, fields: Sequence[str]) -> None:
     """Appends one row to a benchmark script's CSV under an exclusive lock, writing the header
     first if the file is new or empty."""
