@@ -1,6 +1,7 @@
 """How the ODE solver trades network evaluations for accuracy, on one trained posterior.
 
     uv run python benchmarks/solvers.py [--simulations 10000] [--observation 1] [--threads 1]
+    uv run python benchmarks/solvers.py --compile     # eager against torch.compile (inductor)
 
 Trains fmpe with its defaults on two_moons, then, for each solver setting, draws 10,000
 samples (C2ST against sbibm's reference) and evaluates the exact log density of 1,000
@@ -56,6 +57,12 @@ SETTINGS = [
     ("log_prob", {"method": "tsit5_per_row", "rtol": 3e-5, "atol": 3e-5}),
     ("log_prob", {"method": "dopri8", "rtol": 1e-3, "atol": 1e-3}),
     ("log_prob", {"method": "rk4", "steps": 20, "time_grid": "late"}),
+]
+# With --compile: each of these eagerly, then with the velocity network under torch.compile.
+COMPILE_SETTINGS = [
+    ("sample", {}),
+    ("sample", {"method": "rk4", "steps": 6, "time_grid": "late"}),
+    ("log_prob", {}),
 ]
 FIELDS = (
     "solve",
@@ -137,6 +144,11 @@ def main() -> None:
     parser.add_argument("--observation", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="time a few settings eagerly and with the network under torch.compile instead",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -158,7 +170,24 @@ def main() -> None:
     upgrade_header(path)
     run = datetime.now(UTC).isoformat(timespec="seconds")
     default_seconds: dict[str, float] = {}
-    for solve, options in SETTINGS:
+    eager = compiled_velocity = posterior.network.forward_embedded
+    labels = {False: "", True: ""}
+    if args.compile:
+        plan = [(s, o, compiled) for s, o in COMPILE_SETTINGS for compiled in (False, True)]
+        # The exact divergence takes one backward pass per dimension through one graph
+        # (retain_graph), which compiled backwards with donated buffers refuse.
+        torch._functorch.config.donated_buffer = False
+        compiled_velocity = torch.compile(eager, dynamic=True)
+        posterior.network.forward_embedded = compiled_velocity
+        # The first calls compile (the backward pass too, for the divergence); not timed.
+        start = time.perf_counter()
+        posterior.sample(NUM_SAMPLES, x_obs)
+        posterior.log_prob(points, x_obs)
+        labels[True] = f"torch.compile ({time.perf_counter() - start:.0f} s to compile): "
+    else:
+        plan = [(s, o, False) for s, o in SETTINGS]
+    for solve, options, compiled in plan:
+        posterior.network.forward_embedded = compiled_velocity if compiled else eager
         torch.manual_seed(1)
         row = {"c2st": "", "max_error": "", "median_error": ""}
         if solve == "sample":
@@ -176,7 +205,8 @@ def main() -> None:
         default_seconds.setdefault(solve, seconds)  # the first row of each kind is the default
         row |= {
             "solve": solve,
-            "settings": ", ".join(f"{k}={v}" for k, v in options.items()) or "default",
+            "settings": labels[compiled]
+            + (", ".join(f"{k}={v}" for k, v in options.items()) or "default"),
             "seconds": f"{seconds:.2f}",
             "cpu_seconds": f"{cpu_seconds:.2f}",
             "speedup": f"{default_seconds[solve] / seconds:.2f}",

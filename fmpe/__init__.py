@@ -2,6 +2,7 @@
 
 __version__ = "0.5.0"
 
+from fmpe.coupling import register_coupling  # noqa: E402
 from fmpe.estimators import FMPE, NPE, register_estimator  # noqa: E402
 from fmpe.io.posterior_file import load  # noqa: E402
 from fmpe.networks import register_embedding, register_linear, register_network  # noqa: E402
@@ -18,6 +19,7 @@ __all__ = [
     "SolverSettings",
     "TrainingSettings",
     "load",
+    "register_coupling",
     "register_embedding",
     "register_estimator",
     "register_linear",

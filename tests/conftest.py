@@ -51,11 +51,33 @@ def gaussian_posterior(gaussian, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def gaussian_npe_posterior(gaussian):
-    """NPE's posterior on the same problem, trained once per test session."""
+def train_gaussian_npe(gaussian):
+    """Trains NPE with a given flow on the linear-Gaussian problem, on the same simulations
+    whatever the flow."""
     from fmpe import NPE
 
-    torch.manual_seed(0)
-    return NPE(gaussian.simulator, gaussian.prior).train(
-        16_000, max_epochs=80, batch_size=256, learning_rate=1e-3, show_progress=False
-    )
+    def train(network: str):
+        torch.manual_seed(0)
+        return NPE(gaussian.simulator, gaussian.prior, network=network).train(
+            64_000,
+            max_epochs=40,
+            batch_size=256,
+            learning_rate=1e-3,
+            schedule="cosine",
+            show_progress=False,
+        )
+
+    return train
+
+
+@pytest.fixture(scope="session")
+def gaussian_npe_posterior(train_gaussian_npe):
+    """NPE's posterior on the same problem, trained once per test session.
+
+    NPE needs more simulations than FMPE to meet the same bounds: at FMPE's 16,000 the
+    default spline flow overfits (its training loss 0.05 nats below the optimum, a bulk
+    log-density error of 0.10-0.14 over seeds) and the affine flow varies from 0.03 to 0.07.
+    At 64,000 the affine flow ("maf") has the lower validation loss of the two
+    (test_npe_flow_has_the_lower_validation_loss).
+    """
+    return train_gaussian_npe("maf")

@@ -412,7 +412,10 @@ time_prior_exponent = 1.0
         ("[fmpe.budget.many.train]\n", "budget 'many' is not a positive integer"),
         ("[fmpe.budget.1000]\nepochs = 3\n", r"\[budget.1000\] may only hold"),
         ("[fmpe.budget.1000]\ntrain = 3\n", "'train' must be a table"),
-        ("[fmpe.model]\nhidden = 3\n", "unknown model key 'hidden'; valid: embedding_net, "),
+        (
+            "[fmpe.model]\nhidden = 3\n",
+            "unknown model key 'hidden'; valid: coupling, embedding_net, ",
+        ),
         (
             "[fmpe.model.network_options]\nwidth = 3\n",
             "unknown network option 'width'; valid: activation, batch_norm, dropout, ",

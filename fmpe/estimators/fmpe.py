@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
+from fmpe.coupling import get_coupling
 from fmpe.estimators.base import Estimator
 from fmpe.ode import SolverSettings
 from fmpe.posteriors import FlowMatchingPosterior
@@ -24,6 +25,9 @@ class FMPE(Estimator):
         sigma_min: width of the optimal-transport path at t = 1.
         time_prior_exponent: α of the training time prior p(t) ∝ t^α.
         solver: default ODE settings of the returned posterior.
+        coupling: how training pairs base draws with parameters: "independent" (the
+            default), "ot" or "conditional_ot" (minibatch optimal transport), or a name
+            given to `fmpe.register_coupling`; see `fmpe.coupling`.
 
     The others are those of `Estimator`; the default network is "residual"
     (`fmpe.networks.VelocityNetwork`), and `map_to_unbounded` is off by default: on sbibm's
@@ -46,6 +50,7 @@ class FMPE(Estimator):
         time_prior_exponent: float = 4.0,
         map_to_unbounded: bool = False,
         solver: SolverSettings | None = None,
+        coupling: str = "independent",
     ):
         super().__init__(
             simulator,
@@ -59,12 +64,18 @@ class FMPE(Estimator):
             raise ValueError(f"time_prior_exponent must be > -1, got {time_prior_exponent}")
         self.sigma_min = sigma_min
         self.time_prior_exponent = time_prior_exponent
+        get_coupling(coupling)  # an unknown name fails here, not after simulating
+        self.coupling = coupling
         self.solver = (
             SolverSettings(**solver) if isinstance(solver, dict) else solver or SolverSettings()
         )
 
     def _module_options(self) -> dict[str, Any]:
-        return {"sigma_min": self.sigma_min, "time_prior_exponent": self.time_prior_exponent}
+        return {
+            "sigma_min": self.sigma_min,
+            "time_prior_exponent": self.time_prior_exponent,
+            "coupling": self.coupling,
+        }
 
     def _network_contract(self, x_shape: tuple[int, ...]) -> str:
         return (

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from fmpe.coupling import get_coupling
 from fmpe.flow_matching import draw_path_noise, flow_matching_loss
 from fmpe.training.data import TensorBatches, fixed_path_noise
 from fmpe.training.optimization import configure_optimization
@@ -73,6 +74,8 @@ class FlowMatchingModule(EstimatorModule):
     Args:
         sigma_min: width of the OT path at t = 1.
         time_prior_exponent: α of the training time prior p(t) ∝ t^α.
+        coupling: registered name of the pairing of base draws with parameters
+            (`fmpe.coupling`); validation always uses independent pairs.
     """
 
     def __init__(
@@ -81,13 +84,16 @@ class FlowMatchingModule(EstimatorModule):
         settings: TrainingSettings,
         sigma_min: float = 1e-4,
         time_prior_exponent: float = 4.0,
+        coupling: str = "independent",
     ):
         super().__init__(network, settings)
         self.sigma_min = sigma_min
         self.time_prior_exponent = time_prior_exponent
+        self.coupling = get_coupling(coupling)
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
         t, theta0 = draw_path_noise(theta, self.time_prior_exponent)
+        theta0 = self.coupling(theta0, theta, x)
         return flow_matching_loss(self.network, theta, x, t, theta0, self.sigma_min)
 
     def validation_loss(self, batch: tuple[Tensor, ...]) -> Tensor:
