@@ -12,7 +12,6 @@ benchmarks/results/batched_observations.csv and rewrites batched_observations.md
 """
 
 import argparse
-import csv
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 import fmpe
-from fmpe.benchmark import append_csv, machine_description, timed
+from fmpe.benchmark import append_csv, machine_description, read_csv, timed
 from fmpe.tasks import get_task
 
 RESULTS = Path(__file__).parent / "results"
@@ -116,8 +115,7 @@ def main() -> None:
             }
             print(row, flush=True)
             append_csv(path, row, FIELDS)
-    with path.open(newline="") as f:
-        write_table(list(csv.DictReader(f)), RESULTS / "batched_observations.md")
+    write_table(read_csv(path), RESULTS / "batched_observations.md")
 
 
 if __name__ == "__main__":

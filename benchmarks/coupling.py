@@ -24,6 +24,7 @@ import torch
 
 import fmpe
 from fmpe.benchmark import append_csv, machine_description, read_csv, timed
+from fmpe.cli import positive_numbers
 from fmpe.estimators import FMPE
 from fmpe.metrics import c2st
 from fmpe.tasks import get_task, load_card
@@ -45,11 +46,6 @@ FIELDS = (
     "fmpe_version",
     "finished_at",
 )
-
-
-def parse_observations(text: str) -> list[int]:
-    first, _, last = text.partition("-")
-    return list(range(int(first), int(last or first) + 1))
 
 
 def run(
@@ -128,7 +124,7 @@ def write_report(path: Path, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--observations", type=parse_observations, default=[1, 2, 3])
+    parser.add_argument("--observations", type=positive_numbers, default=[1, 2, 3])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--smoke", action="store_true", help="a tiny run into a temp dir")
     args = parser.parse_args()

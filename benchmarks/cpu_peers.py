@@ -38,7 +38,6 @@ cpu_peers.png from all rows there.
 """
 
 import argparse
-import csv
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -50,7 +49,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import fmpe  # noqa: E402
-from fmpe.benchmark import append_csv, float64_log_prob, machine_description, timed  # noqa: E402
+from fmpe.benchmark import (  # noqa: E402
+    append_csv,
+    float64_log_prob,
+    machine_description,
+    read_csv,
+    timed,
+)
 from fmpe.metrics import c2st  # noqa: E402
 from fmpe.tasks import get_task  # noqa: E402
 from fmpe.unbounded import in_support  # noqa: E402
@@ -292,8 +297,7 @@ def main() -> None:
         print(f"{library}: training on {args.simulations} simulations ...", flush=True)
         for result in runners[library]():
             report_row(path, library, result, args, reference)
-    with path.open(newline="") as f:
-        write_report(list(csv.DictReader(f)), args.results)
+    write_report(read_csv(path), args.results)
 
 
 def report_row(path: Path, library: str, result: dict, args, reference: torch.Tensor) -> None:

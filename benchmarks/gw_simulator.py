@@ -26,7 +26,6 @@ average when it was measured) and rewrites gw_simulator.md from all rows there.
 """
 
 import argparse
-import csv
 import math
 import os
 import statistics
@@ -40,7 +39,7 @@ import torch
 
 import fmpe
 import fmpe.gw as gw
-from fmpe.benchmark import append_csv, machine_description
+from fmpe.benchmark import append_csv, machine_description, read_csv
 
 RESULTS = Path(__file__).parent / "results"
 GPS_GW150914 = 1126259462.391
@@ -250,8 +249,7 @@ def main() -> None:
                 )
                 record("fmpe simulator", dtype, device, "", batch_size, rate, lal_rate)
 
-    with path.open(newline="") as f:
-        write_table(list(csv.DictReader(f)), args.results / "gw_simulator.md")
+    write_table(read_csv(path), args.results / "gw_simulator.md")
 
 
 if __name__ == "__main__":

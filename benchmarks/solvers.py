@@ -171,7 +171,7 @@ def main() -> None:
     run = datetime.now(UTC).isoformat(timespec="seconds")
     default_seconds: dict[str, float] = {}
     eager = compiled_velocity = posterior.network.forward_embedded
-    labels = {False: "", True: ""}
+    compile_label = ""
     if args.compile:
         plan = [(s, o, compiled) for s, o in COMPILE_SETTINGS for compiled in (False, True)]
         # The exact divergence takes one backward pass per dimension through one graph
@@ -183,7 +183,7 @@ def main() -> None:
         start = time.perf_counter()
         posterior.sample(NUM_SAMPLES, x_obs)
         posterior.log_prob(points, x_obs)
-        labels[True] = f"torch.compile ({time.perf_counter() - start:.0f} s to compile): "
+        compile_label = f"torch.compile ({time.perf_counter() - start:.0f} s to compile): "
     else:
         plan = [(s, o, False) for s, o in SETTINGS]
     for solve, options, compiled in plan:
@@ -205,7 +205,7 @@ def main() -> None:
         default_seconds.setdefault(solve, seconds)  # the first row of each kind is the default
         row |= {
             "solve": solve,
-            "settings": labels[compiled]
+            "settings": (compile_label if compiled else "")
             + (", ".join(f"{k}={v}" for k, v in options.items()) or "default"),
             "seconds": f"{seconds:.2f}",
             "cpu_seconds": f"{cpu_seconds:.2f}",
