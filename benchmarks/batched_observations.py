@@ -13,13 +13,12 @@ benchmarks/results/batched_observations.csv and rewrites batched_observations.md
 
 import argparse
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 import fmpe
-from fmpe.benchmark import append_csv, machine_description, read_csv, timed
+from fmpe.benchmark import append_csv, provenance, read_csv, timed
 from fmpe.tasks import get_task
 
 RESULTS = Path(__file__).parent / "results"
@@ -109,9 +108,7 @@ def main() -> None:
                 "max_log_prob_difference": difference,
                 "threads": args.threads,
                 "load_average": f"{os.getloadavg()[0]:.1f}",
-                "machine": machine_description(),
-                "fmpe_version": fmpe.__version__,
-                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                **provenance(),
             }
             print(row, flush=True)
             append_csv(path, row, FIELDS)

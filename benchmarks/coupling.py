@@ -17,13 +17,11 @@ interrupted run resumes) and rewrites coupling.md from all rows.
 import argparse
 import statistics
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
-import fmpe
-from fmpe.benchmark import append_csv, machine_description, read_csv, timed
+from fmpe.benchmark import append_csv, provenance, read_csv, timed
 from fmpe.cli import positive_numbers
 from fmpe.estimators import FMPE
 from fmpe.metrics import c2st
@@ -85,9 +83,7 @@ def run(
                     "evaluations": cost.evaluations,
                     "validation_loss": posterior.training_record.best_validation_loss,
                     "train_seconds": round(seconds, 1),
-                    "machine": machine_description(),
-                    "fmpe_version": fmpe.__version__,
-                    "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    **provenance(),
                 }
                 print({k: row[k] for k in FIELDS[:7]}, flush=True)
                 append_csv(path, row, FIELDS)

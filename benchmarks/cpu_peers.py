@@ -38,7 +38,6 @@ cpu_peers.png from all rows there.
 """
 
 import argparse
-from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
@@ -55,6 +54,7 @@ from fmpe.benchmark import (  # noqa: E402
     machine_description,
     read_csv,
     timed,
+    timestamp,
 )
 from fmpe.metrics import c2st  # noqa: E402
 from fmpe.tasks import get_task  # noqa: E402
@@ -318,7 +318,7 @@ def report_row(path: Path, library: str, result: dict, args, reference: torch.Te
         ),
         "threads": args.threads,
         "machine": machine_description(torch.device("cpu")),
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "finished_at": timestamp(),
     }
     print({k: v for k, v in row.items() if k != "machine"}, flush=True)
     append_csv(path, row, FIELDS)

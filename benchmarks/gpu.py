@@ -30,13 +30,12 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 import fmpe
-from fmpe.benchmark import append_csv, evaluate, machine_description, read_csv, run
+from fmpe.benchmark import append_csv, evaluate, machine_description, provenance, read_csv, run
 from fmpe.flow_matching import draw_path_noise, flow_matching_loss
 from fmpe.metrics import c2st
 from fmpe.networks import VelocityNetwork
@@ -120,10 +119,8 @@ class Report:
             "c2st": "" if extra.get("c2st") is None else f"{extra['c2st']:.3f}",
             "evaluations": extra.get("evaluations", ""),
             "detail": extra.get("detail", ""),
-            "machine": self.machine,
-            "fmpe_version": fmpe.__version__,
+            **provenance(machine=self.machine),
             "torch_version": torch.__version__,
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         print({k: row[k] for k in FIELDS[:9] if row[k] != ""}, flush=True)
         append_csv(self.path, row, FIELDS)

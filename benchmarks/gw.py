@@ -2,6 +2,8 @@
 
     uv run python benchmarks/gw.py                    # the full comparison (hours on 2 cores)
     uv run python benchmarks/gw.py --smoke            # every step at a tiny scale (< 1 min)
+    uv run python benchmarks/gw.py --score-only       # steps 1 and 5 only: training, scores,
+                                                      # P–P and efficiency figures, summary
 
 Both estimators train with the `gw` card's hyperparameters on the same waveforms (the same
 budget, seed and epochs); every step is resumable, and a finished one is skipped when the
@@ -26,7 +28,6 @@ import argparse
 import math
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ from fmpe.benchmark import (
     read_csv,
     resolve_device,
     run,
+    timestamp,
     train_for_task,
 )
 from fmpe.diagnostics import ImportanceResult, defensive_importance_sample, ks_uniform
@@ -56,6 +58,7 @@ NAMES = {"fmpe": "FMPE", "npe": "NPE"}
 PERIODIC = (4, 6, 7)  # φ_c, ψ and ra: the likelihood is periodic over each one's prior range
 JSD_GRID = 400
 REFERENCE_PRIOR_FRACTION = 0.05
+NOT_RUN = "Not run yet (`--score-only` skips this step)."
 
 
 @dataclass(frozen=True)
@@ -93,10 +96,6 @@ SMOKE = Scale(
 
 
 # ----- small helpers ---------------------------------------------------------------------
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def reference_path(runs: Path, scale: Scale, seed: int, injection: int) -> Path:
@@ -169,7 +168,7 @@ def run_references(task, posteriors, args, scale, machine) -> dict[int, Importan
             "prior_fraction": REFERENCE_PRIOR_FRACTION,
             "seconds": round(seconds, 1),
             "machine": machine,
-            "finished_at": now(),
+            "finished_at": timestamp(),
         }
         append_csv(path, row, list(row))
         print(f"reference {i}: ESS {result.effective_sample_size:.0f} of {result.num_samples}")
@@ -263,7 +262,7 @@ def run_jsd(task, posteriors, references, args, scale, machine) -> None:
             rows["reference_halves"] = (len(first), halves)
         for name, (count, jsd) in rows.items():
             row = {"injection": i, "estimator": name, **jsd, "samples": count}
-            row |= {"machine": machine, "finished_at": now()}
+            row |= {"machine": machine, "finished_at": timestamp()}
             append_csv(path, row, list(row))
             print(f"JSD injection {i} {name}: mean {jsd['mean_jsd_mnat']} mnat")
 
@@ -327,7 +326,7 @@ def run_dynesty_checks(task, references, args, scale, machine) -> None:
             "dlogz": scale.dynesty_dlogz,
             "seconds": round(seconds, 1),
             "machine": machine,
-            "finished_at": now(),
+            "finished_at": timestamp(),
         }
         append_csv(path, row, list(row))
         print(
@@ -412,7 +411,7 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
     lines = [
         "# FMPE against NPE on the gravitational-wave task",
         "",
-        f"`{command}` (fmpe {fmpe.__version__}, finished {now()}), on {machine}.",
+        f"`{command}` (fmpe {fmpe.__version__}, finished {timestamp()}), on {machine}.",
         f"Budget {scale.budget} noise-free waveforms (noise drawn afresh at every use), seed "
         f"{args.seed}; both estimators with the `gw` card's hyperparameters.",
         "",
@@ -456,6 +455,8 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         "log Z NPE − ref |",
         "|---|---|---|---|---|---|---|",
     ]
+    if not references:
+        lines[-2:] = [NOT_RUN]
     by_injection = {n: {int(r["observation"]): r for r in rows[n]} for n in ESTIMATORS}
     for r in references:
         i = int(r["injection"])
@@ -483,6 +484,8 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         "| estimator | injections | " + " | ".join(PARAMETER_LABELS) + " | mean | max |",
         "|---" * (len(PARAMETER_LABELS) + 4) + "|",
     ]
+    if not jsd:
+        lines[-2:] = [NOT_RUN]
     for name in (*ESTIMATORS, "reference_halves"):
         selected = [r for r in jsd if r["estimator"] == name]
         if not selected:
@@ -504,6 +507,8 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         "| injection | log Z dynesty | log Z reference | mean JSD (mnat) | max JSD | calls | s |",
         "|---|---|---|---|---|---|---|",
     ]
+    if not dynesty_rows:
+        lines[-2:] = [NOT_RUN]
     for r in dynesty_rows:
         values = [float(r[f"jsd_mnat_{p}"]) for p in task.parameter_names]
         lines.append(
@@ -515,8 +520,9 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         )
     lines += [
         "",
-        "Figures: gw_pp.png (P–P, 95% simultaneous bands), gw_corner.png (injection 1), "
-        "gw_is_efficiency.png.",
+        "Figures: gw_pp.png (P–P, 95% simultaneous bands), "
+        + ("" if args.score_only else "gw_corner.png (injection 1), ")
+        + "gw_is_efficiency.png.",
         "",
     ]
     (args.out / "gw_summary.md").write_text("\n".join(lines))
@@ -537,6 +543,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
     parser.add_argument("--runs", type=Path, help="posteriors and samples (benchmarks/runs/gw)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--score-only",
+        action="store_true",
+        help="train and score, then the P–P and efficiency figures and the summary: no "
+        "reference posteriors, JSDs, dynesty or corner plot (the costly steps)",
+    )
     args = parser.parse_args()
     scale = SMOKE if args.smoke else Scale()
     overrides = {k: getattr(args, k) for k in ("budget", "injections", "samples")}
@@ -549,8 +561,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     machine = machine_description(device) + f", {args.threads} torch thread(s)"
-    command = "python benchmarks/gw.py " + (
-        "--smoke" if args.smoke else f"--budget {scale.budget} --seed {args.seed}"
+    command = (
+        "python benchmarks/gw.py "
+        + ("--smoke" if args.smoke else f"--budget {scale.budget} --seed {args.seed}")
+        + (" --score-only" if args.score_only else "")
     )
     task = get_task("gw")
     if scale.injections > task.num_observations:
@@ -573,14 +587,17 @@ def main() -> None:
         posteriors[name], _ = train_for_task(
             task, scale.budget, args.seed, device, args.runs, False, name
         )
-    references = run_references(task, list(posteriors.values()), args, scale, machine)
-    run_jsd(task, posteriors, references, args, scale, machine)
-    run_dynesty_checks(task, references, args, scale, machine)
+    if not args.score_only:
+        references = run_references(task, list(posteriors.values()), args, scale, machine)
+        run_jsd(task, posteriors, references, args, scale, machine)
+        run_dynesty_checks(task, references, args, scale, machine)
 
     rows = injection_rows(args, scale)
     plot_pp(task, rows, args.out / "gw_pp.png")
     plot_efficiency(rows, args.out / "gw_is_efficiency.png")
-    plot_corner(task, posteriors, references[1], 1, scale, args.seed, args.out / "gw_corner.png")
+    if not args.score_only:
+        corner = args.out / "gw_corner.png"
+        plot_corner(task, posteriors, references[1], 1, scale, args.seed, corner)
     write_summary(task, posteriors, rows, args, scale, machine, command)
     print(f"results in {args.out}")
 

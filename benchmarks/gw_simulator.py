@@ -31,15 +31,13 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import fmpe
 import fmpe.gw as gw
-from fmpe.benchmark import append_csv, machine_description, read_csv
+from fmpe.benchmark import append_csv, provenance, read_csv
 
 RESULTS = Path(__file__).parent / "results"
 GPS_GW150914 = 1126259462.391
@@ -188,9 +186,7 @@ def main() -> None:
             "vs_lal": f"{rate / lal_rate:.2f}" if lal_rate else "",
             "notes": notes,
             "load_average": f"{os.getloadavg()[0]:.2f}",
-            "machine": machine_description(device),
-            "fmpe_version": fmpe.__version__,
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **provenance(device),
         }
         print({k: row[k] for k in FIELDS[:8]}, flush=True)
         append_csv(path, row, FIELDS)

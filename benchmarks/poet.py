@@ -21,13 +21,11 @@ import math
 import statistics
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
-import fmpe
-from fmpe.benchmark import append_csv, machine_description, read_csv, timed
+from fmpe.benchmark import append_csv, provenance, read_csv, timed
 from fmpe.benchmark.report import published_c2st
 from fmpe.benchmark.results import ResultsStore
 from fmpe.estimators import FMPE
@@ -146,9 +144,7 @@ def run_ablation(path: Path) -> None:
                 "trainable_parameters": posterior.training_record.trainable_parameters,
                 "ordinary_parameters": ordinary_parameters(task, ABLATION_BUDGET),
                 "train_seconds": round(seconds, 1),
-                "machine": machine_description(),
-                "fmpe_version": fmpe.__version__,
-                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                **provenance(),
             }
             print({k: row[k] for k in ABLATION_FIELDS[:11]}, flush=True)
             append_csv(path, row, ABLATION_FIELDS)

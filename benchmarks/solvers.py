@@ -18,13 +18,18 @@ import argparse
 import csv
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 import fmpe
-from fmpe.benchmark import append_csv, float64_log_prob, machine_description, read_csv
+from fmpe.benchmark import (
+    append_csv,
+    float64_log_prob,
+    provenance,
+    read_csv,
+    timestamp,
+)
 from fmpe.metrics import c2st
 from fmpe.tasks import get_task
 
@@ -168,7 +173,7 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     path = args.results / "solvers.csv"
     upgrade_header(path)
-    run = datetime.now(UTC).isoformat(timespec="seconds")
+    run = timestamp()
     default_seconds: dict[str, float] = {}
     eager = compiled_velocity = posterior.network.forward_embedded
     compile_label = ""
@@ -215,10 +220,8 @@ def main() -> None:
             "simulations": str(args.simulations),
             "observation": str(args.observation),
             "threads": str(args.threads),
-            "machine": machine_description(torch.device("cpu")),
-            "fmpe_version": fmpe.__version__,
+            **provenance(),
             "run": run,
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         print({k: row[k] for k in FIELDS[:10]}, flush=True)
         append_csv(path, row, FIELDS)

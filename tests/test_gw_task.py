@@ -13,7 +13,9 @@ from scipy import stats
 
 import fmpe
 import fmpe.gw as gw
-from fmpe.networks.embeddings import SVDEmbedding
+from fmpe.benchmark import read_csv
+from fmpe.gw import GWSimulator
+from fmpe.networks.embeddings import EXACT_SVD_FEATURES, SVDEmbedding
 from fmpe.standardize import Standardizer
 from fmpe.tasks import get_task, load_card
 
@@ -174,6 +176,34 @@ def test_svd_embedding_fits_the_leading_singular_vectors_and_reconstructs_wavefo
     assert np.allclose(fitted.T @ fitted, leading.T @ leading, atol=1e-4)
 
 
+def test_svd_embedding_fit_is_randomized_above_the_exact_size_and_as_good():
+    # The scale-up band: 2 x 3937 numbers per detector, above EXACT_SVD_FEATURES.
+    simulator = GWSimulator(f_max=512.0, delta_f=0.125, bounds={"chirp_mass": (8.0, 30.0)})
+    torch.manual_seed(6)
+    clean = simulator.waveforms(simulator.prior().sample((700,)))
+    train, held_out = clean[:600], clean[600:]
+    features = 2 * 3937
+    assert features > EXACT_SVD_FEATURES
+    embedding = SVDEmbedding(simulator.x_shape, basis=64, hidden_widths=[16], width=8)
+    state = torch.get_rng_state()
+    embedding.fit_to_data(train)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's stream did not move
+    basis = embedding.basis.detach().double()
+    assert torch.allclose(basis @ basis.transpose(1, 2), torch.eye(64).double(), atol=1e-5)
+
+    def held_out_error(basis: np.ndarray, channel: int) -> float:
+        rows = held_out.reshape(100, 2, features)[:, channel].double().numpy()
+        residual = rows - rows @ basis.T @ basis
+        return float(np.median(np.linalg.norm(residual, axis=1) / np.linalg.norm(rows, axis=1)))
+
+    for channel in (0, 1):
+        rows = train.reshape(600, 2, features)[:, channel].double().numpy()
+        exact = np.linalg.svd(rows, full_matrices=False)[2][:64]
+        randomized_error = held_out_error(basis[channel].numpy(), channel)
+        exact_error = held_out_error(exact, channel)
+        assert randomized_error <= 1.01 * exact_error + 1e-4
+
+
 def test_svd_embedding_rejects_bad_input(task):
     with pytest.raises(ValueError, match="basis must be an int in"):
         SVDEmbedding(task.x_shape, basis=900)
@@ -225,8 +255,15 @@ def test_the_smoke_run_of_the_comparison_writes_every_result(tmp_path):
     out = tmp_path / "results"
     command = [sys.executable, str(ROOT / "benchmarks" / "gw.py"), "--smoke", "--out", str(out)]
     command += ["--runs", str(tmp_path / "runs")]
+    # --score-only stops before the costly steps; the full run then resumes from its results.
+    subprocess.run([*command, "--score-only"], check=True, cwd=tmp_path, timeout=600)
+    names = {p.name for p in out.iterdir()}
+    assert {"gw_injections.csv", "gw_pp.png", "gw_is_efficiency.png"} <= names
+    assert not {"gw_reference.csv", "gw_corner.png"} & names
+    assert "Not run yet" in (out / "gw_summary.md").read_text()
     subprocess.run(command, check=True, cwd=tmp_path, timeout=600)
     names = {p.name for p in out.iterdir()}
+    assert "Not run yet" not in (out / "gw_summary.md").read_text()
     for name in (
         "gw_injections.csv",
         "gw_reference.csv",
@@ -238,3 +275,23 @@ def test_the_smoke_run_of_the_comparison_writes_every_result(tmp_path):
         "gw_is_efficiency.png",
     ):
         assert name in names
+
+
+def test_the_scale_up_benchmark_measures_both_bands(tmp_path):
+    results = tmp_path / "gw_scale_up.csv"
+    script = ROOT / "benchmarks" / "gw_scale_up.py"
+    command = [sys.executable, str(script), "--smoke", "--threads", "1", "--results", str(results)]
+    subprocess.run(command, check=True, cwd=tmp_path, timeout=600)
+    rows = read_csv(results)
+    assert [(r["band"], r["bins_per_detector"]) for r in rows] == [
+        ("task", "433"),
+        ("scale-up", "3937"),
+    ]
+    task, scale_up = rows
+    assert float(scale_up["store_mb"]) > 5 * float(task["store_mb"])  # nine times the numbers
+    assert all(float(r["train_s"]) > 0 and r["machine"] for r in rows)
+    assert "| scale-up | 3937 |" in results.with_suffix(".md").read_text()
+    failed = subprocess.run(
+        [sys.executable, str(script), "--budget", "10"], capture_output=True, text=True
+    )
+    assert failed.returncode == 2 and "--budget must be at least 100" in failed.stderr

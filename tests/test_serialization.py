@@ -140,8 +140,9 @@ def test_file_of_fmpe_0_4_0_loads_and_samples_as_it_did():
     posterior = fmpe.load(FILE_040)
     torch.manual_seed(3)
     theta, log_prob = posterior.sample_and_log_prob(20, expected["x"])
-    assert torch.equal(theta, expected["theta"])
-    assert torch.allclose(log_prob, expected["log_prob"], atol=1e-5)
+    # Not bit for bit: float32 kernels differ between CPUs (the file was written on another).
+    torch.testing.assert_close(theta, expected["theta"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(log_prob, expected["log_prob"], rtol=0, atol=1e-5)
 
 
 def test_version_1_files_load_with_unbounded_theta(tmp_path):

@@ -4,9 +4,11 @@ from fmpe.benchmark.measure import (
     append_csv,
     float64_log_prob,
     machine_description,
+    provenance,
     read_csv,
     resolve_device,
     timed,
+    timestamp,
 )
 from fmpe.benchmark.results import ResultsStore
 from fmpe.benchmark.runner import evaluate, run, train_for_task
@@ -21,9 +23,11 @@ __all__ = [
     "evaluate",
     "float64_log_prob",
     "machine_description",
+    "provenance",
     "register_metric",
     "resolve_device",
     "run",
     "timed",
+    "timestamp",
     "train_for_task",
 ]

@@ -7,6 +7,7 @@ import platform
 import statistics
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -21,6 +22,23 @@ def machine_description(device: torch.device | str = "cpu") -> str:
         return f"{torch.cuda.get_device_name(device)} (CUDA), {os.cpu_count()} CPU cores"
     processor = platform.processor() or platform.machine()
     return f"CPU {processor}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def timestamp() -> str:
+    """Now, in UTC, to the second (ISO 8601)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def provenance(device: torch.device | str = "cpu", machine: str | None = None) -> dict[str, str]:
+    """The fields that say where and when a result row was measured: machine (by default
+    `machine_description(device)`), fmpe_version and finished_at."""
+    import fmpe  # at call time: fmpe imports this module while it loads
+
+    return {
+        "machine": machine if machine is not None else machine_description(device),
+        "fmpe_version": fmpe.__version__,
+        "finished_at": timestamp(),
+    }
 
 
 def timed(function, *args, repeats: int = 1, **kwargs):

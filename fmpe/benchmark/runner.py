@@ -12,14 +12,13 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 import fmpe
-from fmpe.benchmark.measure import machine_description, resolve_device
+from fmpe.benchmark.measure import provenance, resolve_device
 from fmpe.benchmark.results import ResultsStore
 from fmpe.benchmark.scoring import Scoring, get_metric
 from fmpe.estimators import get_estimator
@@ -226,9 +225,7 @@ def run(
                     **evaluate(posterior, task, observation, seed, num_samples),
                     "trainable_parameters": posterior.training_record.trainable_parameters,
                     "train_seconds": round(train_seconds, 2),
-                    "machine": machine_description(torch_device),
-                    "fmpe_version": fmpe.__version__,
-                    "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    **provenance(torch_device),
                 }
                 if not store.add(row):
                     warnings.warn(f"{cell} was written by a concurrent run", stacklevel=2)

@@ -27,13 +27,11 @@ import json
 import math
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
-import fmpe
-from fmpe.benchmark.measure import append_csv, machine_description
+from fmpe.benchmark.measure import append_csv, provenance
 from fmpe.checks import as_count
 from fmpe.estimators import get_estimator
 from fmpe.simulation import simulate
@@ -222,9 +220,7 @@ def _train_and_score(
         "map_to_unbounded": str(bool(options_model.get("map_to_unbounded", False))),
         "trainable_parameters": posterior.training_record.trainable_parameters,
         "train_seconds": round(seconds, 1),
-        "machine": machine_description(posterior.device),
-        "fmpe_version": fmpe.__version__,
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **provenance(posterior.device),
     }
 
 

@@ -45,6 +45,11 @@ class MLPEmbedding(nn.Module):
 register_embedding("mlp", MLPEmbedding)
 
 
+EXACT_SVD_FEATURES = 2048
+"""Up to this many numbers per channel, `SVDEmbedding.fit_to_data` is exact; above, randomized."""
+RANDOMIZED_OVERSAMPLING = 16
+
+
 class SVDEmbedding(nn.Module):
     """A linear projection of each detector's data onto a basis fitted by SVD, then a residual
     network, as in the FMPE paper's gravitational-wave embedding (there: 150 elements per
@@ -86,7 +91,8 @@ class SVDEmbedding(nn.Module):
     @torch.no_grad()
     def fit_to_data(self, x: Tensor) -> None:
         """Sets each channel's basis to the leading right singular vectors of the training
-        data x: (n, *x_shape), standardized (and, for GW, noise-free)."""
+        data x: (n, *x_shape), standardized (and, for GW, noise-free): exactly, or by a
+        randomized SVD with four power iterations above `EXACT_SVD_FEATURES` per channel."""
         if tuple(x.shape[1:]) != self.x_shape:
             raise ValueError(
                 f"fit_to_data needs x of shape (n, *{self.x_shape}), got {tuple(x.shape)}"
@@ -95,10 +101,20 @@ class SVDEmbedding(nn.Module):
         if len(x) < basis:
             raise ValueError(f"fitting {basis} basis elements needs at least {basis} rows of x")
         rows = x.reshape(len(x), channels, features).transpose(0, 1).double()
-        # Eigenvectors of the Gram matrix XᵀX are the right singular vectors of X.
-        _, vectors = torch.linalg.eigh(rows.transpose(1, 2) @ rows)  # ascending eigenvalues
-        leading = vectors.flip(-1)[..., :basis].transpose(1, 2)
-        self.basis.copy_(leading.to(self.basis))
+        if features <= EXACT_SVD_FEATURES:
+            # Eigenvectors of the Gram matrix XᵀX are the right singular vectors of X.
+            _, vectors = torch.linalg.eigh(rows.transpose(1, 2) @ rows)  # ascending eigenvalues
+            leading = vectors.flip(-1)[..., :basis]
+        else:
+            # The Gram matrix's eigendecomposition costs features³ (minutes at 20-512 Hz); a
+            # randomized SVD costs rows·features·basis. It runs on the CPU with its own seed,
+            # so that fitting does not move the caller's random streams.
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(0)
+                q = min(basis + RANDOMIZED_OVERSAMPLING, len(x))
+                leading = torch.svd_lowrank(rows.cpu(), q=q, niter=4)[2]
+            leading = leading[..., :basis]
+        self.basis.copy_(leading.transpose(1, 2).to(self.basis))
 
     def project(self, x: Tensor) -> Tensor:
         """The basis coefficients, x: (n, *x_shape) -> (n, channels, basis)."""
