@@ -397,7 +397,7 @@ def _diagnose(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from fmpe.benchmark.sweep import sweep, write_card_section
+    from fmpe.benchmark.sweep import sweep, write_card_section, write_table
     from fmpe.estimators import get_estimator
     from fmpe.tasks import available_tasks
 
@@ -414,6 +414,7 @@ def _sweep(args: argparse.Namespace) -> None:
         show_progress=not args.quiet,
     )
     print(f"chosen for {args.task} at {args.budget} ({args.estimator}): {chosen}")
+    print(f"wrote {write_table(args.results)}")
     if args.write_card:
         path = write_card_section(args.task, args.budget, args.estimator, chosen, args.results)
         print(f"wrote the generated section into {path}")

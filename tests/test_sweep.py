@@ -60,6 +60,9 @@ def test_sweep_chooses_by_validation_loss_and_resumes(tmp_path, tiny_grid, blind
     best_second = min(second, key=lambda r: float(r["validation_loss"]))
     assert json.loads(best_second["configuration"]) == chosen
     assert all(float(r["heldout_nll"]) < 50 for r in written)
+    table = sweep_module.write_table(results).read_text()
+    assert "| gaussian_linear | 300 | fmpe | 4 |" in table
+    assert f"`{json.dumps(chosen, sort_keys=True)}`" in table
 
     import fmpe.estimators
 
@@ -68,6 +71,9 @@ def test_sweep_chooses_by_validation_loss_and_resumes(tmp_path, tiny_grid, blind
 
     monkeypatch.setattr(fmpe.estimators.FMPE, "train", no_training)
     assert sweep_module.sweep("gaussian_linear", 300, **options) == chosen
+    # With a third stage planned and not run, the choice is not final.
+    monkeypatch.setitem(sweep_module.STAGES, "fmpe", {300: [*TINY[300], [{"train": {}}]]})
+    assert "| `incomplete` |" in sweep_module.write_table(results).read_text()
 
 
 def test_the_choice_is_written_into_the_card(tmp_path, monkeypatch):

@@ -16,9 +16,10 @@ reads reference samples, observations or C2ST.
   onto R for bounded priors), so that its cost grows with the sum of the options, not their
   product.
 
-Rows go to a resumable CSV (by default benchmarks/results/sweep.csv), one per configuration;
-``--write-card`` writes the chosen configuration into the task's card as a generated section
-that names the CSV and the command.
+Rows go to a resumable CSV, one per configuration (by default fmpe-benchmark/sweep.csv; the
+committed search is benchmarks/results/sweep.csv), and `write_table` renders it beside the CSV
+as a markdown table; ``--write-card`` writes the chosen configuration into the task's card as
+a generated section that names the CSV and the command.
 """
 
 import copy
@@ -26,7 +27,6 @@ import csv
 import json
 import math
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -288,15 +288,39 @@ def _toml_value(value) -> str:
     return json.dumps(value)
 
 
-def summary(results: Path, cells: Iterable[tuple[str, int, str]]) -> dict:
-    """Per cell, the number of configurations and the total training time of the search."""
+def write_table(results: Path) -> Path:
+    """Renders the search in `results` as a markdown table beside it (same name, .md): per
+    cell, the configurations trained, their training hours, the lowest validation loss and
+    the configuration the search chose (or "incomplete" while stages are missing)."""
     rows = _rows(results)
-    out = {}
-    for cell in cells:
-        mine = [r for r in rows if (r["task"], int(r["budget"]), r["estimator"]) == cell]
-        out[cell] = {
-            "configurations": len(mine),
-            "hours": sum(float(r["train_seconds"]) for r in mine) / 3600,
-            "best": min((float(r["validation_loss"]) for r in mine), default=math.nan),
-        }
-    return out
+    cells: dict[tuple[str, int, str], list[dict]] = {}
+    for row in rows:
+        cells.setdefault((row["task"], int(row["budget"]), row["estimator"]), []).append(row)
+    lines = [
+        "# Hyperparameters chosen by validation loss",
+        "",
+        f"Rendered from `{results.name}` (`fmpe sweep TASK --budget B --estimator E`). The",
+        "search never reads observations, reference posteriors or C2ST; `chosen` is the",
+        "override of the card's settings with the lowest validation loss of the last stage.",
+        "",
+        "| task | budget | estimator | configurations | training hours | best validation loss "
+        "| chosen | machine |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (task, budget, estimator), mine in sorted(cells.items()):
+        planned = stages(estimator, budget, get_task(task))
+        last = [r for r in mine if r["stage"] == str(len(planned) - 1)]
+        chosen = (
+            _choose([(r, json.loads(r["configuration"])) for r in last])
+            if len(last) == len(planned[-1])
+            else "incomplete"
+        )
+        hours = sum(float(r["train_seconds"]) for r in mine) / 3600
+        best = min(float(r["validation_loss"]) for r in mine)
+        lines.append(
+            f"| {task} | {budget} | {estimator} | {len(mine)} | {hours:.2f} | {best:.4f} | "
+            f"`{chosen if isinstance(chosen, str) else _name(chosen)}` | {mine[-1]['machine']} |"
+        )
+    path = results.with_suffix(".md")
+    path.write_text("\n".join(lines) + "\n")
+    return path
