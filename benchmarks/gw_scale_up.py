@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 import fmpe
-from fmpe.benchmark import append_csv, provenance, read_csv
+from fmpe.benchmark import append_csv, markdown_table, provenance, read_csv
 from fmpe.gw import GWSimulator
 from fmpe.tasks import load_card
 
@@ -113,7 +113,6 @@ def measure(band: str, budget: int, epochs: int, threads: int, smoke: bool) -> d
 
 
 def write_table(rows: list[dict], path: Path) -> None:
-    headings = [f.replace("_", " ") for f in FIELDS]
     lines = [
         "# The GW task scaled up",
         "",
@@ -124,10 +123,8 @@ def write_table(rows: list[dict], path: Path) -> None:
         "log densities. task: 20-128 Hz at Δf = 0.25 Hz; scale-up: 20-512 Hz at Δf = 0.125 Hz,",
         "chirp mass 8-30 M_sun. `peak rss` is the process's peak resident memory.",
         "",
-        "| " + " | ".join(headings) + " |",
-        "|" + "---|" * len(headings),
+        *markdown_table(rows, FIELDS),
     ]
-    lines += ["| " + " | ".join(str(r[f]) for f in FIELDS) + " |" for r in rows]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 import fmpe.gw as gw
-from fmpe.benchmark import append_csv, provenance, read_csv
+from fmpe.benchmark import append_csv, markdown_table, provenance, read_csv
 
 RESULTS = Path(__file__).parent / "results"
 GPS_GW150914 = 1126259462.391
@@ -147,7 +147,6 @@ def naive_waveforms(simulator: gw.GWSimulator, theta: torch.Tensor) -> torch.Ten
 
 
 def write_table(rows: list[dict], path: Path) -> None:
-    headings = [f.replace("_", " ") for f in FIELDS]
     lines = [
         "# GW simulator speed",
         "",
@@ -157,10 +156,8 @@ def write_table(rows: list[dict], path: Path) -> None:
         "(433 bins per detector), parameters from the GW task's prior. `vs lal` divides by the",
         "LALSuite loop (one waveform at a time, one core) of the same run.",
         "",
-        "| " + " | ".join(headings) + " |",
-        "|" + "---|" * len(headings),
+        *markdown_table(rows, FIELDS),
     ]
-    lines += ["| " + " | ".join(r[f] or "—" for f in FIELDS) + " |" for r in rows]
     path.write_text("\n".join(lines) + "\n")
 
 

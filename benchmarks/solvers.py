@@ -26,6 +26,7 @@ import fmpe
 from fmpe.benchmark import (
     append_csv,
     float64_log_prob,
+    markdown_table,
     provenance,
     read_csv,
     timestamp,
@@ -125,7 +126,6 @@ def upgrade_header(path: Path) -> None:
 
 
 def write_table(rows: list[dict], path: Path) -> None:
-    headings = [f.replace("_", " ") for f in FIELDS]
     lines = [
         "# ODE solver settings on two_moons",
         "",
@@ -136,10 +136,8 @@ def write_table(rows: list[dict], path: Path) -> None:
         "are those of the benchmark's process; speed-up is over the default row of the same run",
         "and kind (wall seconds), the fairer comparison on a shared machine.",
         "",
-        "| " + " | ".join(headings) + " |",
-        "|" + "---|" * len(headings),
+        *markdown_table(rows, FIELDS),
     ]
-    lines += ["| " + " | ".join(r[f] or "—" for f in FIELDS) + " |" for r in rows]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -68,6 +68,15 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
+def markdown_table(rows: Sequence[dict], fields: Sequence[str]) -> list[str]:
+    """The lines of a markdown table of `rows`, one column per field (headed by its name with
+    spaces for underscores); an empty cell shows as —."""
+    lines = ["| " + " | ".join(f.replace("_", " ") for f in fields) + " |"]
+    lines.append("|" + "---|" * len(fields))
+    lines += ["| " + " | ".join(str(r[f]) or "—" for f in fields) + " |" for r in rows]
+    return lines
+
+
 def read_csv(path: Path) -> list[dict]:
     """The rows of a benchmark script's CSV (see `append_csv`), as dicts of strings; none
     if the file does not exist yet."""
