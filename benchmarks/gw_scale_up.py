@@ -104,7 +104,7 @@ def measure(band: str, budget: int, epochs: int, threads: int, smoke: bool) -> d
         "train_s": round(record.seconds, 1),
         "train_s_per_epoch": round(record.seconds / max(record.epochs, 1), 1),
         "best_validation_loss": f"{record.best_validation_loss:.4f}",
-        "parameters": sum(p.numel() for p in posterior.network.parameters()),
+        "parameters": record.trainable_parameters,
         "sample_and_log_prob_s": round(sample_s, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "load_average": f"{os.getloadavg()[0]:.2f}",
