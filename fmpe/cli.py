@@ -5,6 +5,7 @@
     fmpe diagnose post.fmpe                         calibration checks and figures
     fmpe benchmark TASK... --budget N               train and score on benchmark tasks
     fmpe sweep TASK --budget N                      choose hyperparameters by validation loss
+    fmpe sweep defaults --budget N                  ... and one configuration for every task
     fmpe report                                     tables and figures of the results
 
 `fmpe COMMAND --help` explains each command and its options.
@@ -116,6 +117,11 @@ def _parser() -> argparse.ArgumentParser:
         "--poet", action="store_const", const="poet", dest="variant",
         help="train POET-parameterized networks (the cards' poet variant)",
     )  # fmt: skip
+    bench.add_argument(
+        "--defaults", action="store_true",
+        help="train with the base card's one configuration (tasks/defaults.toml) instead of "
+        "each task card's; results name it fmpe@defaults",
+    )  # fmt: skip
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     bench.add_argument("--results", type=Path, default=RESULTS, help="CSV to add rows to")
@@ -184,9 +190,11 @@ def _parser() -> argparse.ArgumentParser:
         "one task and budget: every configuration trains on the benchmark's simulations and "
         "is scored by its validation loss; reference posteriors and observations are never "
         "read. Rows go to a resumable CSV; --write-card puts the chosen configuration into "
-        "the task's card as a generated section.",
+        "the task's card as a generated section. TASK 'defaults' trains nothing: it picks "
+        "one configuration for every sbibm task from their finished searches (the best mean "
+        "rank per stage), for the base card.",
     )
-    sweep.add_argument("task", metavar="TASK")
+    sweep.add_argument("task", metavar="TASK", help="a task, or 'defaults' for the base card")
     sweep.add_argument("--budget", type=positive_int, required=True)
     sweep.add_argument("--estimator", default="fmpe", help="fmpe (default) or npe")
     sweep.add_argument("--seed", type=int, default=0)
@@ -254,6 +262,7 @@ def _benchmark(args: argparse.Namespace) -> None:
         args.observations,
         estimator=args.estimator,
         variant=args.variant,
+        base_only=args.defaults,
         seed=args.seed,
         device=args.device,
         results=args.results,
@@ -397,22 +406,29 @@ def _diagnose(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from fmpe.benchmark.sweep import sweep, write_card_section, write_table
+    from fmpe.benchmark.sweep import choose_defaults, sweep, write_card_section, write_table
     from fmpe.estimators import get_estimator
     from fmpe.tasks import available_tasks
+    from fmpe.tasks.cards import BASE_CARD
 
-    if args.task not in available_tasks():
-        raise ValueError(f"unknown task {args.task!r}; known: {', '.join(available_tasks())}")
+    if args.task not in [BASE_CARD, *available_tasks()]:
+        raise ValueError(
+            f"unknown task {args.task!r}; known: {', '.join(available_tasks())}, or "
+            f"{BASE_CARD!r} for the base card"
+        )
     get_estimator(args.estimator)
     _writable_file(args.results, "--results")
-    chosen = sweep(
-        args.task,
-        args.budget,
-        estimator=args.estimator,
-        seed=args.seed,
-        results=args.results,
-        show_progress=not args.quiet,
-    )
+    if args.task == BASE_CARD:
+        chosen, _ = choose_defaults(args.results, args.budget, args.estimator)
+    else:
+        chosen = sweep(
+            args.task,
+            args.budget,
+            estimator=args.estimator,
+            seed=args.seed,
+            results=args.results,
+            show_progress=not args.quiet,
+        )
     print(f"chosen for {args.task} at {args.budget} ({args.estimator}): {chosen}")
     print(f"wrote {write_table(args.results)}")
     if args.write_card:

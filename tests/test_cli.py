@@ -34,10 +34,10 @@ def test_benchmark_and_report_end_to_end(tmp_path, capsys):
     assert (runs / "gaussian_linear_300_fmpe_seed0.fmpe").exists()
 
     main(["report", "--results", str(results), "--out", str(tmp_path)])
-    table = (tmp_path / "sbibm_table.md").read_text()
+    table = (tmp_path / "results_table.md").read_text()
     assert "| gaussian_linear | 3e+02 |" in table
     assert "over 1 posteriors and sampling" in table
-    assert (tmp_path / "sbibm_c2st.png").stat().st_size > 10_000
+    assert (tmp_path / "results_c2st.png").stat().st_size > 10_000
 
 
 def test_restarted_benchmark_skips_finished_cells(tmp_path, monkeypatch):
@@ -79,6 +79,24 @@ def test_posterior_of_another_card_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(fmpe.benchmark.runner, "load_card", lambda name: edited_card)
     with pytest.raises(SystemExit, match=r"train.learning_rate: 0.002 -> 0.0005"):
         main(["benchmark", "--observations", "2", *common])
+
+
+def test_defaults_train_with_the_base_card_alone(tmp_path):
+    results, runs = tmp_path / "results.csv", tmp_path / "runs"
+    main(["benchmark", "two_moons", "--budget", "300", "--observations", "1", "--defaults",
+          "--samples", "500", "--device", "cpu", "--quiet",
+          "--results", str(results), "--runs", str(runs)])  # fmt: skip
+    (row,) = rows(results)
+    assert row["estimator"] == "fmpe@defaults"
+    record = json.loads((runs / "two_moons_300_fmpe@defaults_seed0.card.json").read_text())
+    import fmpe.benchmark.runner
+
+    card = fmpe.benchmark.runner.load_card("two_moons")
+    model, train = card.hyperparameters(300, base_only=True)
+    assert record == json.loads(json.dumps({"model": model, "train": train}))
+    assert record != json.loads(
+        json.dumps(dict(zip(("model", "train"), card.hyperparameters(300))))
+    )
 
 
 def test_corrupted_hyperparameter_record_is_named(tmp_path):

@@ -116,3 +116,29 @@ def test_files_from_before_the_estimator_column_are_read_as_fmpe(tmp_path):
     store.add(row(2, c2st=0.54))
     assert [r["estimator"] for r in store.rows()] == ["fmpe", "fmpe"]
     assert lines(path)[0].startswith("task,budget,estimator,observation,seed,c2st")
+
+
+def test_the_report_gives_the_spread_over_training_seeds():
+    from fmpe.benchmark.report import c2st_table, summarize
+
+    rows = [
+        {**row(observation, c2st=c2st), "seed": seed}
+        for seed, c2st in ((0, 0.60), (1, 0.70), (2, 0.80))
+        for observation in (1, 2)
+    ]
+    summary = summarize(rows)
+    assert summary[("two_moons", 10000, "fmpe")]["seeds"] == (pytest.approx(0.1), 3)
+    table = c2st_table(summary)
+    assert "| two_moons | 1e+04 | 0.700 ± 0.089 (6); seeds ± 0.100 (3) |" in table
+    one_seed = summarize([r for r in rows if r["seed"] == 0])
+    assert "0.600 ± 0.000 (2) | 0.61 |" in c2st_table(one_seed)
+
+
+def test_defaults_and_selected_rows_get_tables_of_their_own():
+    from fmpe.benchmark.report import c2st_tables, summarize
+
+    rows = [row(1, c2st=0.6), row(1, estimator="fmpe@defaults", c2st=0.7)]
+    selected, defaults = c2st_tables(summarize(rows)).split("## Defaults")
+    assert "| fmpe C2ST" in selected and "fmpe@defaults" not in selected
+    assert "| fmpe@defaults C2ST" in defaults and "0.700 ± 0.000 (1)" in defaults
+    assert "Defaults" not in c2st_tables(summarize(rows[:1]))

@@ -92,5 +92,64 @@ def test_the_choice_is_written_into_the_card(tmp_path, monkeypatch):
     assert model["time_prior_exponent"] == 0.0
     assert model["network_options"]["hidden_widths"] == [32]
     assert train["batch_size"] == 128
-    with pytest.raises(ValueError, match="remove its hand-written \\[fmpe.budget.1000\\] tables"):
-        sweep_module.write_card_section("two_moons", 1000, "fmpe", chosen, results)
+    # Beside a hand-written budget table: the selection wins where both set a key.
+    with (folder / "two_moons.toml").open("a") as card:
+        card.write("[fmpe.budget.1000.model]\ntime_prior_exponent = 4.0\n")
+    sweep_module.write_card_section("two_moons", 1000, "fmpe", chosen, results)
+    model, train = load_card("two_moons").hyperparameters(1000)
+    assert model["time_prior_exponent"] == 0.0 and train["max_epochs"] == 500
+    # A choice the card cannot take leaves the file as it was.
+    before = (folder / "slcp.toml").read_text()
+    with pytest.raises(ValueError, match="slcp.toml would not parse.*unknown training setting"):
+        sweep_module.write_card_section("slcp", 3000, "fmpe", {"train": {"epochs": 3}}, results)
+    assert (folder / "slcp.toml").read_text() == before
+
+
+def _fake_search(path, task, budget, losses):
+    """Rows of a finished search of TINY (plus the map onto R where `losses` has a stage 2):
+    losses[stage][option] is the validation loss (stage 2: the held-out NLL)."""
+    best: dict = {}
+    for index, stage in enumerate([*TINY[300], sweep_module.UNBOUNDED_STAGE][: len(losses)]):
+        scored = []
+        for option, loss in zip(stage, losses[index], strict=True):
+            candidate = sweep_module._combined(best, option)
+            mapped = candidate.get("model", {}).get("map_to_unbounded", False)
+            row = {
+                "task": task, "budget": budget, "estimator": "fmpe", "stage": str(index),
+                "configuration": sweep_module._name(candidate), "validation_loss": loss,
+                "heldout_nll": loss, "map_to_unbounded": str(mapped),
+                "trainable_parameters": 1, "train_seconds": 1.0, "machine": "test",
+                "fmpe_version": "0", "finished_at": "now",
+            }  # fmt: skip
+            sweep_module.append_csv(path, row, sweep_module.FIELDS)
+            scored.append((row, candidate))
+        best = min(scored, key=lambda rc: rc[0]["validation_loss"])[1]
+
+
+def test_the_base_card_takes_the_best_mean_rank_over_the_tasks(tmp_path, tiny_grid, monkeypatch):
+    folder = tmp_path / "cards"
+    shutil.copytree(cards_module.card_folder(), folder)
+    monkeypatch.setattr(cards_module, "card_folder", lambda: folder)
+    monkeypatch.setattr(sweep_module, "card_folder", lambda: folder)
+    monkeypatch.setattr(
+        sweep_module, "sbibm_tasks", lambda: ["gaussian_linear", "two_moons", "slcp"]
+    )
+    results = tmp_path / "sweep.csv"
+    # Stage 0: [16, 16] ranks first on two of three tasks, though [8] has the lowest loss.
+    # Stage 1: batch 64 wins everywhere. The map onto R (bounded priors only): on, by NLL.
+    _fake_search(results, "gaussian_linear", 300, [[0.1, 0.9], [0.5, 0.6]])
+    _fake_search(results, "two_moons", 300, [[1.0, 0.9], [0.5, 0.6], [2.0, 1.0]])
+    with pytest.raises(ValueError, match="not finished in .*sweep.csv: slcp"):
+        sweep_module.choose_defaults(results, 300)
+    assert "| 300 | fmpe | 2 of 3 | `incomplete` |" in sweep_module.write_table(results).read_text()
+    _fake_search(results, "slcp", 300, [[1.0, 0.8], [0.5, 0.6], [3.0, 1.0]])
+    chosen, ranks = sweep_module.choose_defaults(results, 300)
+    assert chosen == {
+        "model": {"network_options": {"hidden_widths": [16, 16]}, "map_to_unbounded": True},
+        "train": {"max_epochs": 3, "batch_size": 64},
+    }
+    assert sorted(ranks["0"].values()) == [4 / 3, 5 / 3]
+    assert "| 300 | fmpe | 3 of 3 | `" in sweep_module.write_table(results).read_text()
+    sweep_module.write_card_section("defaults", 300, "fmpe", chosen, results)
+    model, train = load_card("gaussian_linear").hyperparameters(300, base_only=True)
+    assert model["network_options"]["hidden_widths"] == [16, 16] and train["batch_size"] == 64

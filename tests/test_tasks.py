@@ -401,6 +401,48 @@ time_prior_exponent = 1.0
     assert card.budgets() == [1000, 10_000]
 
 
+def test_selected_tables_override_their_card_and_base_only_drops_the_task(card_folder):
+    (card_folder / "defaults.toml").write_text(
+        """
+[fmpe.train]
+batch_size = 256
+[fmpe.budget.1000.train]
+max_epochs = 500
+[fmpe.selected.1000.model]
+time_prior_exponent = 0.0
+[fmpe.selected.1000.train]
+batch_size = 64
+"""
+    )
+    _write_card(
+        card_folder,
+        "toy",
+        """
+[fmpe.budget.1000.model]
+time_prior_exponent = 4.0
+[fmpe.budget.1000.train]
+learning_rate = 2e-3
+[fmpe.selected.1000.train]
+learning_rate = 5e-4
+""",
+    )
+    card = load_card("toy")
+    model, train = card.hyperparameters(1000)
+    # The task's hand-written budget table beats the base card's selection; its own wins.
+    assert model == {"time_prior_exponent": 4.0}
+    assert train == {"batch_size": 64, "max_epochs": 500, "learning_rate": 5e-4}
+    assert card.hyperparameters(1000, base_only=True) == (
+        {"time_prior_exponent": 0.0},
+        {"batch_size": 64, "max_epochs": 500},
+    )
+    assert card.hyperparameters(999, base_only=True) == ({}, {"batch_size": 256})
+    # A budget declared only by a selected table still ends the overrides below it.
+    _write_card(card_folder, "toy", "[fmpe.selected.5000.train]\nlearning_rate = 1e-4\n")
+    card = load_card("toy")
+    assert card.budgets() == [1000, 5000]
+    assert card.hyperparameters(5000)[1] == {"batch_size": 256, "learning_rate": 1e-4}
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -409,9 +451,10 @@ time_prior_exponent = 1.0
         ("fmpe = 3\n", "'fmpe' must be a table"),
         ("[fmpe.modle]\n", "unknown keys"),
         ("[fmpe]\nmodel = 3\n", "'model' must be a table"),
-        ("[fmpe.budget.many.train]\n", "budget 'many' is not a positive integer"),
+        ("[fmpe.budget.many.train]\n", "budget 'many' is not a positive integer budget"),
         ("[fmpe.budget.1000]\nepochs = 3\n", r"\[budget.1000\] may only hold"),
         ("[fmpe.budget.1000]\ntrain = 3\n", "'train' must be a table"),
+        ("[fmpe.selected.x.train]\n", "selected 'x' is not a positive integer"),
         (
             "[fmpe.model]\nhidden = 3\n",
             "unknown model key 'hidden'; valid: coupling, embedding_net, ",

@@ -30,8 +30,9 @@ def metric_names(rows: list[dict]) -> list[str]:
 
 
 def summarize(rows: list[dict]) -> dict[Cell, dict]:
-    """Per (task, budget, estimator): mean, std and count of every metric, the training time
-    of each posterior, and the machines."""
+    """Per (task, budget, estimator): mean, std and count of every metric over all rows, the
+    std of the per-seed mean C2ST and the number of seeds, the training time of each
+    posterior, and the machines."""
     groups: dict[Cell, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["task"], int(row["budget"]), row["estimator"])].append(row)
@@ -44,8 +45,17 @@ def summarize(rows: list[dict]) -> dict[Cell, dict]:
             if scores:
                 std = statistics.stdev(scores) if len(scores) > 1 else 0.0
                 values[name] = (statistics.fmean(scores), std, len(scores))
+        per_seed: dict[str, list[float]] = defaultdict(list)
+        for r in members:
+            if r.get("c2st", "") != "":
+                per_seed[r["seed"]].append(float(r["c2st"]))
+        seed_means = [statistics.fmean(v) for v in per_seed.values()]
         summary[cell] = {
             "metrics": values,
+            "seeds": (
+                statistics.stdev(seed_means) if len(seed_means) > 1 else 0.0,
+                len(seed_means),
+            ),
             "train_seconds": max(float(r["train_seconds"]) for r in members),
             "machines": sorted({r["machine"] for r in members}),
         }
@@ -84,11 +94,23 @@ def _value(stats: tuple[float, float, int] | None, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f} ({n})"
 
 
+def _c2st_value(cell: dict | None) -> str:
+    """Mean ± std over every row (observations × seeds) and their count; with several
+    training seeds also the std of the per-seed means and the number of seeds."""
+    if cell is None or "c2st" not in cell["metrics"]:
+        return "–"
+    spread, seeds = cell["seeds"]
+    return _value(cell["metrics"]["c2st"]) + (
+        f"; seeds ± {spread:.3f} ({seeds})" if seeds > 1 else ""
+    )
+
+
 def c2st_table(summary: dict[Cell, dict]) -> str:
-    """Mean C2ST per task and budget, a column per estimator, beside the published numbers."""
+    """Mean C2ST per task and budget, a column per estimator of `summary`, beside the
+    published numbers."""
     published = published_c2st()
     estimators = sorted({e for _, _, e in summary})
-    heading = [f"{e} C2ST (mean ± std, n obs)" for e in estimators]
+    heading = [f"{e} C2ST (mean ± std, n rows)" for e in estimators]
     heading += [*PUBLISHED_ALGORITHMS, *(f"{e} vs NPE" for e in estimators)]
     heading += [f"{e} train s" for e in estimators]
     lines = ["| task | budget | " + " | ".join(heading) + " |", "|---" * (2 + len(heading)) + "|"]
@@ -100,7 +122,8 @@ def c2st_table(summary: dict[Cell, dict]) -> str:
         peers = [published.get((task, a, budget)) for a in PUBLISHED_ALGORITHMS]
         verdicts = [_verdict(s[0], peers[0]) if s else "–" for s in stats]
         seconds = [f"{c['train_seconds']:.0f}" if c else "–" for c in cells]
-        values = [_value(s) for s in stats] + [f"{p:.2f}" if p is not None else "–" for p in peers]
+        values = [_c2st_value(c) for c in cells]
+        values += [f"{p:.2f}" if p is not None else "–" for p in peers]
         lines.append(
             f"| {task} | {budget:.0e} | " + " | ".join([*values, *verdicts, *seconds]) + " |"
         )
@@ -172,8 +195,41 @@ def figure(summary: dict[Cell, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(results: Path, out_dir: Path, name: str = "sbibm") -> tuple[Path, Path]:
-    """Writes `<name>_table.md` and `<name>_c2st.png` next to each other in out_dir."""
+COLUMNS = """What the columns saw when their settings were chosen:
+
+- `fmpe`, `npe`: each task's card (`tasks/`). Where a card has a generated `selected` section,
+  `fmpe sweep` chose it by validation loss on the training simulations; the hand-written
+  settings that remain were chosen earlier by C2ST on these observations (docs/method.md).
+- `fmpe@defaults`, `npe@defaults`: the base card's one configuration per budget for every
+  task (`fmpe benchmark --defaults`), chosen by `fmpe sweep defaults` from the tasks'
+  validation losses, never from a reference posterior.
+- `+poet`: the cards' POET variant on top.
+
+A C2ST cell is the mean ± std over its rows (observations × training seeds) with their count;
+with several seeds, also the std of the per-seed means and the number of seeds.
+"""
+
+TABLES = {
+    "Selected: each task's card": lambda label: "@defaults" not in label,
+    "Defaults: one configuration for every task": lambda label: "@defaults" in label,
+}
+"""The report's C2ST tables: a title and which estimator labels go into it."""
+
+
+def c2st_tables(summary: dict[Cell, dict]) -> str:
+    """One C2ST table (`c2st_table`) per entry of TABLES that has rows, each under its title."""
+    parts = []
+    for title, belongs in TABLES.items():
+        mine = {cell: s for cell, s in summary.items() if belongs(cell[2])}
+        if mine:
+            parts.append(f"## {title}\n\n" + c2st_table(mine))
+    return "\n".join(parts)
+
+
+def write_report(results: Path, out_dir: Path, name: str | None = None) -> tuple[Path, Path]:
+    """Writes `<name>_table.md` and `<name>_c2st.png` next to each other in out_dir; the
+    name is the results file's (sbibm.csv: sbibm_table.md) unless given."""
+    name = name or results.stem
     rows = ResultsStore(results).rows()
     if not rows:
         raise ValueError(f"{results} holds no benchmark rows")
@@ -185,7 +241,9 @@ def write_report(results: Path, out_dir: Path, name: str = "sbibm") -> tuple[Pat
     table.write_text(
         f"# fmpe on sbibm\n\nFrom `{results.name}`; published numbers: sbibm's main_paper.csv "
         "(Lueckmann et al., 2021).\n\n"
-        + c2st_table(summary)
+        + COLUMNS
+        + "\n"
+        + c2st_tables(summary)
         + ("\n## Other metrics\n\n" + others if others else "")
         + "\nMachines: "
         + "; ".join(machines)

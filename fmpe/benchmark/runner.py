@@ -34,9 +34,11 @@ def _trainer_kwargs(device: torch.device) -> dict:
     return {"accelerator": "cpu", "devices": 1}
 
 
-def method_label(estimator: str, variant: str | None) -> str:
-    """What the results call an estimator with a card variant: "fmpe", "fmpe+poet"."""
-    return estimator if variant is None else f"{estimator}+{variant}"
+def method_label(estimator: str, variant: str | None, base_only: bool = False) -> str:
+    """What the results call an estimator with a card variant, trained with the task's card
+    or with the base card's one configuration: "fmpe", "fmpe+poet", "fmpe@defaults"."""
+    label = f"{estimator}@defaults" if base_only else estimator
+    return label if variant is None else f"{label}+{variant}"
 
 
 def run_stem(run_dir: Path, task: str, budget: int, label: str, seed: int) -> Path:
@@ -64,9 +66,10 @@ def train_for_task(
     show_progress: bool,
     estimator: str = "fmpe",
     variant: str | None = None,
+    base_only: bool = False,
 ) -> tuple[Posterior, float]:
     """Trains (or reloads a finished) posterior with the task card's hyperparameters (and
-    those of one of its variants, if named).
+    those of one of its variants, if named), or with the base card's alone (`base_only`).
 
     The hyperparameters are recorded beside the posterior; a finished posterior whose record
     differs from what the card now says is refused rather than reused.
@@ -74,12 +77,14 @@ def train_for_task(
     Returns:
         the posterior on `device` and its training seconds (summed over interruptions).
     """
-    label = method_label(estimator, variant)
+    label = method_label(estimator, variant, base_only)
     stem = run_stem(run_dir, task.name, budget, label, seed)
     saved = stem.with_suffix(".fmpe")
     record = stem.with_suffix(".card.json")
     card = load_card(task.name)
-    model_options, train_options = card.hyperparameters(budget, estimator, variant)
+    model_options, train_options = card.hyperparameters(
+        budget, estimator, variant, base_only=base_only
+    )
     hyperparameters = {"model": model_options, "train": train_options}
     run_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(stem.with_suffix(".lock")):
@@ -174,6 +179,7 @@ def run(
     *,
     estimator: str = "fmpe",
     variant: str | None = None,
+    base_only: bool = False,
     seed: int = 0,
     device: str | None = None,
     results: Path,
@@ -182,7 +188,7 @@ def run(
     show_progress: bool = True,
 ) -> list[dict]:
     """Runs every (task, budget, observation) cell of `estimator` (with the card's `variant`,
-    if named) not yet in `results`.
+    if named; with the base card's settings alone if `base_only`) not yet in `results`.
 
     Repeated tasks, budgets or observations count once.
 
@@ -190,7 +196,7 @@ def run(
         the rows of all requested cells, those found in `results` and those added.
     """
     get_estimator(estimator)
-    label = method_label(estimator, variant)
+    label = method_label(estimator, variant, base_only)
     torch_device = resolve_device(device)
     store = ResultsStore(results)
     done = store.completed()
@@ -208,8 +214,9 @@ def run(
             task = get_task(task_name)
             bar.set_postfix_str(f"training {task_name} at {budget}")
             posterior, train_seconds = train_for_task(
-                task, budget, seed, torch_device, run_dir, show_progress, estimator, variant
-            )
+                task, budget, seed, torch_device, run_dir, show_progress, estimator, variant,
+                base_only,
+            )  # fmt: skip
             for cell in (c for c in todo if c[:2] == (task_name, budget)):
                 if cell in store.completed():  # written meanwhile by a concurrent run
                     bar.update(1)

@@ -19,7 +19,11 @@ reads reference samples, observations or C2ST.
 Rows go to a resumable CSV, one per configuration (by default fmpe-benchmark/sweep.csv; the
 committed search is benchmarks/results/sweep.csv), and `write_table` renders it beside the CSV
 as a markdown table; ``--write-card`` writes the chosen configuration into the task's card as
-a generated section that names the CSV and the command.
+a generated ``[fmpe.selected.B]`` section that names the CSV and the command.
+
+`fmpe sweep defaults --budget B` trains nothing: once the ten sbibm tasks are searched at B,
+`choose_defaults` picks one configuration for all of them (per stage, the option with the
+best mean rank over the tasks), and ``--write-card`` writes it into the base card.
 """
 
 import copy
@@ -35,7 +39,7 @@ from fmpe.checks import as_count
 from fmpe.estimators import get_estimator
 from fmpe.simulation import simulate
 from fmpe.tasks import Task, get_task, load_card
-from fmpe.tasks.cards import _merge, card_folder
+from fmpe.tasks.cards import BASE_CARD, _merge, available_cards, card_folder
 from fmpe.training.data import split_indices
 from fmpe.unbounded import support_bounds
 
@@ -153,8 +157,7 @@ def sweep(
     model, train = card.hyperparameters(budget, estimator)
     done = {
         (r["stage"], r["configuration"]): r
-        for r in read_csv(results)
-        if (r["task"], int(r["budget"]), r["estimator"]) == (task_name, budget, estimator)
+        for r in _cell_rows(read_csv(results), task_name, budget, estimator)
     }
     torch.manual_seed(seed)
     theta, x = simulate(task.training_simulate, task.prior, budget, show_progress=show_progress)
@@ -173,6 +176,88 @@ def sweep(
             scored.append((done[key], candidate))
         best = _choose(scored)
     return best
+
+
+def _includes(configuration: dict, change: dict) -> bool:
+    """Whether every value of `change` (nested tables key by key) is in `configuration`."""
+    for key, value in change.items():
+        if isinstance(value, dict):
+            if not _includes(configuration.get(key, {}), value):
+                return False
+        elif key not in configuration or configuration[key] != value:
+            return False
+    return True
+
+
+def sbibm_tasks() -> list[str]:
+    """The tasks whose cards come from sbibm: those the base card's settings serve."""
+    return [name for name in available_cards() if load_card(name).source == "sbibm"]
+
+
+def _cell_rows(rows: list[dict], task: str, budget: int, estimator: str) -> list[dict]:
+    return [
+        r
+        for r in rows
+        if (r["task"], int(r["budget"]), r["estimator"]) == (task, budget, estimator)
+    ]
+
+
+def _complete(mine: list[dict], planned: list[list[Override]]) -> bool:
+    last = [r for r in mine if r["stage"] == str(len(planned) - 1)]
+    return len(last) == len(planned[-1])
+
+
+def choose_defaults(results: Path, budget: int, estimator: str = "fmpe") -> tuple[Override, dict]:
+    """One configuration for every sbibm task at `budget`, from their finished searches.
+
+    Each stage's options are ranked within every task that searched them (by validation loss;
+    by held-out negative log density for the map onto R, which changes the loss's
+    coordinates), and the option with the lowest mean rank is taken (ties: the earlier one).
+
+    Returns:
+        the override of the base card, and per stage the mean rank of each option.
+    """
+    rows = read_csv(results)
+    tasks = {name: get_task(name) for name in sbibm_tasks()}
+    missing = [
+        name
+        for name, task in tasks.items()
+        if not _complete(_cell_rows(rows, name, budget, estimator), stages(estimator, budget, task))
+    ]
+    if missing:
+        raise ValueError(
+            f"the base card's settings need every sbibm task searched at {budget} "
+            f"({estimator}); not finished in {results}: {', '.join(missing)}"
+        )
+    chosen: Override = {}
+    ranks: dict = {}
+    longest = max(len(stages(estimator, budget, task)) for task in tasks.values())
+    for index in range(longest):
+        per_option: dict[str, list[int]] = {}
+        options: dict[str, Override] = {}
+        for name, task in tasks.items():
+            planned = stages(estimator, budget, task)
+            if index >= len(planned):
+                continue
+            scored = [
+                r for r in _cell_rows(rows, name, budget, estimator) if r["stage"] == str(index)
+            ]
+            column = "heldout_nll" if planned[index] == UNBOUNDED_STAGE else "validation_loss"
+            scored.sort(key=lambda r: float(r[column]))
+            for option in planned[index]:
+                label = _name(option)
+                options[label] = option
+                place = next(
+                    k
+                    for k, r in enumerate(scored)
+                    if _includes(json.loads(r["configuration"]), option)
+                )
+                per_option.setdefault(label, []).append(place + 1)
+        mean_ranks = {label: sum(v) / len(v) for label, v in per_option.items()}
+        best = min(mean_ranks, key=mean_ranks.get)  # dicts keep the grid's order for ties
+        chosen = _combined(chosen, options[best])
+        ranks[str(index)] = mean_ranks
+    return chosen, ranks
 
 
 def _choose(scored: list[tuple[dict, Override]]) -> Override:
@@ -228,34 +313,38 @@ END = "# <<< end of generated section"
 
 
 def write_card_section(
-    task: str, budget: int, estimator: str, chosen: Override, results: Path
+    card: str, budget: int, estimator: str, chosen: Override, results: Path
 ) -> Path:
-    """Writes `chosen` into the task's card as the generated section of (estimator, budget),
-    replacing an earlier one; hand-written overrides of that budget must not exist."""
-    path = Path(str(card_folder() / f"{task}.toml"))
-    text = path.read_text()
-    marker = f"{GENERATED} {task} --budget {budget} --estimator {estimator}"
-    lines = text.splitlines()
+    """Writes `chosen` into a card (a task's, or the base card "defaults") as its generated
+    ``[estimator.selected.budget]`` section, replacing an earlier one."""
+    path = Path(str(card_folder() / f"{card}.toml"))
+    previous = path.read_text()
+    marker = f"{GENERATED} {card} --budget {budget} --estimator {estimator}"
+    lines = previous.splitlines()
     if marker in lines:
         start = lines.index(marker)
         end = lines.index(END, start)
         lines = lines[:start] + lines[end + 1 :]
+    how = (
+        "the best mean rank over the sbibm tasks' searches"
+        if card == BASE_CARD
+        else "the lowest validation loss of the search"
+    )
     section = [
         marker,
-        f"# from {results.name}: the lowest validation loss of the search; do not edit by hand.",
-        *_toml_tables(f"{estimator}.budget.{budget}", chosen),
+        f"# from {results.name}: {how}; do not edit by hand.",
+        *_toml_tables(f"{estimator}.selected.{budget}", chosen),
         END,
     ]
-    previous = path.read_text()
-    path.write_text("\n".join([*lines, "", *section]).rstrip() + "\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    path.write_text("\n".join([*lines, "", *section]) + "\n")
     try:
-        load_card(task)
+        for name in available_cards() if card == BASE_CARD else [card]:
+            load_card(name)
     except ValueError as error:
         path.write_text(previous)
-        raise ValueError(
-            f"{path} would not parse with the generated section ({error}); remove its "
-            f"hand-written [{estimator}.budget.{budget}] tables first"
-        ) from None
+        raise ValueError(f"{path} would not parse with the generated section ({error})") from None
     return path
 
 
@@ -283,7 +372,8 @@ def _toml_value(value) -> str:
 def write_table(results: Path) -> Path:
     """Renders the search in `results` as a markdown table beside it (same name, .md): per
     cell, the configurations trained, their training hours, the lowest validation loss and
-    the configuration the search chose (or "incomplete" while stages are missing)."""
+    the configuration the search chose (or "incomplete" while stages are missing); then, per
+    budget and estimator, the base card's one configuration (`choose_defaults`)."""
     rows = read_csv(results)
     cells: dict[tuple[str, int, str], list[dict]] = {}
     for row in rows:
@@ -301,18 +391,44 @@ def write_table(results: Path) -> Path:
     ]
     for (task, budget, estimator), mine in sorted(cells.items()):
         planned = stages(estimator, budget, get_task(task))
-        last = [r for r in mine if r["stage"] == str(len(planned) - 1)]
-        chosen = (
-            _choose([(r, json.loads(r["configuration"])) for r in last])
-            if len(last) == len(planned[-1])
-            else "incomplete"
-        )
+        if _complete(mine, planned):
+            last = [r for r in mine if r["stage"] == str(len(planned) - 1)]
+            chosen = _name(_choose([(r, json.loads(r["configuration"])) for r in last]))
+        else:
+            chosen = "incomplete"
         hours = sum(float(r["train_seconds"]) for r in mine) / 3600
         best = min(float(r["validation_loss"]) for r in mine)
         machines = "; ".join(sorted({r["machine"] for r in mine}))
         lines.append(
             f"| {task} | {budget} | {estimator} | {len(mine)} | {hours:.2f} | {best:.4f} | "
-            f"`{chosen if isinstance(chosen, str) else _name(chosen)}` | {machines} |"
+            f"`{chosen}` | {machines} |"
+        )
+    lines += [
+        "",
+        "## The base card's settings, one per budget for every task",
+        "",
+        "`fmpe sweep defaults --budget B --estimator E`: per stage, the option with the lowest",
+        "mean rank over the sbibm tasks' searches (ranked by validation loss; the map onto R",
+        "by held-out negative log density). Only once all of them are searched at B.",
+        "",
+        "| budget | estimator | tasks searched | chosen | its mean rank per stage |",
+        "|---|---|---|---|---|",
+    ]
+    tasks = sbibm_tasks()
+    for budget, estimator in sorted({(b, e) for _, b, e in cells}):
+        searched = sum(
+            _complete(cells.get((t, budget, estimator), []), stages(estimator, budget, get_task(t)))
+            for t in tasks
+        )
+        if searched < len(tasks):
+            lines.append(
+                f"| {budget} | {estimator} | {searched} of {len(tasks)} | `incomplete` | – |"
+            )
+            continue
+        chosen, ranks = choose_defaults(results, budget, estimator)
+        best = "; ".join(f"stage {k}: {min(v.values()):.1f}" for k, v in ranks.items())
+        lines.append(
+            f"| {budget} | {estimator} | {searched} of {len(tasks)} | `{_name(chosen)}` | {best} |"
         )
     path = results.with_suffix(".md")
     path.write_text("\n".join(lines) + "\n")

@@ -9,13 +9,19 @@ Every card starts from the base card ``defaults.toml`` and overrides only what d
     [fmpe.model.network_options]       # ... of the network builder
     [fmpe.train]                       # training settings of FMPE.train(...)
     [fmpe.budget.1000.model]           # overrides for a simulation budget
+    [fmpe.selected.1000.model]         # the settings `fmpe sweep` selected (generated)
     [fmpe.variants.poet.model]         # overrides of a named variant (e.g. POET layers)
     [npe.model]                        # the same for every registered estimator
 
 For a budget B, the overrides of the largest budget at or below B that either card declares
-apply (none below every declared budget). Tables merge key by key, in the order: base
-defaults, task defaults, base budget overrides, task budget overrides, and, for a variant,
-the base card's and then the task card's overrides of that variant. Every key is checked
+(in `budget` or `selected`) apply, none below every declared budget. Tables merge key by
+key, in the order: base defaults, task defaults, base budget overrides, the base card's
+selected settings of that budget, task budget overrides, the task card's selected settings,
+and, for a variant, the base card's and then the task card's overrides of that variant. The
+`selected` tables are generated: ``fmpe sweep TASK --write-card`` writes a task's choice,
+``fmpe sweep defaults --write-card`` the base card's one choice for every task. Within a
+card they override the hand-written budget tables, which keep the settings the sweep does
+not search. Every key is checked
 against the signature it feeds; an unknown one is an error that names the valid ones.
 
 Installed cards live in the package (``fmpe/task_cards``); in a source checkout they are
@@ -48,12 +54,14 @@ class CardError(ValueError):
 
 @dataclass(frozen=True)
 class EstimatorCard:
-    """One estimator's tables of a card: defaults, per-budget and per-variant overrides."""
+    """One estimator's tables of a card: defaults, per-budget overrides, the per-budget
+    settings a sweep selected, and per-variant overrides."""
 
     model: Table
     train: Table
     budgets: dict[int, dict[str, Table]]
     variants: dict[str, dict[str, Table]]
+    selected: dict[int, dict[str, Table]]
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,9 @@ class TaskCard:
     def budgets(self, estimator: str = "fmpe") -> list[int]:
         """The budgets that either card declares for `estimator`, sorted."""
         parts = [c.get(estimator) for c in (self.base, self.estimators)]
-        return sorted({b for part in parts if part is not None for b in part.budgets})
+        return sorted(
+            {b for part in parts if part is not None for b in (*part.budgets, *part.selected)}
+        )
 
     def variants(self, estimator: str = "fmpe") -> list[str]:
         """The variants that either card declares for `estimator`, sorted."""
@@ -83,25 +93,31 @@ class TaskCard:
         return sorted({v for part in parts if part is not None for v in part.variants})
 
     def hyperparameters(
-        self, budget: int, estimator: str = "fmpe", variant: str | None = None
+        self,
+        budget: int,
+        estimator: str = "fmpe",
+        variant: str | None = None,
+        *,
+        base_only: bool = False,
     ) -> tuple[Table, Table]:
         """``(model kwargs, train settings)`` of `estimator` for a simulation budget, with the
-        overrides of `variant` if one is named."""
+        overrides of `variant` if one is named. With `base_only`, the task card's tables are
+        left out: the one configuration of the base card, the same for every task."""
         if budget < 1:
             raise ValueError(f"the simulation budget must be positive, got {budget}")
-        below = [b for b in self.budgets(estimator) if b <= budget]
+        cards = (self.base,) if base_only else (self.base, self.estimators)
+        layers = [c[estimator] for c in cards if estimator in c]
+        declared = {b for layer in layers for b in (*layer.budgets, *layer.selected)}
+        below = [b for b in declared if b <= budget]
         key = max(below) if below else None
         model: Table = {}
         train: Table = {}
-        layers = [c.get(estimator) for c in (self.base, self.estimators)]
-        layers = [layer for layer in layers if layer is not None]
-        for layer in layers:
-            _merge(model, layer.model)
-            _merge(train, layer.train)
-        for layer in layers:
-            overrides = layer.budgets.get(key, {})
-            _merge(model, overrides.get("model", {}))
-            _merge(train, overrides.get("train", {}))
+        for tables in (
+            *({"model": layer.model, "train": layer.train} for layer in layers),
+            *(part.get(key, {}) for layer in layers for part in (layer.budgets, layer.selected)),
+        ):
+            _merge(model, tables.get("model", {}))
+            _merge(train, tables.get("train", {}))
         if variant is not None:
             if variant not in self.variants(estimator):
                 raise ValueError(
@@ -169,6 +185,10 @@ def load_card(name: str | Path) -> TaskCard:
             for variant in [None, *card.variants(estimator)]:
                 model, train = card.hyperparameters(max(budget, 1), estimator, variant)
                 check_hyperparameters(estimator, model, train, f"{path} [{estimator}]")
+        if estimator in card.base:
+            for budget in [1, *card.budgets(estimator)]:
+                model, train = card.hyperparameters(budget, estimator, base_only=True)
+                check_hyperparameters(estimator, model, train, f"{base_path} [{estimator}]")
     return card
 
 
@@ -204,20 +224,13 @@ def _parse_estimators(data: Table, where: str) -> dict[str, EstimatorCard]:
             continue
         tables = _table(data, estimator, where)
         here = f"{where} [{estimator}]"
-        unknown = set(tables) - {"budget", "variants", *_SECTIONS}
+        unknown = set(tables) - {"budget", "selected", "variants", *_SECTIONS}
         if unknown:
             raise CardError(
-                f"{here}: unknown keys {sorted(unknown)}; expected model, train, budget, variants"
+                f"{here}: unknown keys {sorted(unknown)}; expected model, train, budget, "
+                "selected, variants"
             )
-        budgets: dict[int, dict[str, Table]] = {}
-        for key, overrides in _table(tables, "budget", here).items():
-            if not key.isdigit() or int(key) < 1:
-                raise CardError(f"{here}: budget {key!r} is not a positive integer")
-            if not isinstance(overrides, dict) or set(overrides) - set(_SECTIONS):
-                raise CardError(f"{here}: [budget.{key}] may only hold [model] and [train] tables")
-            budgets[int(key)] = {
-                s: _table(overrides, s, f"{here} [budget.{key}]") for s in overrides
-            }
+        per_budget = {part: _budget_tables(tables, part, here) for part in ("budget", "selected")}
         variants: dict[str, dict[str, Table]] = {}
         for name, overrides in _table(tables, "variants", here).items():
             if not isinstance(overrides, dict) or set(overrides) - set(_SECTIONS):
@@ -228,8 +241,24 @@ def _parse_estimators(data: Table, where: str) -> dict[str, EstimatorCard]:
                 s: _table(overrides, s, f"{here} [variants.{name}]") for s in overrides
             }
         parsed[estimator] = EstimatorCard(
-            _table(tables, "model", here), _table(tables, "train", here), budgets, variants
+            _table(tables, "model", here),
+            _table(tables, "train", here),
+            per_budget["budget"],
+            variants,
+            per_budget["selected"],
         )
+    return parsed
+
+
+def _budget_tables(tables: Table, part: str, here: str) -> dict[int, dict[str, Table]]:
+    """The [part.B] tables of an estimator ("budget" or "selected"), by budget B."""
+    parsed: dict[int, dict[str, Table]] = {}
+    for key, overrides in _table(tables, part, here).items():
+        if not key.isdigit() or int(key) < 1:
+            raise CardError(f"{here}: {part} {key!r} is not a positive integer budget")
+        if not isinstance(overrides, dict) or set(overrides) - set(_SECTIONS):
+            raise CardError(f"{here}: [{part}.{key}] may only hold [model] and [train] tables")
+        parsed[int(key)] = {s: _table(overrides, s, f"{here} [{part}.{key}]") for s in overrides}
     return parsed
 
 
