@@ -403,7 +403,11 @@ def write_table(results: Path) -> Path:
             f"| {task} | {budget} | {estimator} | {len(mine)} | {hours:.2f} | {best:.4f} | "
             f"`{chosen}` | {machines} |"
         )
+    total = sum(float(r["train_seconds"]) for r in rows) / 3600
     lines += [
+        "",
+        f"In all: {len(rows)} configurations, {total:.2f} training hours (simulating the",
+        "training sets and the held-out densities are not timed).",
         "",
         "## The base card's settings, one per budget for every task",
         "",
