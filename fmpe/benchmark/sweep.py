@@ -218,11 +218,11 @@ def choose_defaults(results: Path, budget: int, estimator: str = "fmpe") -> tupl
         the override of the base card, and per stage the mean rank of each option.
     """
     rows = read_csv(results)
-    tasks = {name: get_task(name) for name in sbibm_tasks()}
+    plans = {name: stages(estimator, budget, get_task(name)) for name in sbibm_tasks()}
     missing = [
         name
-        for name, task in tasks.items()
-        if not _complete(_cell_rows(rows, name, budget, estimator), stages(estimator, budget, task))
+        for name, planned in plans.items()
+        if not _complete(_cell_rows(rows, name, budget, estimator), planned)
     ]
     if missing:
         raise ValueError(
@@ -231,12 +231,10 @@ def choose_defaults(results: Path, budget: int, estimator: str = "fmpe") -> tupl
         )
     chosen: Override = {}
     ranks: dict = {}
-    longest = max(len(stages(estimator, budget, task)) for task in tasks.values())
-    for index in range(longest):
+    for index in range(max(len(planned) for planned in plans.values())):
         per_option: dict[str, list[int]] = {}
         options: dict[str, Override] = {}
-        for name, task in tasks.items():
-            planned = stages(estimator, budget, task)
+        for name, planned in plans.items():
             if index >= len(planned):
                 continue
             scored = [
@@ -389,8 +387,9 @@ def write_table(results: Path) -> Path:
         "| chosen | machine |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    tasks = {name: get_task(name) for name in {*sbibm_tasks(), *(t for t, _, _ in cells)}}
     for (task, budget, estimator), mine in sorted(cells.items()):
-        planned = stages(estimator, budget, get_task(task))
+        planned = stages(estimator, budget, tasks[task])
         if _complete(mine, planned):
             last = [r for r in mine if r["stage"] == str(len(planned) - 1)]
             chosen = _name(_choose([(r, json.loads(r["configuration"])) for r in last]))
@@ -418,21 +417,21 @@ def write_table(results: Path) -> Path:
         "| budget | estimator | tasks searched | chosen | its mean rank per stage |",
         "|---|---|---|---|---|",
     ]
-    tasks = sbibm_tasks()
+    names = sbibm_tasks()
     for budget, estimator in sorted({(b, e) for _, b, e in cells}):
         searched = sum(
-            _complete(cells.get((t, budget, estimator), []), stages(estimator, budget, get_task(t)))
-            for t in tasks
+            _complete(cells.get((t, budget, estimator), []), stages(estimator, budget, tasks[t]))
+            for t in names
         )
-        if searched < len(tasks):
+        if searched < len(names):
             lines.append(
-                f"| {budget} | {estimator} | {searched} of {len(tasks)} | `incomplete` | – |"
+                f"| {budget} | {estimator} | {searched} of {len(names)} | `incomplete` | – |"
             )
             continue
         chosen, ranks = choose_defaults(results, budget, estimator)
         best = "; ".join(f"stage {k}: {min(v.values()):.1f}" for k, v in ranks.items())
         lines.append(
-            f"| {budget} | {estimator} | {searched} of {len(tasks)} | `{_name(chosen)}` | {best} |"
+            f"| {budget} | {estimator} | {searched} of {len(names)} | `{_name(chosen)}` | {best} |"
         )
     path = results.with_suffix(".md")
     path.write_text("\n".join(lines) + "\n")
