@@ -200,6 +200,13 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seed", type=int, default=0)
     sweep.add_argument("--results", type=Path, default=SWEEP, help="the CSV of the search")
     sweep.add_argument("--write-card", action="store_true", help="write the choice into the card")
+    sweep.add_argument(
+        "--from-budget",
+        type=positive_int,
+        metavar="S",
+        help="train nothing: take the finished search at budget S as the choice for --budget "
+        "(for budgets too costly to search here)",
+    )
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
 
     report = commands.add_parser("report", help="markdown tables and a figure of the results")
@@ -406,7 +413,13 @@ def _diagnose(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
-    from fmpe.benchmark.sweep import choose_defaults, sweep, write_card_section, write_table
+    from fmpe.benchmark.sweep import (
+        choose_defaults,
+        search_choice,
+        sweep,
+        write_card_section,
+        write_table,
+    )
     from fmpe.estimators import get_estimator
     from fmpe.tasks import available_tasks
     from fmpe.tasks.cards import BASE_CARD
@@ -418,8 +431,16 @@ def _sweep(args: argparse.Namespace) -> None:
         )
     get_estimator(args.estimator)
     _writable_file(args.results, "--results")
+    if args.from_budget is not None and args.from_budget > args.budget:
+        raise ValueError(
+            f"--from-budget carries a choice upwards: expected at most --budget "
+            f"{args.budget}, got {args.from_budget}"
+        )
+    searched_at = args.from_budget or args.budget
     if args.task == BASE_CARD:
-        chosen, _ = choose_defaults(args.results, args.budget, args.estimator)
+        chosen, _ = choose_defaults(args.results, searched_at, args.estimator)
+    elif args.from_budget is not None:
+        chosen = search_choice(args.results, args.task, searched_at, args.estimator)
     else:
         chosen = sweep(
             args.task,
@@ -432,7 +453,9 @@ def _sweep(args: argparse.Namespace) -> None:
     print(f"chosen for {args.task} at {args.budget} ({args.estimator}): {chosen}")
     print(f"wrote {write_table(args.results)}")
     if args.write_card:
-        path = write_card_section(args.task, args.budget, args.estimator, chosen, args.results)
+        path = write_card_section(
+            args.task, args.budget, args.estimator, chosen, args.results, searched_at
+        )
         print(f"wrote the generated section into {path}")
 
 

@@ -197,6 +197,11 @@ def test_train_sample_and_diagnose(tmp_path, capsys):
         (["sample", "p.fmpe", "--x", "x.npy", "--observation", "1", "-o", "s.npy"], "not allowed"),
         (["diagnose", "missing.fmpe"], "no posterior file at missing.fmpe"),
         (["report", "--results", "missing.csv"], "no results file at missing.csv"),
+        (["sweep", "slcp", "--budget", "1000", "--from-budget", "10000"], "carries a choice up"),
+        (
+            ["sweep", "slcp", "--budget", "10000", "--from-budget", "1000", "--results", "no.csv"],
+            "the search of slcp at 1000 (fmpe) is not finished in no.csv",
+        ),
     ],
 )
 def test_bad_user_commands_end_in_one_line(arguments, message, capsys):

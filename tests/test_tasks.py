@@ -304,9 +304,9 @@ def test_every_task_has_a_card():
         assert (routes["theta_route"], routes["x_route"]) == ("gate", "main")
 
 
-def _write_card(folder, name, body):
+def _write_card(folder, name, body, source="test"):
     (folder / f"{name}.toml").write_text(
-        f'name = "{name}"\nsource = "test"\ndescription = "a test card"\n' + body
+        f'name = "{name}"\nsource = "{source}"\ndescription = "a test card"\n' + body
     )
 
 
@@ -425,6 +425,7 @@ learning_rate = 2e-3
 [fmpe.selected.1000.train]
 learning_rate = 5e-4
 """,
+        source="sbibm",
     )
     card = load_card("toy")
     model, train = card.hyperparameters(1000)
@@ -436,6 +437,14 @@ learning_rate = 5e-4
         {"batch_size": 64, "max_epochs": 500},
     )
     assert card.hyperparameters(999, base_only=True) == ({}, {"batch_size": 256})
+    # Where a sweep starts: the hand-written tables alone.
+    assert card.hyperparameters(1000, selected=False) == (
+        {"time_prior_exponent": 4.0},
+        {"batch_size": 256, "max_epochs": 500, "learning_rate": 2e-3},
+    )
+    # The base card's selection was chosen over the sbibm tasks: another task keeps its own.
+    _write_card(card_folder, "other", "")
+    assert load_card("other").hyperparameters(1000) == ({}, {"batch_size": 256, "max_epochs": 500})
     # A budget declared only by a selected table still ends the overrides below it.
     _write_card(card_folder, "toy", "[fmpe.selected.5000.train]\nlearning_rate = 1e-4\n")
     card = load_card("toy")

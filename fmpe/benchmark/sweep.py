@@ -24,6 +24,10 @@ a generated ``[fmpe.selected.B]`` section that names the CSV and the command.
 `fmpe sweep defaults --budget B` trains nothing: once the ten sbibm tasks are searched at B,
 `choose_defaults` picks one configuration for all of them (per stage, the option with the
 best mean rank over the tasks), and ``--write-card`` writes it into the base card.
+
+``--from-budget S`` trains nothing either: it takes the finished search at S as the choice
+for a larger budget that costs too much to search here (`search_choice`); the generated
+section says so.
 """
 
 import copy
@@ -39,7 +43,7 @@ from fmpe.checks import as_count
 from fmpe.estimators import get_estimator
 from fmpe.simulation import simulate
 from fmpe.tasks import Task, get_task, load_card
-from fmpe.tasks.cards import BASE_CARD, _merge, available_cards, card_folder
+from fmpe.tasks.cards import BASE_CARD, SWEPT_SOURCE, _merge, available_cards, card_folder
 from fmpe.training.data import split_indices
 from fmpe.unbounded import support_bounds
 
@@ -154,7 +158,7 @@ def sweep(
     task = get_task(task_name)
     card = load_card(task_name)
     cls = get_estimator(estimator)
-    model, train = card.hyperparameters(budget, estimator)
+    model, train = card.hyperparameters(budget, estimator, selected=False)
     done = {
         (r["stage"], r["configuration"]): r
         for r in _cell_rows(read_csv(results), task_name, budget, estimator)
@@ -191,7 +195,7 @@ def _includes(configuration: dict, change: dict) -> bool:
 
 def sbibm_tasks() -> list[str]:
     """The tasks whose cards come from sbibm: those the base card's settings serve."""
-    return [name for name in available_cards() if load_card(name).source == "sbibm"]
+    return [name for name in available_cards() if load_card(name).source == SWEPT_SOURCE]
 
 
 def _cell_rows(rows: list[dict], task: str, budget: int, estimator: str) -> list[dict]:
@@ -205,6 +209,27 @@ def _cell_rows(rows: list[dict], task: str, budget: int, estimator: str) -> list
 def _complete(mine: list[dict], planned: list[list[Override]]) -> bool:
     last = [r for r in mine if r["stage"] == str(len(planned) - 1)]
     return len(last) == len(planned[-1])
+
+
+def _finished_choice(mine: list[dict], planned: list[list[Override]]) -> Override | None:
+    """The choice of a search's rows `mine`, or None while stages of `planned` are missing."""
+    if not _complete(mine, planned):
+        return None
+    last = [r for r in mine if r["stage"] == str(len(planned) - 1)]
+    return _choose([(r, json.loads(r["configuration"])) for r in last])
+
+
+def search_choice(results: Path, task_name: str, budget: int, estimator: str = "fmpe") -> Override:
+    """The configuration that the finished search of (task, budget, estimator) in `results`
+    chose, read without training; for carrying it to a budget too costly to search."""
+    mine = _cell_rows(read_csv(results), task_name, budget, estimator)
+    chosen = _finished_choice(mine, stages(estimator, budget, get_task(task_name)))
+    if chosen is None:
+        raise ValueError(
+            f"the search of {task_name} at {budget} ({estimator}) is not finished in {results}; "
+            f"run fmpe sweep {task_name} --budget {budget} --estimator {estimator} first"
+        )
+    return chosen
 
 
 def choose_defaults(results: Path, budget: int, estimator: str = "fmpe") -> tuple[Override, dict]:
@@ -311,16 +336,24 @@ END = "# <<< end of generated section"
 
 
 def write_card_section(
-    card: str, budget: int, estimator: str, chosen: Override, results: Path
+    card: str,
+    budget: int,
+    estimator: str,
+    chosen: Override,
+    results: Path,
+    searched_at: int | None = None,
 ) -> Path:
     """Writes `chosen` into a card (a task's, or the base card "defaults") as its generated
-    ``[estimator.selected.budget]`` section, replacing an earlier one."""
+    ``[estimator.selected.budget]`` section, replacing an earlier one. `searched_at` names the
+    budget whose search chose it when that is not `budget` (a choice carried upwards)."""
     path = Path(str(card_folder() / f"{card}.toml"))
     previous = path.read_text()
     marker = f"{GENERATED} {card} --budget {budget} --estimator {estimator}"
     lines = previous.splitlines()
-    if marker in lines:
-        start = lines.index(marker)
+    start = next(
+        (k for k, line in enumerate(lines) if line.split(" --from-budget")[0] == marker), None
+    )
+    if start is not None:
         end = lines.index(END, start)
         lines = lines[:start] + lines[end + 1 :]
     how = (
@@ -328,6 +361,9 @@ def write_card_section(
         if card == BASE_CARD
         else "the lowest validation loss of the search"
     )
+    if searched_at is not None and searched_at != budget:
+        marker += f" --from-budget {searched_at}"
+        how += f" at {searched_at}, carried to {budget}, which is not searched"
     section = [
         marker,
         f"# from {results.name}: {how}; do not edit by hand.",
@@ -389,12 +425,8 @@ def write_table(results: Path) -> Path:
     ]
     tasks = {name: get_task(name) for name in {*sbibm_tasks(), *(t for t, _, _ in cells)}}
     for (task, budget, estimator), mine in sorted(cells.items()):
-        planned = stages(estimator, budget, tasks[task])
-        if _complete(mine, planned):
-            last = [r for r in mine if r["stage"] == str(len(planned) - 1)]
-            chosen = _name(_choose([(r, json.loads(r["configuration"])) for r in last]))
-        else:
-            chosen = "incomplete"
+        choice = _finished_choice(mine, stages(estimator, budget, tasks[task]))
+        chosen = "incomplete" if choice is None else _name(choice)
         hours = sum(float(r["train_seconds"]) for r in mine) / 3600
         best = min(float(r["validation_loss"]) for r in mine)
         machines = "; ".join(sorted({r["machine"] for r in mine}))

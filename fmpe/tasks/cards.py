@@ -19,9 +19,10 @@ key, in the order: base defaults, task defaults, base budget overrides, the base
 selected settings of that budget, task budget overrides, the task card's selected settings,
 and, for a variant, the base card's and then the task card's overrides of that variant. The
 `selected` tables are generated: ``fmpe sweep TASK --write-card`` writes a task's choice,
-``fmpe sweep defaults --write-card`` the base card's one choice for every task. Within a
-card they override the hand-written budget tables, which keep the settings the sweep does
-not search. Every key is checked
+``fmpe sweep defaults --write-card`` the base card's one choice for every sbibm task (the
+base card's selected tables apply to those tasks only). Within a card they override the
+hand-written budget tables, which keep the settings the sweep does not search. Every key is
+checked
 against the signature it feeds; an unknown one is an error that names the valid ones.
 
 Installed cards live in the package (``fmpe/task_cards``); in a source checkout they are
@@ -45,6 +46,9 @@ import tomllib
 Table = dict[str, Any]
 
 BASE_CARD = "defaults"
+SWEPT_SOURCE = "sbibm"
+"""The source of the tasks whose searches the base card's selected settings are chosen from;
+they apply to those tasks alone (another task, e.g. gw, keeps its own card's settings)."""
 _SECTIONS = ("model", "train")
 
 
@@ -99,10 +103,14 @@ class TaskCard:
         variant: str | None = None,
         *,
         base_only: bool = False,
+        selected: bool = True,
     ) -> tuple[Table, Table]:
         """``(model kwargs, train settings)`` of `estimator` for a simulation budget, with the
         overrides of `variant` if one is named. With `base_only`, the task card's tables are
-        left out: the one configuration of the base card, the same for every task."""
+        left out: the one configuration of the base card, the same for every task. With
+        ``selected=False``, the generated ``selected`` sections are left out: the hand-written
+        settings that `fmpe sweep` starts its search from, so that a search never starts from
+        its own earlier choice."""
         if budget < 1:
             raise ValueError(f"the simulation budget must be positive, got {budget}")
         cards = (self.base,) if base_only else (self.base, self.estimators)
@@ -114,7 +122,12 @@ class TaskCard:
         train: Table = {}
         for tables in (
             *({"model": layer.model, "train": layer.train} for layer in layers),
-            *(part.get(key, {}) for layer in layers for part in (layer.budgets, layer.selected)),
+            *(
+                part.get(key, {})
+                for layer in layers
+                for part in (layer.budgets, layer.selected)
+                if part is layer.budgets or self._applies(layer, selected)
+            ),
         ):
             _merge(model, tables.get("model", {}))
             _merge(train, tables.get("train", {}))
@@ -129,6 +142,12 @@ class TaskCard:
                 _merge(model, overrides.get("model", {}))
                 _merge(train, overrides.get("train", {}))
         return copy.deepcopy(model), copy.deepcopy(train)
+
+    def _applies(self, layer: EstimatorCard, selected: bool) -> bool:
+        """Whether `layer`'s selected sections take part: the base card's only for the tasks
+        they were chosen over (`SWEPT_SOURCE`)."""
+        is_base = any(layer is part for part in self.base.values())
+        return selected and (not is_base or self.source == SWEPT_SOURCE)
 
 
 def _merge(into: Table, table: Table) -> None:
