@@ -178,7 +178,7 @@ def test_a_finished_search_is_carried_to_a_larger_budget(tmp_path, tiny_grid, mo
     # A search at the budget itself replaces the carried choice.
     sweep_module.write_card_section("gaussian_linear", 3000, "fmpe", {"train": {}}, results)
     text = (folder / "gaussian_linear.toml").read_text()
-    assert text.count(marker) == 1 and "--from-budget" not in text
+    assert text.count(marker) == 1 and f"{marker} --from-budget" not in text
 
 
 def test_a_search_starts_from_the_hand_written_settings(tmp_path, tiny_grid, monkeypatch):
