@@ -126,7 +126,7 @@ class TaskCard:
                 part.get(key, {})
                 for layer in layers
                 for part in (layer.budgets, layer.selected)
-                if part is layer.budgets or self._applies(layer, selected)
+                if part is layer.budgets or self._selections_apply(layer, estimator, selected)
             ),
         ):
             _merge(model, tables.get("model", {}))
@@ -143,11 +143,11 @@ class TaskCard:
                 _merge(train, overrides.get("train", {}))
         return copy.deepcopy(model), copy.deepcopy(train)
 
-    def _applies(self, layer: EstimatorCard, selected: bool) -> bool:
+    def _selections_apply(self, layer: EstimatorCard, estimator: str, selected: bool) -> bool:
         """Whether `layer`'s selected sections take part: the base card's only for the tasks
         they were chosen over (`SWEPT_SOURCE`)."""
-        is_base = any(layer is part for part in self.base.values())
-        return selected and (not is_base or self.source == SWEPT_SOURCE)
+        from_base = layer is self.base.get(estimator)
+        return selected and (not from_base or self.source == SWEPT_SOURCE)
 
 
 def _merge(into: Table, table: Table) -> None:
