@@ -6,7 +6,7 @@ simulations, a million samples, and as much of the sbibm table as fits.
 
 Sections, in order (each is skipped, with a row saying so, when too little time is left):
 
-1. The training step of the default network (4 × 64, batch 512, AdamW, clipping at 1.0) on
+1. The training step of the default velocity network (batch 512, AdamW, clipping at 1.0) on
    two_moons data held on the device: eager, torch.compile, torch.compile in
    "reduce-overhead" mode, and the whole step (batch draw, loss, backward, clipping,
    optimizer) captured once as a CUDA graph and replayed, with eager and with compiled
@@ -182,7 +182,7 @@ def as_graph(step: Callable, device: torch.device, warmup: int = 5) -> Callable:
 
 
 def bench_training_steps(report: Report, device: torch.device, smoke: bool) -> None:
-    section = "training step (4 × 64, batch 512)"
+    section = "training step (default network, batch 512)"
     clock = Clock(device)
     task = get_task("two_moons")
     torch.manual_seed(0)

@@ -19,9 +19,9 @@ def test_the_gpu_script_runs_every_section_in_smoke_mode(tmp_path):
     by_setting = {(r["section"], r["setting"]): r for r in rows}
     failed = [r for r in rows if r["detail"].startswith("failed")]
     assert not failed, failed
-    eager = by_setting[("training step (4 × 64, batch 512)", "eager")]
+    eager = by_setting[("training step (default network, batch 512)", "eager")]
     assert float(eager["value"]) > 0 and eager["unit"] == "ms"
-    assert by_setting[("training step (4 × 64, batch 512)", "CUDA graph")]["detail"] == (
+    assert by_setting[("training step (default network, batch 512)", "CUDA graph")]["detail"] == (
         "skipped: needs CUDA"
     )
     trained = by_setting[("two_moons, FMPE.train", "1000 simulations, defaults")]

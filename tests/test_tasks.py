@@ -200,7 +200,9 @@ def test_solver_matches_the_closed_form_and_marks_failures_nan():
 @needs_sbibm
 @pytest.mark.parametrize("name", ["bernoulli_glm", "bernoulli_glm_raw"])
 def test_batched_bernoulli_glm_is_sbibms_simulator(name):
-    """Same seed, same spikes as sbibm's row-by-row loop; the shipped data replay exactly."""
+    """Same seed, same spikes as sbibm's row-by-row loop; the shipped data replay. The
+    spike-triggered averages are float32 sums taken in another order (batched), equal to
+    rounding, which differs between CPUs."""
     from fmpe.tasks.sbibm import SbibmTask
     from fmpe.tasks.shipped import observation_seed, sbibm_files
 
@@ -210,14 +212,18 @@ def test_batched_bernoulli_glm_is_sbibms_simulator(name):
     torch.manual_seed(1)
     x = ours.simulate(theta)
     torch.manual_seed(1)
-    assert torch.equal(x, theirs.simulate(theta))
+    expected = theirs.simulate(theta)
+    assert torch.equal(x[:, 0], expected[:, 0])  # spike counts (all 100 bins for the raw task)
+    torch.testing.assert_close(x, expected, rtol=1e-6, atol=1e-5)
 
     files = sbibm_files("bernoulli_glm")
     for i in (1, 10):
         torch.manual_seed(observation_seed(files, i))
         theta = ours.prior.sample((1,))
         torch.testing.assert_close(theta[0], ours.true_parameters(i))
-        assert torch.equal(ours.simulate(theta)[0], ours.observation(i))
+        torch.testing.assert_close(
+            ours.simulate(theta)[0], ours.observation(i), rtol=1e-6, atol=1e-5
+        )
 
 
 @needs_sbibm

@@ -30,9 +30,10 @@ class FMPE(Estimator):
             given to `fmpe.register_coupling`; see `fmpe.coupling`.
 
     The others are those of `Estimator`; the default network is "residual"
-    (`fmpe.networks.VelocityNetwork`), and `map_to_unbounded` is off by default: on sbibm's
-    box priors it raised C2ST at 1e4 simulations (two_moons 0.541 to 0.566); on log-normal
-    priors it helped (docs/method.md).
+    (`fmpe.networks.VelocityNetwork`). The defaults of the network, α, `map_to_unbounded`
+    (off) and the batch and learning rate of `train` are the configuration that
+    `fmpe sweep defaults --budget 10000` chose by validation loss over the ten sbibm tasks
+    (tasks/defaults.toml, `[fmpe.selected.10000]`; docs/method.md); σ_min is the paper's.
     """
 
     default_network = "residual"
@@ -47,7 +48,7 @@ class FMPE(Estimator):
         network_options: dict[str, Any] | None = None,
         embedding_net: nn.Module | str | dict | None = None,
         sigma_min: float = 1e-4,
-        time_prior_exponent: float = 4.0,
+        time_prior_exponent: float = 0.0,
         map_to_unbounded: bool = False,
         solver: SolverSettings | None = None,
         coupling: str = "independent",

@@ -123,7 +123,8 @@ class VelocityNetwork(nn.Module):
     Args:
         theta_dim: d, the number of parameters.
         x_shape: shape of one (standardized) observation.
-        hidden_widths: one residual block per entry.
+        hidden_widths: one residual block per entry; the default is the sweep's one
+            configuration at 1e4 simulations (tasks/defaults.toml, `[fmpe.selected.10000]`).
         embedding_net: maps x (n, *x_shape) to (n, k); None flattens x.
         linear: builds every linear layer: a factory `linear(in_features, out_features)`,
             or the name of a registered one ("linear", "poet") or {"name": ..., **options}.
@@ -133,7 +134,7 @@ class VelocityNetwork(nn.Module):
         self,
         theta_dim: int,
         x_shape: Sequence[int],
-        hidden_widths: Sequence[int] = (64, 64, 64, 64),
+        hidden_widths: Sequence[int] = (64, 128, 256, 128, 64),
         theta_route: Route = "main",
         x_route: Route = "main",
         embedding_net: nn.Module | None = None,

@@ -174,7 +174,7 @@ class SolverSettings:
             random projections, for high-dimensional θ).
         time_grid: "uniform", or "late": the solver steps evenly in s with
             t = 1 - (1 - s)², so that equal steps crowd towards t = 1, where the field curves
-            most (the α = 4 time prior trains mostly there); meant for the fixed-step
+            most (time priors with α > 0 train mostly there); meant for the fixed-step
             methods, measured in benchmarks/solvers.py.
     """
 
