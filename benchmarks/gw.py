@@ -4,6 +4,7 @@
     uv run python benchmarks/gw.py --smoke            # every step at a tiny scale (< 1 min)
     uv run python benchmarks/gw.py --score-only       # steps 1 and 5 only: training, scores,
                                                       # P–P and efficiency figures, summary
+    uv run python benchmarks/gw.py --stop-after 2h    # stop between units; print how to go on
 
 Both estimators train with the `gw` card's hyperparameters on the same waveforms (the same
 budget, seed and epochs); every step is resumable, and a finished one is skipped when the
@@ -21,11 +22,17 @@ script runs again:
    parameter (gw_dynesty.csv);
 5. figures (gw_pp.png, gw_corner.png, gw_is_efficiency.png) and the summary gw_summary.md.
 
-Every row names the machine it was measured on.
+Every row names the machine it was measured on. With --stop-after, a run finishes the unit in
+progress (an estimator's training and scoring, one injection's reference, JSDs or dynesty
+check), starts none that is not expected to fit (by the durations recorded so far), skips the
+steps that need what it left undone, and prints the command that continues it.
 """
 
 import argparse
 import math
+import shlex
+import statistics
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,8 +53,11 @@ from fmpe.benchmark import (
     timestamp,
     train_for_task,
 )
+from fmpe.benchmark.deadline import Deadline, median_gap_seconds
+from fmpe.cli import duration
 from fmpe.diagnostics import ImportanceResult, defensive_importance_sample, ks_uniform
 from fmpe.plot import pairplot, pp_plot
+from fmpe.posteriors import Posterior
 from fmpe.tasks import get_task
 from fmpe.tasks.gw import PARAMETER_LABELS, GWTask
 
@@ -107,6 +117,12 @@ def load_reference(path: Path) -> ImportanceResult:
     return ImportanceResult(tensors["theta"], tensors["log_weights"])
 
 
+def recorded_seconds(path: Path) -> float | None:
+    """The median `seconds` of a step's rows (one unit each); None without rows."""
+    rows = read_csv(path)
+    return statistics.median(float(r["seconds"]) for r in rows) if rows else None
+
+
 # ----- step 2: reference posteriors ------------------------------------------------------
 
 
@@ -143,7 +159,10 @@ def reference_posterior(
     return result, time.perf_counter() - start
 
 
-def run_references(task, posteriors, args, scale, machine) -> dict[int, ImportanceResult]:
+def run_references(
+    task, posteriors, args, scale, machine, deadline: Deadline
+) -> dict[int, ImportanceResult]:
+    """The reference posteriors, computed or loaded; one injection per unit of `deadline`."""
     path = args.out / "gw_reference.csv"
     done = {int(r["injection"]) for r in read_csv(path)}
     references = {}
@@ -151,6 +170,8 @@ def run_references(task, posteriors, args, scale, machine) -> dict[int, Importan
         saved = reference_path(args.runs, scale, args.seed, i)
         if i in done and saved.exists():
             references[i] = load_reference(saved)
+            continue
+        if not deadline.allows(f"reference {i}", recorded_seconds(path)):
             continue
         torch.manual_seed(args.seed + i)
         result, seconds = reference_posterior(task, posteriors, i, scale, not args.quiet)
@@ -242,10 +263,19 @@ def jsd_row(task: GWTask, samples, sample_weights, reference, reference_weights)
     return row
 
 
-def run_jsd(task, posteriors, references, args, scale, machine) -> None:
+def run_jsd(task, posteriors, references, args, scale, machine, deadline: Deadline) -> None:
+    """The JSDs of each reference not yet in gw_jsd.csv; one injection per unit of `deadline`
+    (expected: the median gap between the injections' finished rows)."""
     path = args.out / "gw_jsd.csv"
-    done = {(int(r["injection"]), r["estimator"]) for r in read_csv(path)}
+    recorded = read_csv(path)
+    done = {(int(r["injection"]), r["estimator"]) for r in recorded}
+    expected = median_gap_seconds(
+        r["finished_at"] for r in recorded if r["estimator"] == "reference_halves"
+    )
     for i, reference in references.items():
+        names = (*posteriors, "reference_halves")
+        if all((i, name) in done for name in names) or not deadline.allows(f"JSD {i}", expected):
+            continue
         theta, weights = reference.theta.double().numpy(), reference.weights.numpy()
         x = task.observation(i).to(posteriors["fmpe"].device)
         rows = {}
@@ -287,13 +317,14 @@ class DynestyProblem:
             return float(self.task.log_likelihood(torch.from_numpy(theta)[None], self.x)[0])
 
 
-def run_dynesty_checks(task, references, args, scale, machine) -> None:
+def run_dynesty_checks(task, references, args, scale, machine, deadline: Deadline) -> None:
+    """dynesty on the first references not yet in gw_dynesty.csv; one per unit of `deadline`."""
     import dynesty
 
     path = args.out / "gw_dynesty.csv"
     done = {int(r["injection"]) for r in read_csv(path)}
-    for i in range(1, min(scale.dynesty_injections, len(references)) + 1):
-        if i in done:
+    for i in sorted(references)[: scale.dynesty_injections]:
+        if i in done or not deadline.allows(f"dynesty {i}", recorded_seconds(path)):
             continue
         problem = DynestyProblem(task, i)
         sampler = dynesty.NestedSampler(
@@ -531,7 +562,46 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
 # ----- the run ---------------------------------------------------------------------------
 
 
-def main() -> None:
+def train_and_score(task, name: str, args, scale, device, deadline: Deadline) -> Posterior | None:
+    """Step 1 for one estimator (`fmpe.benchmark.run`, one unit of `deadline`): its posterior,
+    or None if the deadline left it undone."""
+    refused = len(deadline.left)
+    run(
+        ["gw"],
+        [scale.budget],
+        range(1, scale.injections + 1),
+        estimator=name,
+        seed=args.seed,
+        device=args.device,
+        results=args.out / "gw_injections.csv",
+        run_dir=args.runs,
+        num_samples=scale.samples,
+        show_progress=not args.quiet,
+        deadline=deadline,
+    )
+    if len(deadline.left) > refused:
+        return None
+    posterior, _ = train_for_task(task, scale.budget, args.seed, device, args.runs, False, name)
+    return posterior
+
+
+def analyse(task, posteriors, args, scale, machine, command: str, deadline: Deadline) -> None:
+    """Steps 2-5 (2-4 unless --score-only), with both estimators' posteriors."""
+    references = {}
+    if not args.score_only:
+        references = run_references(task, list(posteriors.values()), args, scale, machine, deadline)
+        run_jsd(task, posteriors, references, args, scale, machine, deadline)
+        run_dynesty_checks(task, references, args, scale, machine, deadline)
+    rows = injection_rows(args, scale)
+    plot_pp(task, rows, args.out / "gw_pp.png")
+    plot_efficiency(rows, args.out / "gw_is_efficiency.png")
+    if 1 in references:
+        corner = args.out / "gw_corner.png"
+        plot_corner(task, posteriors, references[1], 1, scale, args.seed, corner)
+    write_summary(task, posteriors, rows, args, scale, machine, command)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="every step at a tiny scale")
     parser.add_argument("--budget", type=int, help=f"waveforms (default {Scale.budget})")
@@ -549,7 +619,15 @@ def main() -> None:
         help="train and score, then the P–P and efficiency figures and the summary: no "
         "reference posteriors, JSDs, dynesty or corner plot (the costly steps)",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--stop-after",
+        type=duration,
+        metavar="DURATION",
+        help="e.g. 90m or 2h: finish the unit in progress, start none that is not expected to "
+        "fit, and print the command that continues",
+    )
+    args = parser.parse_args(argv)
+    deadline = Deadline.after(args.stop_after)
     scale = SMOKE if args.smoke else Scale()
     overrides = {k: getattr(args, k) for k in ("budget", "injections", "samples")}
     scale = replace(scale, **{k: v for k, v in overrides.items() if v is not None})
@@ -570,36 +648,13 @@ def main() -> None:
     if scale.injections > task.num_observations:
         raise SystemExit(f"the gw task has {task.num_observations} injections")
 
-    posteriors = {}
-    for name in ESTIMATORS:
-        run(
-            ["gw"],
-            [scale.budget],
-            range(1, scale.injections + 1),
-            estimator=name,
-            seed=args.seed,
-            device=args.device,
-            results=args.out / "gw_injections.csv",
-            run_dir=args.runs,
-            num_samples=scale.samples,
-            show_progress=not args.quiet,
-        )
-        posteriors[name], _ = train_for_task(
-            task, scale.budget, args.seed, device, args.runs, False, name
-        )
-    if not args.score_only:
-        references = run_references(task, list(posteriors.values()), args, scale, machine)
-        run_jsd(task, posteriors, references, args, scale, machine)
-        run_dynesty_checks(task, references, args, scale, machine)
-
-    rows = injection_rows(args, scale)
-    plot_pp(task, rows, args.out / "gw_pp.png")
-    plot_efficiency(rows, args.out / "gw_is_efficiency.png")
-    if not args.score_only:
-        corner = args.out / "gw_corner.png"
-        plot_corner(task, posteriors, references[1], 1, scale, args.seed, corner)
-    write_summary(task, posteriors, rows, args, scale, machine, command)
+    posteriors = {n: train_and_score(task, n, args, scale, device, deadline) for n in ESTIMATORS}
+    if None not in posteriors.values():
+        analyse(task, posteriors, args, scale, machine, command, deadline)
     print(f"results in {args.out}")
+    if deadline.left:
+        continuation = sys.argv[1:] if argv is None else argv
+        print(deadline.summary("uv run python benchmarks/gw.py " + shlex.join(continuation)))
 
 
 if __name__ == "__main__":

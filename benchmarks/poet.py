@@ -3,6 +3,7 @@
     uv run python benchmarks/poet.py ablation          # two_moons and slcp at 1e4
     uv run python benchmarks/poet.py table             # all ten sbibm tasks at 1e3 and 1e4
     uv run python benchmarks/poet.py report            # poet.md and poet.png from the rows
+    uv run python benchmarks/poet.py table --stop-after 90m --threads 2
 
 `ablation` trains POET networks (the cards' `poet` variant with one setting changed at a
 time: block size, merge interval, Neumann terms, learning rate) on the benchmark's own
@@ -12,12 +13,18 @@ observations 1-3. The configuration the `poet` variant uses is the one with the 
 validation loss relative to ordinary training, averaged over the two tasks, among those with
 at most 40% of the ordinary trainable parameters: `report` says
 which it is; no C2ST enters that choice. `table` runs `fmpe benchmark --poet` on every task at
-1e3 and 1e4, observations 1-10, into the sbibm results, beside the ordinary rows. Every run is
-resumable: rows already in the CSVs are skipped.
+1e3 and 1e4, observations 1-10, into the sbibm results, beside the ordinary rows, one task and
+budget (a table cell) per process, with --threads torch threads. Every run is resumable: rows
+already in the CSVs are skipped (an ablation row by its settings and the card's architecture,
+so a changed card runs again). With --stop-after, a run finishes the configuration or table
+cell in progress, starts none that is not expected to fit (by the durations recorded so far)
+and prints the command that continues it.
 """
 
 import argparse
 import math
+import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -26,8 +33,11 @@ from pathlib import Path
 import torch
 
 from fmpe.benchmark import append_csv, provenance, read_csv, timed
+from fmpe.benchmark.deadline import Deadline, median_gap_seconds
 from fmpe.benchmark.report import published_c2st
 from fmpe.benchmark.results import ResultsStore
+from fmpe.benchmark.runner import expected_unit_seconds, method_label, run_stem
+from fmpe.cli import duration
 from fmpe.estimators import FMPE
 from fmpe.metrics import c2st
 from fmpe.networks import network_builder
@@ -53,6 +63,9 @@ ABLATION = {
     "exact cayley": {"linear": {"neumann_terms": None}},
 }
 SETTING_FIELDS = ("task", "block_size", "merge_every", "neumann_terms", "learning_rate")
+TABLE_BUDGETS = (1000, 10_000)
+TABLE_OBSERVATIONS = range(1, 11)
+POET = method_label("fmpe", "poet")
 ABLATION_FIELDS = (
     "task",
     "budget",
@@ -97,25 +110,60 @@ def ordinary_parameters(task, budget: int) -> int:
     return sum(p.numel() for p in network.parameters())
 
 
-def run_ablation(path: Path) -> None:
+def settings(row: dict) -> tuple[str, ...]:
+    """A configuration's SETTING_FIELDS as the CSV holds them (None as ""); Neumann terms None
+    and "exact" are both "exact", the exact Cayley transform."""
+    cells = {k: "" if row[k] is None else str(row[k]) for k in SETTING_FIELDS}
+    cells["neumann_terms"] = cells["neumann_terms"] or "exact"
+    return tuple(cells.values())
+
+
+def resume_key(row: dict) -> tuple[str, ...]:
+    """What makes a configuration done: its settings and the architecture of the card it ran
+    with (its ordinary network's parameter count), as the CSV holds them."""
+    return (*settings(row), str(row["ordinary_parameters"]))
+
+
+def expected_seconds(rows: list[dict], task: str, ordinary_count: int) -> float | None:
+    """Seconds one configuration of `task` on this card is expected to take, from its like
+    rows: the median gap between their finish times (training and C2ST), else the training
+    seconds of the one such row; None without any."""
+    like = [r for r in rows if (r["task"], r["ordinary_parameters"]) == (task, str(ordinary_count))]
+    gap = median_gap_seconds(r["finished_at"] for r in like)
+    if gap is None and like:
+        return float(like[0]["train_seconds"])
+    return gap
+
+
+def run_ablation(path: Path, deadline: Deadline) -> None:
+    """Trains and scores the configurations not yet in `path`, one per unit of `deadline`."""
     # A row is identified by its settings, not its name: the names are relative to the card's
     # variant, which the ablation's result changes.
-    done = {tuple(r[k] for k in SETTING_FIELDS) for r in read_csv(path)}
+    done = {resume_key(r) for r in read_csv(path)}
     for task_name in ABLATION_TASKS:
         task = get_task(task_name)
+        ordinary_count = ordinary_parameters(task, ABLATION_BUDGET)
         ordinary = None
         for name, change in ABLATION.items():
             model, train_options = configuration(task_name, ABLATION_BUDGET, change)
             linear = model["network_options"]["linear"]
-            settings = (
-                task_name,
-                linear.get("block_size"),
-                linear.get("merge_every"),
-                linear.get("neumann_terms"),
-                train_options.get("learning_rate"),
-            )
-            if tuple("" if v in (None, "exact") else str(v) for v in settings) in done:
+            setting = {
+                "task": task_name,
+                "budget": ABLATION_BUDGET,
+                "configuration": name,
+                "block_size": linear.get("block_size"),
+                "merge_every": linear.get("merge_every"),
+                "neumann_terms": linear.get("neumann_terms"),
+                "learning_rate": train_options.get("learning_rate"),
+                "ordinary_parameters": ordinary_count,
+            }
+            key = resume_key(setting)
+            if key in done:
                 continue
+            expected = expected_seconds(read_csv(path), task_name, ordinary_count)
+            if not deadline.allows(f"{task_name} {name}", expected):
+                continue
+            done.add(key)
             if ordinary is None:
                 card_model, card_train = load_card(task_name).hyperparameters(ABLATION_BUDGET)
                 ordinary = train(task, ABLATION_BUDGET, card_model, card_train)
@@ -130,19 +178,12 @@ def run_ablation(path: Path) -> None:
                 print(f"{task_name}, {name}: no C2ST: {error}", flush=True)
                 scores = [math.nan] * len(ABLATION_OBSERVATIONS)
             row = {
-                "task": task_name,
-                "budget": ABLATION_BUDGET,
-                "configuration": name,
-                "block_size": linear.get("block_size"),
-                "merge_every": linear.get("merge_every"),
-                "neumann_terms": linear.get("neumann_terms"),
-                "learning_rate": train_options.get("learning_rate"),
+                **setting,
                 "validation_loss": posterior.training_record.best_validation_loss,
                 "ordinary_validation_loss": ordinary.training_record.best_validation_loss,
                 "c2st_mean": statistics.fmean(scores),
                 "c2st_observations": " ".join(f"{s:.3f}" for s in scores),
                 "trainable_parameters": posterior.training_record.trainable_parameters,
-                "ordinary_parameters": ordinary_parameters(task, ABLATION_BUDGET),
                 "train_seconds": round(seconds, 1),
                 **provenance(),
             }
@@ -150,14 +191,31 @@ def run_ablation(path: Path) -> None:
             append_csv(path, row, ABLATION_FIELDS)
 
 
-def run_table(results: Path, runs: Path) -> None:
+def run_table(results: Path, runs: Path, threads: int, deadline: Deadline) -> None:
+    """Runs `fmpe benchmark --poet` on each table cell (task, budget) not yet complete in
+    `results`, one process with `threads` torch threads per cell and unit of `deadline`."""
     sbibm_tasks = sorted({task for task, _, _ in published_c2st()})  # the ten, not gw
-    command = [
-        sys.executable, "-m", "fmpe.cli", "benchmark", *sbibm_tasks, "--budgets", "1e3,1e4",
-        "--observations", "1-10", "--poet", "--quiet", "--results", str(results),
-        "--runs", str(runs),
-    ]  # fmt: skip
-    subprocess.run(command, check=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    observations = ",".join(map(str, TABLE_OBSERVATIONS))
+    for task in sbibm_tasks:
+        for budget in TABLE_BUDGETS:
+            store = ResultsStore(results)
+            done = store.completed()
+            missing = [o for o in TABLE_OBSERVATIONS if (task, budget, POET, o, 0) not in done]
+            if not missing:
+                continue
+            trained = run_stem(runs, task, budget, POET, 0).with_suffix(".fmpe").exists()
+            expected = expected_unit_seconds(
+                store.rows(), task, budget, POET, len(missing), trained
+            )
+            if not deadline.allows(f"{task} at {budget}", expected):
+                continue
+            command = [
+                sys.executable, "-m", "fmpe.cli", "benchmark", task, "--budget", str(budget),
+                "--observations", observations, "--poet", "--quiet", "--results", str(results),
+                "--runs", str(runs),
+            ]  # fmt: skip
+            subprocess.run(command, check=True, env=env)
 
 
 def _ablation_table(rows: list[dict]) -> list[str]:
@@ -182,10 +240,7 @@ def _ablation_table(rows: list[dict]) -> list[str]:
         ratio = float(r["validation_loss"]) / float(r["ordinary_validation_loss"])
         share = int(r["trainable_parameters"]) / int(r["ordinary_parameters"])
         if math.isfinite(ratio) and share <= MAX_PARAMETER_SHARE:
-            key = tuple(
-                r[k] or "exact" if k == "neumann_terms" else r[k] for k in SETTING_FIELDS[1:]
-            )
-            ratios.setdefault(key, {})[r["task"]] = ratio
+            ratios.setdefault(settings(r)[1:], {})[r["task"]] = ratio
     complete = {
         k: statistics.fmean(v.values()) for k, v in ratios.items() if set(v) == set(ABLATION_TASKS)
     }
@@ -232,8 +287,8 @@ def _comparison(results: Path) -> tuple[list[str], dict]:
             continue
         mean = {k: statistics.fmean(float(r["c2st"]) for r in v) for k, v in
                 (("o", ordinary), ("p", poet))}  # fmt: skip
-        task_obj = get_task(task)
-        share = int(poet[0]["trainable_parameters"]) / ordinary_parameters(task_obj, budget)
+        # Each cell's own rows: the card may have changed since either was trained.
+        share = int(poet[0]["trainable_parameters"]) / int(ordinary[0]["trainable_parameters"])
         difference = mean["p"] - mean["o"]
         good = difference < 0 if budget == 1000 else difference <= 0.02
         tally[budget][0] += good
@@ -292,22 +347,35 @@ def write_report(ablation: Path, results: Path, out: Path) -> None:
         plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("step", choices=("ablation", "table", "report"))
     parser.add_argument("--results", type=Path, default=RESULTS / "sbibm.csv")
     parser.add_argument("--runs", type=Path, default=Path(__file__).parent / "runs")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads, also of the table's processes"
+    )
+    parser.add_argument(
+        "--stop-after",
+        type=duration,
+        metavar="DURATION",
+        help="e.g. 90m or 2h: finish the configuration or table cell in progress, start none "
+        "that is not expected to fit, and print the command that continues",
+    )
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    deadline = Deadline.after(args.stop_after)
     ablation = RESULTS / "poet_ablation.csv"
     if args.step == "ablation":
-        run_ablation(ablation)
+        run_ablation(ablation, deadline)
     elif args.step == "table":
-        run_table(args.results, args.runs)
+        run_table(args.results, args.runs, args.threads, deadline)
     write_report(ablation, args.results, RESULTS)
+    if deadline.left:
+        command = sys.argv[1:] if argv is None else argv
+        print(deadline.summary("uv run python benchmarks/poet.py " + shlex.join(command)))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ on stderr and exit status 2.
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -86,6 +87,27 @@ def positive_int(text: str) -> int:
     return values[0]
 
 
+def duration(text: str) -> str:
+    """A --stop-after value, checked here and kept as written ('90m', '2h')."""
+    from fmpe.benchmark.deadline import parse_duration
+
+    try:
+        parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _add_stop_after(parser: argparse.ArgumentParser, unit: str) -> None:
+    parser.add_argument(
+        "--stop-after",
+        type=duration,
+        metavar="DURATION",
+        help=f"e.g. 90m or 2h: finish {unit} in progress, start none that is not expected to "
+        "fit (by the durations recorded so far), and print the command that continues",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fmpe", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -132,7 +154,14 @@ def _parser() -> argparse.ArgumentParser:
         default=10_000,
         help="posterior samples scored per observation (sbibm: 10000)",
     )
+    bench.add_argument(
+        "--scoring-workers",
+        type=positive_int,
+        default=1,
+        help="score a posterior's observations in this many single-threaded processes (CPU)",
+    )
     bench.add_argument("--quiet", action="store_true", help="no training progress bars")
+    _add_stop_after(bench, "the posterior (training and scoring)")
 
     train = commands.add_parser(
         "train",
@@ -208,6 +237,7 @@ def _parser() -> argparse.ArgumentParser:
         "(for budgets too costly to search here)",
     )
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_stop_after(sweep, "the configuration")
 
     report = commands.add_parser("report", help="markdown tables and a figure of the results")
     report.add_argument("--results", type=Path, default=RESULTS)
@@ -259,10 +289,12 @@ def _benchmark(args: argparse.Namespace) -> None:
     _check_device(args.device)
 
     from fmpe.benchmark import run
+    from fmpe.benchmark.deadline import Deadline
     from fmpe.benchmark.results import KEY, TRAILING
 
     RESULT_COLUMNS = {*KEY, *TRAILING}
 
+    deadline = Deadline.after(args.stop_after)
     rows = run(
         tasks,
         budgets,
@@ -276,6 +308,8 @@ def _benchmark(args: argparse.Namespace) -> None:
         run_dir=args.runs,
         num_samples=args.samples,
         show_progress=not args.quiet,
+        deadline=deadline,
+        scoring_workers=args.scoring_workers,
     )
     labels = {"c2st": "C2ST {:.3f}", "mmd": "MMD {:.4f}", "nltp": "-log q(θ*) {:.2f}"}
     for row in rows:
@@ -286,6 +320,8 @@ def _benchmark(args: argparse.Namespace) -> None:
             f"{int(row['observation']):>2}: {scores}  ({row['estimator']})"
         )
     print(f"results in {args.results}")
+    if deadline.left:
+        print(deadline.summary(args.command_line))
 
 
 def _check_device(device: str) -> None:
@@ -413,6 +449,7 @@ def _diagnose(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
+    from fmpe.benchmark.deadline import Deadline
     from fmpe.benchmark.sweep import (
         choose_defaults,
         search_choice,
@@ -437,6 +474,7 @@ def _sweep(args: argparse.Namespace) -> None:
             f"{args.budget}, got {args.from_budget}"
         )
     searched_at = args.from_budget or args.budget
+    deadline = Deadline.after(args.stop_after)
     if args.task == BASE_CARD:
         chosen, _ = choose_defaults(args.results, searched_at, args.estimator)
     elif args.from_budget is not None:
@@ -449,9 +487,13 @@ def _sweep(args: argparse.Namespace) -> None:
             seed=args.seed,
             results=args.results,
             show_progress=not args.quiet,
+            deadline=deadline,
         )
-    print(f"chosen for {args.task} at {args.budget} ({args.estimator}): {chosen}")
     print(f"wrote {write_table(args.results)}")
+    if chosen is None:
+        print(deadline.summary(args.command_line))
+        return
+    print(f"chosen for {args.task} at {args.budget} ({args.estimator}): {chosen}")
     if args.write_card:
         path = write_card_section(
             args.task, args.budget, args.estimator, chosen, args.results, searched_at
@@ -479,7 +521,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    args.command_line = shlex.join(["fmpe", *argv])
     from fmpe.tasks import CardError
 
     try:

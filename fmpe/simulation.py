@@ -67,7 +67,7 @@ def _seeded_call(simulator: Simulator, theta: Tensor, seed: int):
             random.setstate(python_state)
 
 
-def _worker_init() -> None:
+def single_threaded_worker() -> None:
     # Workers share the machine's cores; several intra-op threads each would oversubscribe them.
     torch.set_num_threads(1)
 
@@ -136,7 +136,7 @@ def simulation_chunks(
             # thread pools can deadlock. The simulator is therefore pickled.
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(
-                num_workers, mp_context=context, initializer=_worker_init
+                num_workers, mp_context=context, initializer=single_threaded_worker
             ) as pool:
                 yield from _in_order(pool, simulator, draws(), max_in_flight)
 

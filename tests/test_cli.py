@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import shlex
 from dataclasses import replace
 
 import pytest
@@ -210,3 +211,61 @@ def test_bad_user_commands_end_in_one_line(arguments, message, capsys):
     assert exit_info.value.code == 2
     printed = capsys.readouterr().err
     assert printed.count("\n") == 1 and message in printed, printed
+
+
+TIMING = ("train_seconds", "sample_seconds", "finished_at")
+
+
+def test_a_run_stopped_by_its_deadline_and_continued_gives_the_uninterrupted_rows(
+    tmp_path, monkeypatch, capsys
+):
+    from fmpe.benchmark.deadline import Deadline
+
+    def arguments(folder):
+        return ["benchmark", "two_moons", "--budgets", "300,400", "--observations", "1-2",
+                "--samples", "500", "--device", "cpu", "--quiet", "--results",
+                str(folder / "results.csv"), "--runs", str(folder / "runs")]  # fmt: skip
+
+    main(arguments(tmp_path / "whole"))
+    whole = rows(tmp_path / "whole" / "results.csv")
+
+    left = iter([1.0, -1.0])  # the first posterior may start; the time is up before the second
+    monkeypatch.setattr(Deadline, "remaining", lambda self: next(left))
+    main([*arguments(tmp_path / "split"), "--stop-after", "1h"])
+    (line,) = [s for s in capsys.readouterr().out.splitlines() if s.startswith("stopped")]
+    assert len(rows(tmp_path / "split" / "results.csv")) == 2
+    continuation = line.split("continue with: ")[1]
+    assert line.startswith("stopped for the deadline; left: two_moons at 400 (fmpe);")
+    assert continuation.startswith("fmpe benchmark two_moons --budgets 300,400")
+    monkeypatch.undo()
+    main(shlex.split(continuation)[1:])
+    split = rows(tmp_path / "split" / "results.csv")
+
+    def key(row):
+        return tuple(row[k] for k in ("task", "budget", "estimator", "observation", "seed"))
+
+    assert len({key(r) for r in split}) == len(split) == len(whole) == 4
+    untimed = [{k: v for k, v in r.items() if k not in TIMING} for r in (*whole, *split)]
+    assert sorted(untimed[:4], key=str) == sorted(untimed[4:], key=str)
+
+
+def test_stop_after_takes_durations_only():
+    with pytest.raises(SystemExit):
+        main(["benchmark", "two_moons", "--budget", "300", "--stop-after", "soon"])
+
+
+def test_scoring_workers_give_the_rows_of_one_process(tmp_path):
+    def arguments(folder, *extra):
+        return ["benchmark", "gaussian_linear", "--budget", "300", "--observations", "1-3",
+                "--samples", "500", "--device", "cpu", "--quiet", "--results",
+                str(folder / "results.csv"), "--runs", str(tmp_path / "runs"), *extra]  # fmt: skip
+
+    main(arguments(tmp_path / "one"))
+    main(arguments(tmp_path / "two", "--scoring-workers", "2"))
+    one, two = (rows(tmp_path / folder / "results.csv") for folder in ("one", "two"))
+    assert sorted(r["observation"] for r in two) == ["1", "2", "3"]
+    by_observation = {r["observation"]: r for r in two}
+    for row in one:
+        other = by_observation[row["observation"]]
+        assert float(other["c2st"]) == pytest.approx(float(row["c2st"]), abs=0.02)
+        assert other["train_seconds"] == row["train_seconds"]  # the one saved posterior

@@ -1,16 +1,24 @@
 """The hyperparameter sweep: chooses by validation loss alone, resumes, writes the card."""
 
 import csv
+import importlib.util
+import inspect
 import json
 import shutil
+import tomllib
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("sbibm")
 
 import fmpe.benchmark.sweep as sweep_module  # noqa: E402
+from fmpe import FMPE  # noqa: E402
+from fmpe.benchmark import append_csv  # noqa: E402
+from fmpe.networks import VelocityNetwork  # noqa: E402
 from fmpe.tasks import cards as cards_module  # noqa: E402
 from fmpe.tasks import load_card  # noqa: E402
+from fmpe.training.settings import TrainingSettings  # noqa: E402
 
 TINY = {
     300: [
@@ -196,9 +204,70 @@ def test_a_search_starts_from_the_hand_written_settings(
         return {"stage": "0", "configuration": sweep_module._name(candidate),
                 "validation_loss": 1.0, "map_to_unbounded": "False"}  # fmt: skip
 
-    monkeypatch.setattr(sweep_module, "_train_and_score", record)
+    monkeypatch.setattr(sweep_module, "train_and_score", record)
     monkeypatch.setattr(sweep_module, "append_csv", lambda *args: None)
     sweep_module.sweep("gaussian_linear", 300, results=results, show_progress=False)
     hand_written = load_card("gaussian_linear").hyperparameters(300, selected=False)[1]
     assert seen and all(train == hand_written for train in seen)
     assert hand_written["batch_size"] != 7
+
+
+def test_the_library_defaults_are_the_sweeps_choice_at_1e4():
+    """FMPE's defaults are the base card's generated 1e4 configuration."""
+    base = tomllib.loads((cards_module.card_folder() / "defaults.toml").read_text())
+    chosen = base["fmpe"]["selected"]["10000"]
+    model = inspect.signature(FMPE).parameters
+    widths = inspect.signature(VelocityNetwork).parameters["hidden_widths"].default
+    assert FMPE.default_network == "residual"
+    assert list(widths) == chosen["model"]["network_options"]["hidden_widths"]
+    assert model["time_prior_exponent"].default == chosen["model"]["time_prior_exponent"]
+    assert model["map_to_unbounded"].default == chosen["model"]["map_to_unbounded"]
+    assert FMPE.training_defaults.batch_size == chosen["train"]["batch_size"]
+    assert FMPE.training_defaults.learning_rate == chosen["train"]["learning_rate"]
+    assert TrainingSettings() == FMPE.training_defaults
+
+
+def test_training_defaults_report_counts_each_options_wins(tmp_path):
+    """benchmarks/training_defaults.py: per task the option with the lower validation loss,
+    and separately the lower held-out −log q, is counted; a task missing an option is left out."""
+    path = Path(__file__).parents[1] / "benchmarks" / "training_defaults.py"
+    spec = importlib.util.spec_from_file_location("training_defaults", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    results = tmp_path / "training_defaults.csv"
+    losses = {"a": ((1.0, 2.0), (1.1, 1.9)), "b": ((0.5, 3.0), (0.4, 3.5)), "c": ((0.1, 0.1),)}
+    for task, options in losses.items():
+        for value, (loss, nll) in zip((0.999, None), options, strict=False):
+            row = dict.fromkeys(sweep_module.FIELDS, "")
+            row.update(task=task, stage="ema_decay", validation_loss=loss, heldout_nll=nll,
+                       configuration=json.dumps({"train": {"ema_decay": value}}),
+                       train_seconds=1.0, machine="test")  # fmt: skip
+            append_csv(results, row, sweep_module.FIELDS)
+    text = script.report(results).read_text()
+    assert "| a | 1.0000 (2.000) | 1.1000 (1.900) | 0.999 |" in text
+    assert "| b | 0.5000 (3.000) | 0.4000 (3.500) | null |" in text
+    assert "| c |" not in text
+    assert "Lower validation loss, tasks of 2: 0.999: 1, null: 1." in text
+    assert "Lower held-out −log q, tasks of 2: 0.999: 1, null: 1." in text
+
+
+def test_a_sweep_stopped_by_its_deadline_and_continued_gives_the_uninterrupted_rows(
+    tmp_path, tiny_grid
+):
+    from fmpe.benchmark.deadline import Deadline
+
+    whole, split = tmp_path / "whole.csv", tmp_path / "split.csv"
+    chosen = sweep_module.sweep("gaussian_linear", 300, results=whole, show_progress=False)
+    left = iter([1.0, 1.0, -1.0])  # two configurations start, the third would not fit
+    deadline = Deadline(3600.0)
+    deadline.remaining = lambda: next(left)
+    options = {"results": split, "show_progress": False}
+    assert sweep_module.sweep("gaussian_linear", 300, deadline=deadline, **options) is None
+    assert deadline.left == ["2 configurations from stage 1, configuration 1"]
+    assert len(rows(split)) == 2
+    assert sweep_module.sweep("gaussian_linear", 300, **options) == chosen
+
+    def untimed(path):
+        return [(r["stage"], r["configuration"], r["validation_loss"]) for r in rows(path)]
+
+    assert untimed(split) == untimed(whole) and len(set(untimed(split))) == 4

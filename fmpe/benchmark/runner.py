@@ -7,22 +7,27 @@ one is waited for by the other, never trained twice at once.
 """
 
 import fcntl
+import functools
 import json
+import multiprocessing
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 import fmpe
+from fmpe.benchmark.deadline import Deadline, median_gap_seconds
 from fmpe.benchmark.measure import provenance, resolve_device
-from fmpe.benchmark.results import ResultsStore
+from fmpe.benchmark.results import ResultsStore, row_key
 from fmpe.benchmark.scoring import Scoring, get_metric
 from fmpe.estimators import get_estimator
 from fmpe.posteriors import Posterior
+from fmpe.simulation import single_threaded_worker
 from fmpe.tasks import Task, get_task, load_card
 
 NUM_SAMPLES = 10_000
@@ -172,6 +177,75 @@ def evaluate(
     }
 
 
+@functools.lru_cache(maxsize=1)
+def _saved_posterior(path: Path, task_name: str, device: str) -> Posterior:
+    return fmpe.load(path, prior=get_task(task_name).prior, device=device)
+
+
+def _evaluate_saved(
+    path: Path, task_name: str, device: str, observation: int, seed: int, num_samples: int
+) -> dict:
+    """`evaluate` in a scoring worker, on the posterior saved at `path` (loaded once)."""
+    posterior = _saved_posterior(path, task_name, device)
+    return evaluate(posterior, get_task(task_name), observation, seed, num_samples)
+
+
+def scoring_pool(workers: int) -> Executor | nullcontext:
+    """`workers` single-threaded scoring processes, or none (score here) for one worker."""
+    if workers < 2:
+        return nullcontext()
+    # "spawn": forking a process that already runs torch's thread pools can deadlock.
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=single_threaded_worker)
+
+
+def _scores(
+    pool: Executor | None,
+    posterior: Posterior,
+    saved: Path,
+    task: Task,
+    observations: list[int],
+    seed: int,
+    num_samples: int,
+) -> Iterator[tuple[int, dict]]:
+    """(observation, `evaluate`'s scores) for every observation, as each is done: in `pool`'s
+    workers from the saved posterior, or here, one after the other, without a pool."""
+    if pool is None:
+        for observation in observations:
+            yield observation, evaluate(posterior, task, observation, seed, num_samples)
+        return
+    device = str(posterior.device)
+    futures = {
+        pool.submit(_evaluate_saved, saved, task.name, device, o, seed, num_samples): o
+        for o in observations
+    }
+    for future in as_completed(futures):
+        yield futures[future], future.result()
+
+
+def expected_unit_seconds(
+    rows: list[dict], task: str, budget: int, label: str, observations: int, trained: bool
+) -> float | None:
+    """Seconds that training a posterior (unless it is `trained` already) and scoring it on
+    `observations` are expected to take, from the finished rows of the same task and budget:
+    this estimator's where there are any, else any estimator's; None without such rows.
+
+    A row records its training seconds; an observation's scoring is the median gap between
+    the finish times of a posterior's consecutive rows.
+    """
+    same = [r for r in rows if (r["task"], int(r["budget"])) == (task, budget)]
+    mine = [r for r in same if r["estimator"] == label] or same
+    if not mine:
+        return None
+    by_posterior: dict[tuple[str, str], list[dict]] = {}
+    for r in mine:
+        by_posterior.setdefault((r["estimator"], r["seed"]), []).append(r)
+    gaps = [median_gap_seconds(r["finished_at"] for r in group) for group in by_posterior.values()]
+    scoring = max((g for g in gaps if g is not None), default=0.0)
+    training = 0.0 if trained else max(float(r["train_seconds"] or 0) for r in mine)
+    return training + observations * scoring
+
+
 def run(
     tasks: Iterable[str],
     budgets: Iterable[int],
@@ -186,15 +260,22 @@ def run(
     run_dir: Path,
     num_samples: int = NUM_SAMPLES,
     show_progress: bool = True,
+    deadline: Deadline | None = None,
+    scoring_workers: int = 1,
 ) -> list[dict]:
     """Runs every (task, budget, observation) cell of `estimator` (with the card's `variant`,
     if named; with the base card's settings alone if `base_only`) not yet in `results`.
 
-    Repeated tasks, budgets or observations count once.
+    Repeated tasks, budgets or observations count once. With a `deadline`, a posterior is
+    trained and scored (one unit) only if `expected_unit_seconds` fits in the time left; the
+    units it refuses are in `deadline.left`. With `scoring_workers` > 1 on the CPU, a
+    posterior's observations are scored in that many single-threaded worker processes.
 
     Returns:
-        the rows of all requested cells, those found in `results` and those added.
+        the rows of the requested cells that are done, those found in `results` and those
+        added.
     """
+    deadline = deadline or Deadline(None)
     get_estimator(estimator)
     label = method_label(estimator, variant, base_only)
     torch_device = resolve_device(device)
@@ -209,33 +290,43 @@ def run(
         )
     )
     todo = [c for c in cells if c not in done]
-    with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="benchmark") as bar:
+    workers = scoring_workers if torch_device.type == "cpu" else 1
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="benchmark")
+    with bar, scoring_pool(workers) as pool:
         for task_name, budget in dict.fromkeys((t, b) for t, b, *_ in todo):
+            unit = [c for c in todo if c[:2] == (task_name, budget)]
+            saved = run_stem(run_dir, task_name, budget, label, seed).with_suffix(".fmpe")
+            expected = expected_unit_seconds(
+                store.rows(), task_name, budget, label, len(unit), saved.exists()
+            )
+            if not deadline.allows(f"{task_name} at {budget} ({label})", expected):
+                continue
             task = get_task(task_name)
             bar.set_postfix_str(f"training {task_name} at {budget}")
             posterior, train_seconds = train_for_task(
                 task, budget, seed, torch_device, run_dir, show_progress, estimator, variant,
                 base_only,
             )  # fmt: skip
-            for cell in (c for c in todo if c[:2] == (task_name, budget)):
-                if cell in store.completed():  # written meanwhile by a concurrent run
-                    bar.update(1)
-                    continue
-                observation = cell[3]
-                bar.set_postfix_str(f"{task_name} {budget} observation {observation}")
+            finished = store.completed()  # cells written meanwhile by a concurrent run
+            bar.update(sum(c in finished for c in unit))
+            observations = [c[3] for c in unit if c not in finished]
+            bar.set_postfix_str(f"scoring {task_name} at {budget}")
+            for observation, scores in _scores(
+                pool, posterior, saved, task, observations, seed, num_samples
+            ):
                 row = {
                     "task": task_name,
                     "budget": budget,
                     "estimator": label,
                     "observation": observation,
                     "seed": seed,
-                    **evaluate(posterior, task, observation, seed, num_samples),
+                    **scores,
                     "trainable_parameters": posterior.training_record.trainable_parameters,
                     "train_seconds": round(train_seconds, 2),
                     **provenance(torch_device),
                 }
                 if not store.add(row):
-                    warnings.warn(f"{cell} was written by a concurrent run", stacklevel=2)
+                    warnings.warn(f"{row_key(row)} was written by a concurrent run", stacklevel=2)
                 bar.update(1)
     final = store.completed()
-    return [final[c] for c in cells]
+    return [final[c] for c in cells if c in final]

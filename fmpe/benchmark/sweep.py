@@ -33,11 +33,13 @@ section says so.
 import copy
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from fmpe.benchmark.deadline import Deadline
 from fmpe.benchmark.measure import append_csv, provenance, read_csv
 from fmpe.checks import as_count
 from fmpe.estimators import get_estimator
@@ -151,9 +153,16 @@ def sweep(
     results: Path,
     show_progress: bool = True,
     trainer_kwargs: dict | None = None,
-) -> Override:
+    deadline: Deadline | None = None,
+) -> Override | None:
     """Runs the search for one (task, budget, estimator) cell; returns the chosen override of
-    the card's hyperparameters. Configurations already in `results` are not trained again."""
+    the card's hyperparameters. Configurations already in `results` are not trained again.
+
+    With a `deadline`, a configuration is trained only if the median training seconds of the
+    cell's recorded configurations fit in the time left; once one is refused, the search
+    stops, returns None, and `deadline.left` says which configurations are not yet trained.
+    """
+    deadline = deadline or Deadline(None)
     budget = as_count(budget, "budget", minimum=1)
     task = get_task(task_name)
     card = load_card(task_name)
@@ -166,13 +175,22 @@ def sweep(
     torch.manual_seed(seed)
     theta, x = simulate(task.training_simulate, task.prior, budget, show_progress=show_progress)
     best: Override = {}
-    for index, stage in enumerate(stages(estimator, budget, task)):
+    planned = stages(estimator, budget, task)
+    for index, stage in enumerate(planned):
         scored = []
-        for change in stage:
+        for position, change in enumerate(stage):
             candidate = _combined(best, change)
             key = (str(index), _name(candidate))
             if key not in done:
-                done[key] = _train_and_score(
+                recorded = [
+                    float(r["train_seconds"]) for r in done.values() if "train_seconds" in r
+                ]
+                expected = statistics.median(recorded) if recorded else None
+                untried = len(stage) - position + sum(map(len, planned[index + 1 :]))
+                unit = f"{untried} configurations from stage {index}, configuration {position + 1}"
+                if not deadline.allows(unit, expected):
+                    return None
+                done[key] = train_and_score(
                     task, budget, cls, model, train, candidate, theta, x, seed, index,
                     estimator, trainer_kwargs, show_progress,
                 )  # fmt: skip
@@ -297,10 +315,13 @@ def _choose(scored: list[tuple[dict, Override]]) -> Override:
     return min(winners, key=lambda rc: float(rc[0]["heldout_nll"]))[1]
 
 
-def _train_and_score(
+def train_and_score(
     task, budget, cls, model, train, candidate, theta, x, seed, stage, estimator,
     trainer_kwargs, show_progress,
 ) -> dict:  # fmt: skip
+    """Trains `cls` on simulations theta (n, d), x (n, *x_shape) with the card's settings
+    `model` and `train` changed by `candidate`; returns its row of `FIELDS` (best validation
+    loss, held-out −log q in θ's coordinates, parameters, seconds, machine)."""
     options_model = copy.deepcopy(model)
     options_train = copy.deepcopy(train)
     _merge(options_model, candidate.get("model", {}))

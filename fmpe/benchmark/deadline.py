@@ -1,0 +1,81 @@
+"""Deadlines for long runs: they stop between units of work, never inside one.
+
+    deadline = Deadline.after("90m")            # Deadline(None): no deadline
+    for unit in units:
+        if not deadline.allows(unit.name, expected_seconds(unit)):
+            continue                            # left for the next run
+        do(unit)
+    if deadline.left:
+        print(deadline.summary("fmpe benchmark ..."))
+
+A unit starts only if the seconds it is expected to take fit in the time left; a unit with
+no recorded duration of its kind starts while any time is left. A refused unit is kept in
+`left`, and later units that are expected to fit still start.
+"""
+
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str) -> float:
+    """'90m' -> 5400.0; '2h', '1h30m', '45s', '600' (seconds) likewise; ValueError otherwise."""
+    text = text.strip().lower()
+    try:
+        seconds = float(text)
+    except ValueError:
+        match = _DURATION.fullmatch(text)
+        if not text or match is None:
+            raise ValueError(
+                f"{text!r} is not a duration; expected e.g. 90m, 2h, 1h30m, 45s or seconds"
+            ) from None
+        hours, minutes, secs = (float(group or 0) for group in match.groups())
+        seconds = 3600 * hours + 60 * minutes + secs
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: a duration must be positive")
+    return seconds
+
+
+class Deadline:
+    """Time left for a run of `seconds` (None: no deadline), from now by `clock`."""
+
+    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.monotonic):
+        self.seconds = seconds
+        self.clock = clock
+        self.start = clock()
+        self.left: list[str] = []
+
+    @classmethod
+    def after(cls, text: str | None) -> "Deadline":
+        """A deadline `text` from now ('90m', '2h'; see `parse_duration`), or none if None."""
+        return cls(None if text is None else parse_duration(text))
+
+    def remaining(self) -> float:
+        """Seconds left; inf without a deadline."""
+        if self.seconds is None:
+            return float("inf")
+        return self.seconds - (self.clock() - self.start)
+
+    def allows(self, unit: str, expected_seconds: float | None) -> bool:
+        """Whether `unit` may start: its expected seconds (None: unknown) fit in what is left.
+        A refused unit is added to `left`."""
+        allowed = self.remaining() > (expected_seconds or 0.0)
+        if not allowed:
+            self.left.append(unit)
+        return allowed
+
+    def summary(self, command: str) -> str:
+        """One line: what the deadline left undone and the command that continues it."""
+        return f"stopped for the deadline; left: {', '.join(self.left)}; continue with: {command}"
+
+
+def median_gap_seconds(timestamps: Iterable[str]) -> float | None:
+    """The median seconds between consecutive ISO 8601 `timestamps` (sorted first), or None
+    with fewer than two: how long one unit of a run of like units took."""
+    times = sorted(datetime.fromisoformat(t) for t in timestamps if t)
+    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    return statistics.median(gaps) if gaps else None

@@ -1,0 +1,240 @@
+"""benchmarks/poet.py and benchmarks/gw.py with fakes for training: what they resume, the
+threads of their processes, the parameter share, and --stop-after."""
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import pytest
+import torch
+
+from fmpe.benchmark import read_csv
+from fmpe.benchmark.deadline import Deadline
+from fmpe.benchmark.results import ResultsStore
+from fmpe.diagnostics import ImportanceResult
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+PROVENANCE = ("machine", "fmpe_version", "finished_at")
+RUN = subprocess.run  # the real one: the tests replace it where the scripts call it
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.fixture(scope="module")
+def poet() -> ModuleType:
+    return load_script("poet")
+
+
+@pytest.fixture(scope="module")
+def gw() -> ModuleType:
+    return load_script("gw")
+
+
+def measured(rows: list[dict]) -> list[dict]:
+    """Rows without where and when they were measured."""
+    return [{k: v for k, v in r.items() if k not in PROVENANCE} for r in rows]
+
+
+class Clock:
+    """A fake clock, advanced by the fake units of work."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def ablation(poet, monkeypatch) -> SimpleNamespace:
+    """The ablation of one task on a fake card (`widths`): training is a record of the call
+    (`trained`) that takes 100 s (`clock`)."""
+    state = SimpleNamespace(widths=[8, 8], trained=[], clock=Clock())
+
+    class Card:
+        def hyperparameters(self, budget, estimator="fmpe", variant=None):
+            model = {"network_options": {"hidden_widths": list(state.widths)}}
+            if variant is None:
+                return model, {}
+            poet_layers = {"name": "poet", "block_size": 8, "merge_every": 200}
+            model["network_options"]["linear"] = poet_layers | {"neumann_terms": "exact"}
+            return model, {"learning_rate": 8e-3}
+
+    def train(task, budget, model, train_options):
+        state.trained.append(model)
+        state.clock.now += 100.0
+        block = model["network_options"].get("linear", {}).get("block_size", 0)
+        record = SimpleNamespace(
+            best_validation_loss=0.5 + block / 100 + train_options.get("learning_rate", 0.0),
+            trainable_parameters=10 * block or 1000,
+        )
+        return SimpleNamespace(training_record=record, sample=lambda n, x: None)
+
+    task = SimpleNamespace(
+        name="two_moons", theta_dim=2, x_shape=(2,), observation=str, reference_samples=str
+    )
+    monkeypatch.setattr(poet, "ABLATION_TASKS", ("two_moons",))
+    monkeypatch.setattr(
+        poet,
+        "ABLATION",
+        {
+            "exact cayley": {"linear": {"neumann_terms": None}},
+            "variant": {},  # the card's "exact": the same configuration
+            "block 4": {"linear": {"block_size": 4}},
+            "learning rate x 4": {"learning_rate_factor": 4.0},
+        },
+    )
+    monkeypatch.setattr(poet, "load_card", lambda name: Card())
+    monkeypatch.setattr(poet, "get_task", lambda name: task)
+    monkeypatch.setattr(poet, "train", train)
+    monkeypatch.setattr(poet, "timed", lambda function, *args: (function(*args), 100.0))
+    monkeypatch.setattr(poet, "c2st", lambda reference, samples: 0.6)
+    return state
+
+
+def test_finished_rows_are_not_redone_unless_the_card_changed(poet, ablation, tmp_path):
+    path = tmp_path / "poet_ablation.csv"
+    poet.run_ablation(path, Deadline(None))
+    rows = read_csv(path)
+    assert [r["configuration"] for r in rows] == ["exact cayley", "block 4", "learning rate x 4"]
+    assert [r["neumann_terms"] for r in rows] == ["", "exact", "exact"]
+    assert len(ablation.trained) == 4  # the ordinary network and three configurations
+
+    ablation.trained.clear()
+    poet.run_ablation(path, Deadline(None))
+    assert ablation.trained == [] and len(read_csv(path)) == 3
+
+    ablation.widths = [16, 16]  # a changed card: its rows are not those of the old one
+    poet.run_ablation(path, Deadline(None))
+    rows = read_csv(path)
+    assert len(ablation.trained) == 4 and len(rows) == 6
+    assert len({r["ordinary_parameters"] for r in rows}) == 2
+
+
+def test_a_stopped_ablation_continues_to_the_rows_of_an_uninterrupted_one(
+    poet, ablation, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(poet, "RESULTS", tmp_path / "whole")
+    poet.main(["ablation"])
+    whole = read_csv(tmp_path / "whole" / "poet_ablation.csv")
+
+    monkeypatch.setattr(poet, "RESULTS", tmp_path / "parts")
+    capsys.readouterr()
+    # The first configuration has no recorded duration and starts; the next are expected to
+    # take the 100 s the first trained for, more than what is left.
+    poet.main(["ablation", "--stop-after", "60s"])
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "stopped for the deadline; left: two_moons block 4, two_moons learning rate x 4; "
+        "continue with: uv run python benchmarks/poet.py ablation --stop-after 60s"
+    )
+    assert len(read_csv(tmp_path / "parts" / "poet_ablation.csv")) == 1
+    poet.main(["ablation", "--stop-after", "1h"])
+    assert "stopped" not in capsys.readouterr().out
+    parts = read_csv(tmp_path / "parts" / "poet_ablation.csv")
+    assert measured(parts) == measured(whole)
+    assert (tmp_path / "parts" / "poet.md").exists()
+
+
+@pytest.fixture
+def table(poet, monkeypatch) -> SimpleNamespace:
+    """The table on two tasks; each `fmpe benchmark` process is recorded (`calls`: command
+    and environment), takes 100 s (`clock`) and writes its cell's ten rows."""
+    state = SimpleNamespace(calls=[], clock=Clock())
+
+    def benchmark(command, check, env):
+        state.calls.append((command, env))
+        state.clock.now += 100.0
+        task, budget = command[4], int(command[command.index("--budget") + 1])
+        store = ResultsStore(command[command.index("--results") + 1])
+        for observation in range(1, 11):
+            row = {"task": task, "budget": budget, "estimator": "fmpe+poet", "seed": 0}
+            row |= {"observation": observation, "c2st": 0.5 + observation / 100}
+            store.add(row | {"trainable_parameters": 10, "train_seconds": 100.0})
+
+    published = {("two_moons", "NPE", 1000): 0.9, ("slcp", "NPE", 1000): 0.9}
+    monkeypatch.setattr(poet, "published_c2st", lambda: published)
+    monkeypatch.setattr(poet.subprocess, "run", benchmark)
+    return state
+
+
+def test_the_table_processes_run_with_the_thread_count(poet, table, tmp_path):
+    poet.run_table(tmp_path / "sbibm.csv", tmp_path / "runs", 1, Deadline(None))
+    assert len(table.calls) == 4  # two tasks at 1e3 and 1e4
+    env = table.calls[0][1]
+    assert all(e["OMP_NUM_THREADS"] == e["MKL_NUM_THREADS"] == "1" for _, e in table.calls)
+    child = [sys.executable, "-c", "import torch; print(torch.get_num_threads())"]
+    assert RUN(child, env=env, capture_output=True, text=True, check=True).stdout == "1\n"
+
+
+def test_a_stopped_table_continues_to_the_rows_of_an_uninterrupted_one(poet, table, tmp_path):
+    poet.run_table(tmp_path / "whole.csv", tmp_path / "runs", 1, Deadline(None))
+    whole = ResultsStore(tmp_path / "whole.csv").rows()
+
+    results = tmp_path / "parts.csv"
+    deadline = Deadline(150.0, clock=table.clock)
+    poet.run_table(results, tmp_path / "runs", 1, deadline)
+    # Cells with no recorded duration start while time is left: two do, at 0 s and 100 s.
+    assert deadline.left == ["two_moons at 1000", "two_moons at 10000"]
+    poet.run_table(results, tmp_path / "runs", 1, Deadline(None))
+    parts = ResultsStore(results).rows()
+    assert len(table.calls) == 8 and len(parts) == 40
+    assert sorted(measured(parts), key=str) == sorted(measured(whole), key=str)
+
+
+def test_the_parameter_share_is_that_of_the_rows_own_ordinary_network(poet, tmp_path, monkeypatch):
+    def card_not_read(task, budget):
+        raise AssertionError("the share must come from the rows, not the current card")
+
+    monkeypatch.setattr(poet, "ordinary_parameters", card_not_read)
+    store = ResultsStore(tmp_path / "sbibm.csv")
+    for estimator, parameters in (("fmpe", 4000), ("fmpe+poet", 1000)):
+        row = {"task": "two_moons", "budget": 1000, "estimator": estimator, "observation": 1}
+        row |= {"seed": 0, "c2st": 0.6, "trainable_parameters": parameters}
+        store.add(row | {"train_seconds": 10.0, "machine": "test"})
+    lines, _ = poet._comparison(tmp_path / "sbibm.csv")
+    (line,) = [line for line in lines if line.startswith("| two_moons")]
+    assert "| 25.0% |" in line
+
+
+def test_gw_references_stopped_by_the_deadline_continue_to_the_same_rows(gw, tmp_path, monkeypatch):
+    clock = Clock()
+
+    def reference(task, posteriors, injection, scale, show_progress):
+        clock.now += 100.0
+        theta = torch.full((4, 2), float(injection))
+        return ImportanceResult(theta, torch.zeros(4, dtype=torch.float64)), 100.0
+
+    monkeypatch.setattr(gw, "reference_posterior", reference)
+    task = SimpleNamespace(snr=lambda injection: 10.0)
+    scale = replace(gw.SMOKE, reference_injections=3)
+
+    def references(out: Path, deadline: Deadline) -> dict:
+        args = argparse.Namespace(out=out, runs=out, seed=0, quiet=True)
+        out.mkdir(exist_ok=True)
+        return gw.run_references(task, [], args, scale, "test", deadline)
+
+    assert list(references(tmp_path / "whole", Deadline(None))) == [1, 2, 3]
+    deadline = Deadline(150.0, clock=clock)
+    assert list(references(tmp_path / "parts", deadline)) == [1]
+    assert deadline.left == ["reference 2", "reference 3"]  # expected: the 100 s of the first
+    assert list(references(tmp_path / "parts", Deadline(None))) == [1, 2, 3]
+    rows = [read_csv(tmp_path / folder / "gw_reference.csv") for folder in ("whole", "parts")]
+    assert measured(rows[1]) == measured(rows[0])
+
+
+@pytest.mark.parametrize("script", ["poet", "gw"])
+def test_stop_after_takes_durations_only(script, poet, gw, capsys):
+    arguments = ["report"] if script == "poet" else []
+    with pytest.raises(SystemExit) as stopped:
+        {"poet": poet, "gw": gw}[script].main([*arguments, "--stop-after", "soon"])
+    assert stopped.value.code == 2
+    assert "--stop-after: 'soon' is not a duration" in capsys.readouterr().err

@@ -1,0 +1,50 @@
+"""Deadlines of long runs: durations, the decision to start a unit, recorded unit durations."""
+
+import pytest
+
+from fmpe.benchmark.deadline import Deadline, median_gap_seconds, parse_duration
+from fmpe.benchmark.runner import expected_unit_seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90m", 5400), ("2h", 7200), ("1h30m", 5400), ("45s", 45), ("600", 600)]
+)
+def test_durations_parse(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-5", "0m", "2 hours"])
+def test_bad_durations_name_what_was_expected(text):
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_a_unit_starts_only_if_it_is_expected_to_fit():
+    now = [0.0]
+    deadline = Deadline(100.0, clock=lambda: now[0])
+    now[0] = 60.0
+    assert deadline.allows("small", 30.0)
+    assert not deadline.allows("large", 50.0)
+    assert deadline.allows("unknown", None)
+    now[0] = 100.0
+    assert not deadline.allows("unknown too", None)
+    assert deadline.left == ["large", "unknown too"]
+    assert deadline.summary("fmpe x") == (
+        "stopped for the deadline; left: large, unknown too; continue with: fmpe x"
+    )
+    assert Deadline(None).allows("anything", 1e9)
+
+
+def test_recorded_durations_give_a_units_expected_seconds():
+    def row(estimator, seed, second, train=100.0, task="slcp"):
+        return {"task": task, "budget": "1000", "estimator": estimator, "seed": seed,
+                "train_seconds": str(train),
+                "finished_at": f"2026-01-01T00:00:{second:02d}+00:00"}  # fmt: skip
+
+    rows = [row("fmpe", "0", s) for s in (0, 10, 20, 50)] + [row("npe", "0", 0, train=5.0)]
+    assert median_gap_seconds(r["finished_at"] for r in rows[:4]) == 10.0
+    assert expected_unit_seconds(rows, "slcp", 1000, "fmpe", 3, trained=False) == 130.0
+    assert expected_unit_seconds(rows, "slcp", 1000, "fmpe", 3, trained=True) == 30.0
+    # Another estimator's rows stand in where this one has none.
+    assert expected_unit_seconds(rows, "slcp", 1000, "fmpe@defaults", 1, False) == 110.0
+    assert expected_unit_seconds(rows, "two_moons", 1000, "fmpe", 1, False) is None
