@@ -125,6 +125,8 @@ class POETLinear(nn.Module):
     (out_features + in_features)(b − 1)/2 of them when both dimensions are multiples of b, all
     zero at initialization so that W = W0. The bias, drawn as nn.Linear draws it, is added after
     the output rotation. The forward pass rotates activations and never forms R or P.
+    `start_near_zero` adds a trainable scalar gain, W = g·R·W0·P, for a layer that must start
+    near the zero map (the last layer of a residual block).
 
     Args:
         block_size: b; see the module docstring for dimensions that are not multiples of b.
@@ -156,8 +158,11 @@ class POETLinear(nn.Module):
 
         base_weight = torch.randn(out_features, in_features, **factory)
         self.register_buffer("base_weight", base_weight / base_weight.norm(dim=1, keepdim=True))
-        self.register_buffer("output_permutation", torch.randperm(out_features, device=device))
-        self.register_buffer("input_permutation", torch.randperm(in_features, device=device))
+        for side, features in (("output", out_features), ("input", in_features)):
+            permutation = torch.randperm(features, device=device)
+            self.register_buffer(f"{side}_permutation", permutation)
+            # Kept with the permutation (merges and loads update both), so that no pass sorts.
+            self.register_buffer(f"{side}_inverse_permutation", torch.argsort(permutation))
         self.output_rotation = nn.Parameter(
             torch.zeros(rotation_parameter_count(out_features, block_size), **factory)
         )
@@ -181,6 +186,7 @@ class POETLinear(nn.Module):
             self.bias = nn.Parameter(torch.empty(out_features, **factory).uniform_(-bound, bound))
         else:
             self.register_parameter("bias", None)
+        self.register_parameter("gain", None)
 
     @classmethod
     def from_linear(
@@ -203,6 +209,21 @@ class POETLinear(nn.Module):
                 layer.bias.copy_(linear.bias)
         return layer
 
+    def start_near_zero(self, scale: float) -> None:
+        """Makes the layer start within about `scale` of the zero map, yet able to grow.
+
+        W0's singular values are fixed, so shrinking W0 alone would keep the layer near zero
+        for good. Instead a trainable scalar gain g, W = g·R·W0·P, starts at `scale` (the
+        singular values are then g·σ(W0): fixed up to that one factor), and the bias is drawn
+        from U(−scale, scale). The last layer of a residual block starts so, for the block to
+        start near the identity.
+        """
+        factory = {"device": self.base_weight.device, "dtype": self.base_weight.dtype}
+        self.gain = nn.Parameter(torch.full((), scale, **factory))
+        if self.bias is not None:
+            with torch.no_grad():
+                self.bias.uniform_(-scale, scale)
+
     def rotation_parameters(self) -> list[nn.Parameter]:
         """The free parameters of the output and input rotations (reset by every merge)."""
         return [self.output_rotation, self.input_rotation]
@@ -214,18 +235,31 @@ class POETLinear(nn.Module):
         blocks = cayley(q) if self.neumann_terms is None else cayley_neumann(q, self.neumann_terms)
         return blocks[: self._output_blocks], blocks[self._output_blocks :]
 
+    def _permuted_base_weight(self) -> Tensor:
+        """Ψ_out·W0·Ψ_inᵀ, W0 in the frames where R and P are block-diagonal:
+        (out_features, in_features)"""
+        return self.base_weight.index_select(0, self.output_permutation).index_select(
+            1, self.input_permutation
+        )
+
     def _transform(self, columns: Tensor) -> Tensor:
         """R·W0·P·columns without forming R, P or W: (in_features, N) -> (out_features, N)"""
         output_blocks, input_blocks = self.rotation_blocks()
-        # In the permuted frames W0 becomes Ψ_out·W0·Ψ_inᵀ, so the two inner permutations act on
-        # the (small) weight instead of the activations. Activations are handled as columns, so
-        # that each block rotation is one batched product without transposed copies.
-        permuted_weight = self.base_weight.index_select(0, self.output_permutation).index_select(
-            1, self.input_permutation
-        )
+        # The two inner permutations act on the (small) weight instead of the activations.
+        # Activations are handled as columns, so that each block rotation is one batched
+        # product without transposed copies.
         h = rotate_blocks(columns.index_select(0, self.input_permutation), input_blocks)
-        h = rotate_blocks(permuted_weight @ h, output_blocks)
-        return h.index_select(0, torch.argsort(self.output_permutation))
+        h = rotate_blocks(self._permuted_base_weight() @ h, output_blocks)
+        return h.index_select(0, self.output_inverse_permutation)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # The inverses follow the loaded permutations, also where a state dict saved before
+        # they were kept lacks them (the dict is torch's copy, not the caller's).
+        for side in ("output", "input"):
+            permutation = state_dict.get(f"{prefix}{side}_permutation")
+            if permutation is not None:
+                state_dict[f"{prefix}{side}_inverse_permutation"] = torch.argsort(permutation)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., in_features) -> (..., out_features)"""
@@ -234,34 +268,50 @@ class POETLinear(nn.Module):
                 f"expected inputs of shape (..., {self.in_features}), got {tuple(x.shape)}"
             )
         out = self._transform(x.reshape(-1, self.in_features).T).T.contiguous()
+        if self.gain is not None:
+            out = out * self.gain
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features)
 
+    def rotated_weight(self) -> Tensor:
+        """R·W0·P = Ψ_outᵀ·B_out·(Ψ_out·W0·Ψ_inᵀ)·B_in·Ψ_in, B the block-diagonal rotations,
+        from one batched product of b x b blocks on each side and two gathers:
+        (out_features, in_features)"""
+        output_blocks, input_blocks = self.rotation_blocks()
+        h = rotate_blocks(self._permuted_base_weight(), output_blocks)
+        h = rotate_blocks(h.T, input_blocks.mT).T  # X·B = (Bᵀ·Xᵀ)ᵀ
+        return h.index_select(0, self.output_inverse_permutation).index_select(
+            1, self.input_inverse_permutation
+        )
+
     def effective_weight(self) -> Tensor:
-        """W = R·W0·P: (out_features, in_features)"""
-        w0 = self.base_weight
-        return self._transform(torch.eye(self.in_features, dtype=w0.dtype, device=w0.device))
+        """W = g·R·W0·P, g = 1 without a gain: (out_features, in_features)"""
+        weight = self.rotated_weight()
+        return weight if self.gain is None else self.gain * weight
 
     @torch.no_grad()
     def merge(self, generator: torch.Generator | None = None) -> None:
         """W0 ← R·W0·P, Q ← 0 and new permutations (from `generator`, a CPU generator, or
         torch's default one): the layer's function is unchanged. Every tensor is updated in place,
         so optimizers and averages that hold them stay attached."""
-        self.base_weight.copy_(self.effective_weight())
+        self.base_weight.copy_(self.rotated_weight())
         for parameter in self.rotation_parameters():
             parameter.zero_()
-        for permutation in (self.output_permutation, self.input_permutation):
+        for side in ("output", "input"):
+            permutation = getattr(self, f"{side}_permutation")
             permutation.copy_(torch.randperm(len(permutation), generator=generator))
+            getattr(self, f"{side}_inverse_permutation").copy_(torch.argsort(permutation))
 
     def averaged_state(self) -> dict[str, Tensor]:
-        """The state entries a moving average should follow: W0 ← W, Q ← 0 and the bias.
+        """The state entries a moving average should follow: W0 ← R·W0·P, Q ← 0 and the bias
+        (a gain is averaged as it is).
 
-        An average of these is a plain linear map holding the average of the effective weights,
-        which merges never change, so it stays consistent across merges.
+        An average of these is a linear map (times the averaged gain) holding the average of
+        R·W0·P, which merges never change, so it stays consistent across merges.
         """
         with torch.no_grad():
-            state = {"base_weight": self.effective_weight()}
+            state = {"base_weight": self.rotated_weight()}
             state.update({name: torch.zeros_like(getattr(self, name)) for name in _ROTATIONS})
             if self.bias is not None:
                 state["bias"] = self.bias.detach()
@@ -329,7 +379,8 @@ class POETMerge(Callback):
     a merge the trainer's gradient-clipping threshold (Trainer(gradient_clip_val=...), nothing
     to ramp without one) is scaled by j / clip_ramp_steps at the j-th step, as in the paper.
     The generator state, the merge count and the step of the last merge are checkpointed; W0 and
-    the permutations are module buffers, so a resumed run continues exactly.
+    the permutations are module buffers. With the global random state and the shuffling, which
+    fmpe's training checkpoints, a resumed run continues bit for bit on the same machine.
     """
 
     def __init__(self, every_n_steps: int, seed: int = 0, clip_ramp_steps: int = 10):

@@ -47,4 +47,6 @@ def test_recorded_durations_give_a_units_expected_seconds():
     assert expected_unit_seconds(rows, "slcp", 1000, "fmpe", 3, trained=True) == 30.0
     # Another estimator's rows stand in where this one has none.
     assert expected_unit_seconds(rows, "slcp", 1000, "fmpe@defaults", 1, False) == 110.0
-    assert expected_unit_seconds(rows, "two_moons", 1000, "fmpe", 1, False) is None
+    # Another task's rows at the budget stand in where this task has none; none at all: None.
+    assert expected_unit_seconds(rows, "two_moons", 1000, "fmpe", 1, False) == 110.0
+    assert expected_unit_seconds(rows, "two_moons", 10000, "fmpe", 1, False) is None

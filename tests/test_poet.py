@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from fmpe.networks.velocity import VelocityNetwork
 from fmpe.poet import (
     POET,
     POETLinear,
@@ -279,13 +280,18 @@ def test_materialize_and_from_linear_keep_the_function():
         torch.testing.assert_close(plain(x), layer(x), rtol=0, atol=1e-13)
 
 
-def test_averaged_state_averages_effective_weights_across_merges():
+@pytest.mark.parametrize("gain", [False, True])
+def test_averaged_state_averages_effective_weights_across_merges(gain):
     """A moving average that lerps toward averaged_state() holds the average of the effective
-    weights; one that lerps the raw state does not once a merge has changed W0."""
+    weights (with a gain: the averaged gain times the average of R·W0·P); one that lerps the
+    raw state does not once a merge has changed W0."""
     torch.manual_seed(0)
     layer = POETLinear(8, 6, block_size=4, dtype=F64)
+    if gain:
+        layer.start_near_zero(0.5)
     average, naive = copy.deepcopy(layer), copy.deepcopy(layer)
-    expected_weight, expected_bias = layer.effective_weight(), layer.bias.detach().clone()
+    expected_weight, expected_bias = layer.rotated_weight(), layer.bias.detach().clone()
+    expected_gain = layer.gain.detach().clone() if gain else torch.ones((), dtype=F64)
     generator = torch.Generator().manual_seed(0)
 
     def lerp_toward(copy_: nn.Module, targets: dict[str, torch.Tensor]) -> None:
@@ -302,9 +308,12 @@ def test_averaged_state_averages_effective_weights_across_merges():
             layer.merge(generator)
         lerp_toward(average, layer.averaged_state())
         lerp_toward(naive, {})
-        expected_weight.lerp_(layer.effective_weight(), 0.3)
+        expected_weight.lerp_(layer.rotated_weight(), 0.3)
         expected_bias.lerp_(layer.bias.detach(), 0.3)
+        if gain:
+            expected_gain.lerp_(layer.gain.detach(), 0.3)
 
+    expected_weight = expected_gain * expected_weight
     torch.testing.assert_close(average.effective_weight(), expected_weight, rtol=0, atol=1e-13)
     assert all(torch.equal(p, torch.zeros_like(p)) for p in average.rotation_parameters())
     x = torch.randn(10, 8, dtype=F64)
@@ -312,6 +321,90 @@ def test_averaged_state_averages_effective_weights_across_merges():
         average(x), x @ expected_weight.T + expected_bias, rtol=0, atol=1e-13
     )
     assert (naive.effective_weight() - expected_weight).abs().max() > 1e-2
+
+
+def assert_is_the_dense_formula(layer: POETLinear, atol: float) -> None:
+    """The effective weight and the forward pass against R·W0·P from dense matrices, and the
+    inverse permutations against the permutations."""
+    weight = dense_weight(layer)
+    assert (weight - layer.base_weight).abs().max() > 0.1
+    torch.testing.assert_close(layer.effective_weight(), weight, rtol=0, atol=atol)
+    x = torch.randn(7, layer.in_features, dtype=weight.dtype)
+    torch.testing.assert_close(layer(x), x @ weight.T + layer.bias, rtol=0, atol=atol)
+    for side in ("output", "input"):
+        permutation = getattr(layer, f"{side}_permutation")
+        inverse = getattr(layer, f"{side}_inverse_permutation")
+        assert torch.equal(permutation[inverse], torch.arange(len(permutation)))
+
+
+@pytest.mark.parametrize(
+    ("in_features", "out_features", "block_size", "dtype", "atol"),
+    [(13, 7, 4, F64, 1e-13), (16, 24, 8, F64, 1e-13), (20, 12, 8, torch.float32, 1e-5)],
+)
+def test_effective_weight_is_the_dense_formula_after_merges_and_loads(
+    in_features, out_features, block_size, dtype, atol
+):
+    torch.manual_seed(0)
+    layer = POETLinear(in_features, out_features, block_size=block_size, dtype=dtype)
+    randomize_rotations(layer, 0.2)
+    assert_is_the_dense_formula(layer, atol)
+    layer.merge(torch.Generator().manual_seed(1))
+    randomize_rotations(layer, 0.2)
+    assert_is_the_dense_formula(layer, atol)
+
+    state = layer.state_dict()
+    # A fresh layer has other permutations; loading takes them, with their inverses, also
+    # from a state dict saved before the inverses were kept.
+    before_inverses = {k: v for k, v in state.items() if "inverse" not in k}
+    for saved in (state, before_inverses):
+        loaded = POETLinear(in_features, out_features, block_size=block_size, dtype=dtype)
+        assert not torch.equal(loaded.input_permutation, layer.input_permutation)
+        loaded.load_state_dict(saved)
+        assert_is_the_dense_formula(loaded, atol)
+        assert torch.equal(loaded.effective_weight(), layer.effective_weight())
+
+
+def test_a_layer_started_near_zero_stays_able_to_grow():
+    """start_near_zero: W = g·R·W0·P with a trainable g at the scale, small biases; merges,
+    the materialized layer and the dense formula all keep the gain."""
+    torch.manual_seed(0)
+    layer = POETLinear(12, 10, block_size=4, dtype=F64)
+    layer.start_near_zero(1e-3)
+    assert layer.gain.item() == 1e-3 and layer.bias.abs().max() <= 1e-3
+    torch.testing.assert_close(layer.effective_weight(), 1e-3 * layer.base_weight, rtol=0, atol=0)
+    x = torch.randn(30, 12, dtype=F64)
+    assert layer(x).abs().max() < 1e-2
+    loss = layer(x).square().sum()
+    loss.backward()
+    assert layer.gain.grad is not None and float(layer.gain.grad) != 0
+    with torch.no_grad():
+        layer.gain.fill_(0.7)
+    randomize_rotations(layer, 0.2)
+    weight = 0.7 * dense_weight(layer)
+    torch.testing.assert_close(layer.effective_weight(), weight, rtol=0, atol=1e-13)
+    torch.testing.assert_close(layer(x), x @ weight.T + layer.bias, rtol=0, atol=1e-13)
+    torch.testing.assert_close(layer.materialize()(x), layer(x), rtol=0, atol=1e-13)
+    layer.merge(torch.Generator().manual_seed(1))
+    torch.testing.assert_close(layer(x), x @ weight.T + layer.bias, rtol=0, atol=1e-13)
+    assert layer.gain.item() == 0.7
+
+
+@pytest.mark.parametrize("linear", [None, POET(block_size=4)], ids=["linear", "poet"])
+def test_residual_blocks_start_near_the_identity(linear):
+    """As ordinary blocks do, POET blocks (their gates too) start within 1% of the identity;
+    only each block's last layer gets a gain."""
+    torch.manual_seed(0)
+    network = VelocityNetwork(2, (3,), hidden_widths=(16, 32), x_route="both", linear=linear)
+    for block in network.net.blocks:
+        width = block.linear1.in_features
+        z, context = torch.randn(64, width), torch.randn(64, block.gate.in_features)
+        with torch.no_grad():
+            change = block(z, context) - z
+        assert change.norm() < 1e-2 * z.norm()
+    gains = [name for name, _ in network.named_parameters() if name.endswith("gain")]
+    if linear is not None:
+        assert gains == ["net.blocks.0.linear2.gain", "net.blocks.1.linear2.gain"]
+        assert not any(type(m) is nn.Linear for m in network.modules())
 
 
 def test_seeded_merges_are_reproducible():

@@ -1,5 +1,6 @@
 """Training with Lightning: seeding, resumption and best weights."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,9 @@ import pytest
 import torch
 
 from fmpe import FMPE
+from fmpe.io.store import SimulationStore
+from fmpe.training.data import SimulationDataModule, StreamingDataModule
+from fmpe.training.fit import CHECKPOINT
 
 
 def test_seeded_training_is_reproducible(gaussian):
@@ -27,11 +31,13 @@ def test_seeded_training_is_reproducible(gaussian):
 
 KILLED_RUN = textwrap.dedent(
     """
-    import os, signal, sys
+    import json, os, signal, sys
     import lightning as L
     import torch
     from torch.distributions import MultivariateNormal
     from fmpe import FMPE
+
+    torch.set_num_threads(1)  # as in the tests' process (conftest), for bit-equal results
 
     class KillAtEpochTwo(L.Callback):
         def on_train_epoch_end(self, trainer, module):
@@ -40,19 +46,41 @@ KILLED_RUN = textwrap.dedent(
 
     prior = MultivariateNormal(torch.zeros(2), torch.eye(2))
     simulator = lambda th: th + 0.1 * torch.randn_like(th)  # noqa: E731
-    FMPE(simulator, prior, network_options={"hidden_widths": (16,)}).train(
-        500, max_epochs=10, checkpoint_dir=sys.argv[1], seed=3, show_progress=False,
-        trainer_kwargs={"callbacks": [KillAtEpochTwo()]},
+    options = json.loads(sys.argv[2])
+    FMPE(simulator, prior, network_options=options["network"]).train(
+        500, checkpoint_dir=sys.argv[1], show_progress=False,
+        trainer_kwargs={"accelerator": "cpu", "callbacks": [KillAtEpochTwo()]},
+        **options["training"],
     )
     """
 )
 
+# Five batches an epoch (475 training pairs), so that the shuffling matters. On the CPU, whose
+# kernels are deterministic, so that a resumed run can be compared bit for bit.
+KILLED_TRAINING = {"max_epochs": 10, "seed": 3, "batch_size": 100}
+POET_MERGING_ACROSS_THE_KILL = {"name": "poet", "block_size": 4, "merge_every": 7}
 
-def test_killed_run_resumes_from_checkpoint(tmp_path):
+
+def checkpointed_weights(path) -> dict[str, torch.Tensor]:
+    """The averaged and the raw weights in a checkpoint."""
+    checkpoint = torch.load(path, weights_only=True)
+    raw = {f"raw.{k}": v for k, v in checkpoint["current_model_state"].items()}
+    return checkpoint["state_dict"] | raw
+
+
+@pytest.mark.parametrize(
+    "network",
+    [{"hidden_widths": [16]}, {"hidden_widths": [16], "linear": POET_MERGING_ACROSS_THE_KILL}],
+    ids=["linear", "poet"],
+)
+def test_killed_run_resumes_from_checkpoint_exactly(tmp_path, network):
     script = tmp_path / "killed.py"
     script.write_text(KILLED_RUN)
     checkpoints = tmp_path / "run"
-    result = subprocess.run([sys.executable, str(script), str(checkpoints)], capture_output=True)
+    options = json.dumps({"network": network, "training": KILLED_TRAINING})
+    result = subprocess.run(
+        [sys.executable, str(script), str(checkpoints), options], capture_output=True
+    )
     assert result.returncode == -9, result.stderr.decode()[-2000:]
     assert (checkpoints / "simulations.safetensors").exists()
     killed_at = torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"]
@@ -79,13 +107,12 @@ def test_killed_run_resumes_from_checkpoint(tmp_path):
     checkpoint = torch.load(checkpoints / "last.ckpt", weights_only=False)
     (before,) = [v["seconds"] for k, v in checkpoint["callbacks"].items() if "TrainingTime" in k]
     assert before > 0
-    posterior = FMPE(no_simulator, prior, network_options={"hidden_widths": (16,)}).train(
+    posterior = FMPE(no_simulator, prior, network_options=network).train(
         500,
-        max_epochs=10,
         checkpoint_dir=checkpoints,
-        seed=3,
         show_progress=False,
-        trainer_kwargs={"callbacks": [RecordEpochs()]},
+        trainer_kwargs={"accelerator": "cpu", "callbacks": [RecordEpochs()]},
+        **KILLED_TRAINING,
     )
     assert epochs_run == list(range(killed_at + 1, 10))
     # The training time adds the killed process's time (up to its last checkpoint) to this one's.
@@ -93,6 +120,49 @@ def test_killed_run_resumes_from_checkpoint(tmp_path):
     assert posterior.training_record.seconds == pytest.approx(before + own, abs=0.05)
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 9
     assert posterior.sample(5, torch.zeros(2)).shape == (5, 2)
+
+    # Bit for bit what the same run gives uninterrupted: shuffling and training noise included.
+    simulator = lambda th: th + 0.1 * torch.randn_like(th)  # noqa: E731
+    straight = tmp_path / "straight"
+    uninterrupted = FMPE(simulator, prior, network_options=network).train(
+        500,
+        checkpoint_dir=straight,
+        show_progress=False,
+        trainer_kwargs={"accelerator": "cpu"},
+        **KILLED_TRAINING,
+    )
+    resumed, expected = map(checkpointed_weights, (checkpoints / CHECKPOINT, straight / CHECKPOINT))
+    assert resumed.keys() == expected.keys()
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)
+    for a, b in zip(posterior.parameters(), uninterrupted.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_data_modules_checkpoint_their_shuffling(tmp_path):
+    """A data module loaded with another's state serves the epochs that one would serve next,
+    in memory and streamed from a store."""
+    theta = torch.randn(300, 2)
+    x = theta + 1
+    store = SimulationStore(tmp_path)
+    store.append(theta[:150], x[:150])
+    store.append(theta[150:], x[150:])
+
+    def epoch(data) -> torch.Tensor:
+        """θ of one epoch's batches, in their order: (rows, 2)"""
+        return torch.cat([batch[0] for batch in data.train_dataloader()])
+
+    for build in (
+        lambda: SimulationDataModule(theta, x, batch_size=32),
+        lambda: StreamingDataModule(store, batch_size=32),
+    ):
+        data = build()
+        epoch(data)
+        state = data.state_dict()
+        ahead = [epoch(data), epoch(data)]
+        restored = build()
+        restored.load_state_dict(state)
+        assert all(torch.equal(epoch(restored), expected) for expected in ahead)
+        assert not torch.equal(epoch(build()), ahead[0])
 
 
 def test_returned_weights_are_the_best_validated_average(gaussian):

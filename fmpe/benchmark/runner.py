@@ -227,19 +227,21 @@ def expected_unit_seconds(
     rows: list[dict], task: str, budget: int, label: str, observations: int, trained: bool
 ) -> float | None:
     """Seconds that training a posterior (unless it is `trained` already) and scoring it on
-    `observations` are expected to take, from the finished rows of the same task and budget:
-    this estimator's where there are any, else any estimator's; None without such rows.
+    `observations` are expected to take, from the finished rows of the same budget: this
+    task's and estimator's where there are any, else this task's, else the slowest task's at
+    that budget; None without rows at that budget.
 
     A row records its training seconds; an observation's scoring is the median gap between
     the finish times of a posterior's consecutive rows.
     """
-    same = [r for r in rows if (r["task"], int(r["budget"])) == (task, budget)]
-    mine = [r for r in same if r["estimator"] == label] or same
+    at_budget = [r for r in rows if int(r["budget"]) == budget]
+    same = [r for r in at_budget if r["task"] == task]
+    mine = [r for r in same if r["estimator"] == label] or same or at_budget
     if not mine:
         return None
-    by_posterior: dict[tuple[str, str], list[dict]] = {}
+    by_posterior: dict[tuple[str, str, str], list[dict]] = {}
     for r in mine:
-        by_posterior.setdefault((r["estimator"], r["seed"]), []).append(r)
+        by_posterior.setdefault((r["task"], r["estimator"], r["seed"]), []).append(r)
     gaps = [median_gap_seconds(r["finished_at"] for r in group) for group in by_posterior.values()]
     scoring = max((g for g in gaps if g is not None), default=0.0)
     training = 0.0 if trained else max(float(r["train_seconds"] or 0) for r in mine)
@@ -291,8 +293,7 @@ def run(
     )
     todo = [c for c in cells if c not in done]
     workers = scoring_workers if torch_device.type == "cpu" else 1
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="benchmark")
-    with bar, scoring_pool(workers) as pool:
+    with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="benchmark") as bar:
         for task_name, budget in dict.fromkeys((t, b) for t, b, *_ in todo):
             unit = [c for c in todo if c[:2] == (task_name, budget)]
             saved = run_stem(run_dir, task_name, budget, label, seed).with_suffix(".fmpe")
@@ -311,22 +312,26 @@ def run(
             bar.update(sum(c in finished for c in unit))
             observations = [c[3] for c in unit if c not in finished]
             bar.set_postfix_str(f"scoring {task_name} at {budget}")
-            for observation, scores in _scores(
-                pool, posterior, saved, task, observations, seed, num_samples
-            ):
-                row = {
-                    "task": task_name,
-                    "budget": budget,
-                    "estimator": label,
-                    "observation": observation,
-                    "seed": seed,
-                    **scores,
-                    "trainable_parameters": posterior.training_record.trainable_parameters,
-                    "train_seconds": round(train_seconds, 2),
-                    **provenance(torch_device),
-                }
-                if not store.add(row):
-                    warnings.warn(f"{row_key(row)} was written by a concurrent run", stacklevel=2)
-                bar.update(1)
+            # A pool per posterior: it starts in seconds and serves minutes of scoring.
+            with scoring_pool(workers if len(observations) > 1 else 1) as pool:
+                for observation, scores in _scores(
+                    pool, posterior, saved, task, observations, seed, num_samples
+                ):
+                    row = {
+                        "task": task_name,
+                        "budget": budget,
+                        "estimator": label,
+                        "observation": observation,
+                        "seed": seed,
+                        **scores,
+                        "trainable_parameters": posterior.training_record.trainable_parameters,
+                        "train_seconds": round(train_seconds, 2),
+                        **provenance(torch_device),
+                    }
+                    if not store.add(row):
+                        warnings.warn(
+                            f"{row_key(row)} was written by a concurrent run", stacklevel=2
+                        )
+                    bar.update(1)
     final = store.completed()
     return [final[c] for c in cells if c in final]

@@ -71,7 +71,8 @@ def register_linear(name: str, factory: Callable[..., LinearFactory]) -> None:
 
     A factory may define ``training_callbacks() -> list`` (Lightning callbacks its layers need),
     and its layers ``materialize() -> nn.Linear``, so that a trained network is saved with
-    ordinary layers.
+    ordinary layers, and ``start_near_zero(scale)``, with which the last layer of a residual
+    block starts near the zero map (other layers keep their own initialization there).
     """
     _register(LINEAR_LAYERS, "linear layer", name, factory)
 

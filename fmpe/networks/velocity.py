@@ -19,6 +19,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 Route = Literal["main", "gate", "both"]
 
+NEAR_ZERO = 1e-3
+"""The scale of the last layer of a residual block at initialization."""
+
 
 def make_activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
@@ -50,11 +53,14 @@ class ResidualBlock(nn.Module):
         self.linear1 = linear(width, width)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = linear(width, width)
+        # Blocks start close to the identity. A reparameterized layer that offers it starts
+        # near zero its own way: POET fixes W0's singular values, so shrinking its weight here
+        # would keep the block near the identity for good.
         if isinstance(self.linear2, nn.Linear):
-            # Blocks start close to the identity. A reparameterized layer keeps its own
-            # initialization: POET, for one, fixes the singular values at the start.
-            nn.init.uniform_(self.linear2.weight, -1e-3, 1e-3)
-            nn.init.uniform_(self.linear2.bias, -1e-3, 1e-3)
+            nn.init.uniform_(self.linear2.weight, -NEAR_ZERO, NEAR_ZERO)
+            nn.init.uniform_(self.linear2.bias, -NEAR_ZERO, NEAR_ZERO)
+        elif hasattr(self.linear2, "start_near_zero"):
+            self.linear2.start_near_zero(NEAR_ZERO)
         self.gate = linear(context_dim, width) if context_dim > 0 else None
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:

@@ -1,5 +1,5 @@
-"""Lightning callbacks of fmpe's training: an average of the weights, the best weights, and
-the time spent."""
+"""Lightning callbacks of fmpe's training: an average of the weights, the best weights, the
+time spent, and the global random state."""
 
 import time
 
@@ -130,3 +130,26 @@ class TrainingTime(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._earlier = state_dict["seconds"]
+
+
+class GlobalRandomState(Callback):
+    """Torch's global random state (CPU, and CUDA once initialized), kept in checkpoints.
+
+    The training noise (times, base draws, dropout) and the data loader's seed come from it,
+    so a run resumed from a checkpoint draws what the uninterrupted run drew after saving it,
+    bit for bit on the same machine. Under DDP rank 0's state is saved and every rank
+    restores it, which is exact while the ranks' states agree (they are seeded alike and draw
+    alike). CUDA states are restored only onto as many devices as were saved.
+    """
+
+    def state_dict(self) -> dict:
+        state = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        torch.set_rng_state(state_dict["cpu"])
+        cuda = state_dict.get("cuda")
+        if cuda is not None and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)

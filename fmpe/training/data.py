@@ -52,16 +52,17 @@ class TensorBatches(Dataset):
 
 
 class ShuffledBatches(Sampler):
-    """Index tensors (b,) of the batches of one epoch, a new seeded permutation each epoch.
+    """Index tensors (b,) of the batches of one epoch, a new permutation drawn from
+    `generator` each epoch.
 
     Yields whole index tensors, so a batch is one indexing operation. Lightning's DDP wraps
     the sampler so that each process takes every world-size-th batch.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int):
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
         self.n = n
         self.batch_size = batch_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = generator
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
@@ -169,7 +170,6 @@ class SimulationDataModule(_TrainingData):
     ):
         super().__init__()
         self.batch_size = batch_size
-        self.seed = seed
         self.augment_x = augment_x
         self.theta_transform = theta_transform or UnboundedTransform.identity(theta.shape[1])
         theta = self.theta_transform.checked(theta, "the training simulations")
@@ -182,10 +182,34 @@ class SimulationDataModule(_TrainingData):
         x_train = x[train] if augment_x is not None else self.x_standardizer(x[train])
         self.train_set = TensorBatches(theta_z[train], x_train)
         self._x, self._train = x, train
+        # The generator is made where the batches are drawn and pickled as its state: DDP's
+        # spawned processes receive the module pickled, and a torch.Generator does not travel
+        # through their pickler.
+        self.shuffle_state = torch.Generator().manual_seed(seed + 2).get_state()
+        self.shuffle: torch.Generator | None = None
 
     def train_dataloader(self) -> DataLoader:
-        sampler = ShuffledBatches(len(self.train_set), self.batch_size, self.seed + 2)
+        if self.shuffle is None:
+            self.shuffle = torch.Generator()
+            self.shuffle.set_state(self.shuffle_state)
+        sampler = ShuffledBatches(len(self.train_set), self.batch_size, self.shuffle)
         return DataLoader(self.train_set, sampler=sampler, batch_size=None)
+
+    def state_dict(self) -> dict:
+        """The state of the shuffling's generator, which Lightning checkpoints, so that a
+        resumed run draws the batches an uninterrupted one would."""
+        shuffle = self.shuffle_state if self.shuffle is None else self.shuffle.get_state()
+        return {"shuffle_generator": shuffle}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.shuffle_state = state_dict["shuffle_generator"]
+        if self.shuffle is not None:
+            self.shuffle.set_state(self.shuffle_state)
+
+    def __getstate__(self) -> dict:
+        state = {**self.__dict__, "shuffle": None}
+        state["shuffle_state"] = self.state_dict()["shuffle_generator"]
+        return state
 
     def embedding_fit_data(self, max_rows: int = 50_000) -> Tensor:
         """Standardized training x (at most `max_rows`, unaugmented) for `fit_to_data`."""
@@ -322,6 +346,14 @@ class StreamingDataModule(_TrainingData):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=None)
+
+    def state_dict(self) -> dict:
+        """The epochs streamed so far, which seed the next epoch's order; Lightning
+        checkpoints them, so that a resumed run streams what an uninterrupted one would."""
+        return {"epoch": self.train_set.epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train_set.epoch = state_dict["epoch"]
 
     def embedding_fit_data(self, max_rows: int = 50_000) -> Tensor:
         """Standardized training x (at most `max_rows`, unaugmented) for `fit_to_data`."""

@@ -11,7 +11,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from fmpe.training.callbacks import BestWeights, ExponentialMovingAverage, TrainingTime
+from fmpe.training.callbacks import (
+    BestWeights,
+    ExponentialMovingAverage,
+    GlobalRandomState,
+    TrainingTime,
+)
 from fmpe.training.modules import EstimatorModule
 from fmpe.training.settings import TrainingSettings
 
@@ -50,9 +55,10 @@ def fit(
     """Fits the module, restores its best weights and puts it in eval mode.
 
     With a `checkpoint_dir`, Lightning saves `last.ckpt` there after every epoch, and a call
-    that finds one resumes from it. The network may ask for callbacks of its own
-    (``training_callbacks() -> list``) and opt out of weight averaging
-    (``weight_averaging = False``).
+    that finds one resumes from it; with the shuffling's and the global random state in the
+    checkpoint, it goes on bit for bit as the uninterrupted run would on the same machine.
+    The network may ask for callbacks of its own (``training_callbacks() -> list``) and opt
+    out of weight averaging (``weight_averaging = False``).
 
     Returns:
         the device it trained on, and what the run did.
@@ -68,7 +74,7 @@ def fit(
     average = ExponentialMovingAverage(settings.ema_decay) if averaging else None
     best = BestWeights("val_loss", average)
     timer = TrainingTime()
-    callbacks: list = [best, timer]
+    callbacks: list = [best, timer, GlobalRandomState()]
     if settings.early_stopping_patience is not None:
         callbacks.append(
             EarlyStopping(monitor="val_loss", patience=settings.early_stopping_patience)
