@@ -73,9 +73,10 @@ class Deadline:
         return f"stopped for the deadline; left: {', '.join(self.left)}; continue with: {command}"
 
 
-def median_gap_seconds(timestamps: Iterable[str]) -> float | None:
-    """The median seconds between consecutive ISO 8601 `timestamps` (sorted first), or None
-    with fewer than two: how long one unit of a run of like units took."""
+def median_gap_seconds(timestamps: Iterable[str | None]) -> float | None:
+    """The median seconds between consecutive ISO 8601 `timestamps` (sorted first; empty or
+    None ones left out), or None with fewer than two: how long one unit of a run of like units
+    took."""
     times = sorted(datetime.fromisoformat(t) for t in timestamps if t)
     gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
     return statistics.median(gaps) if gaps else None

@@ -242,9 +242,11 @@ def expected_unit_seconds(
     by_posterior: dict[tuple[str, str, str], list[dict]] = {}
     for r in mine:
         by_posterior.setdefault((r["task"], r["estimator"], r["seed"]), []).append(r)
-    gaps = [median_gap_seconds(r["finished_at"] for r in group) for group in by_posterior.values()]
+    gaps = [
+        median_gap_seconds(r.get("finished_at") for r in group) for group in by_posterior.values()
+    ]
     scoring = max((g for g in gaps if g is not None), default=0.0)
-    training = 0.0 if trained else max(float(r["train_seconds"] or 0) for r in mine)
+    training = 0.0 if trained else max(float(r.get("train_seconds") or 0) for r in mine)
     return training + observations * scoring
 
 
