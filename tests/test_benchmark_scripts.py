@@ -64,13 +64,13 @@ def ablation(poet, monkeypatch) -> SimpleNamespace:
         def hyperparameters(self, budget, estimator="fmpe", variant=None):
             model = {"network_options": {"hidden_widths": list(state.widths)}}
             if variant is None:
-                return model, {}
+                return model, {"learning_rate": 2e-3}
             poet_layers = {"name": "poet", "block_size": 8, "merge_every": 200}
             model["network_options"]["linear"] = poet_layers | {"neumann_terms": "exact"}
             return model, {"learning_rate": 8e-3}
 
-    def train(task, budget, model, train_options):
-        state.trained.append(model)
+    def train(task, budget, model, train_options, seed):
+        state.trained.append((model, train_options, seed))
         state.clock.now += 100.0
         block = model["network_options"].get("linear", {}).get("block_size", 0)
         record = SimpleNamespace(
@@ -90,7 +90,8 @@ def ablation(poet, monkeypatch) -> SimpleNamespace:
             "exact cayley": {"linear": {"neumann_terms": None}},
             "variant": {},  # the card's "exact": the same configuration
             "block 4": {"linear": {"block_size": 4}},
-            "learning rate x 4": {"learning_rate_factor": 4.0},
+            "learning rate x 4": {"learning_rate_factor": 4.0},  # the variant's 8e-3 again
+            "learning rate x 2": {"learning_rate_factor": 2.0},
         },
     )
     monkeypatch.setattr(poet, "load_card", lambda name: Card())
@@ -105,18 +106,23 @@ def test_finished_rows_are_not_redone_unless_the_card_changed(poet, ablation, tm
     path = tmp_path / "poet_ablation.csv"
     poet.run_ablation(path, Deadline(None))
     rows = read_csv(path)
-    assert [r["configuration"] for r in rows] == ["exact cayley", "block 4", "learning rate x 4"]
-    assert [r["neumann_terms"] for r in rows] == ["", "exact", "exact"]
-    assert len(ablation.trained) == 4  # the ordinary network and three configurations
+    configurations = ["exact cayley", "block 4", "learning rate x 2"]
+    assert [r["configuration"] for r in rows] == [c for c in configurations for _ in "01"]
+    assert [r["seed"] for r in rows] == ["0", "1"] * 3
+    assert [r["neumann_terms"] for r in rows] == ["", "", "exact", "exact", "exact", "exact"]
+    # The ordinary rate times the factor, not the variant's rate times it.
+    assert {r["learning_rate"] for r in rows} == {"0.008", "0.004"}
+    # The ordinary network once per seed, then three configurations on each seed.
+    assert [seed for _, _, seed in ablation.trained] == [0, 0, 1, 1, 0, 1, 0, 1]
 
     ablation.trained.clear()
     poet.run_ablation(path, Deadline(None))
-    assert ablation.trained == [] and len(read_csv(path)) == 3
+    assert ablation.trained == [] and len(read_csv(path)) == 6
 
     ablation.widths = [16, 16]  # a changed card: its rows are not those of the old one
     poet.run_ablation(path, Deadline(None))
     rows = read_csv(path)
-    assert len(ablation.trained) == 4 and len(rows) == 6
+    assert len(ablation.trained) == 8 and len(rows) == 12
     assert len({r["ordinary_parameters"] for r in rows}) == 2
 
 
@@ -133,7 +139,9 @@ def test_a_stopped_ablation_continues_to_the_rows_of_an_uninterrupted_one(
     # take the 100 s the first trained for, more than what is left.
     poet.main(["ablation", "--stop-after", "60s"])
     assert capsys.readouterr().out.splitlines()[-1] == (
-        "stopped for the deadline; left: two_moons block 4, two_moons learning rate x 4; "
+        "stopped for the deadline; left: two_moons exact cayley seed 1, two_moons block 4 "
+        "seed 0, two_moons block 4 seed 1, two_moons learning rate x 2 seed 0, two_moons "
+        "learning rate x 2 seed 1; "
         "continue with: uv run python benchmarks/poet.py ablation --stop-after 60s"
     )
     assert len(read_csv(tmp_path / "parts" / "poet_ablation.csv")) == 1

@@ -140,16 +140,18 @@ def test_a_task_without_reference_samples_says_so():
         Bare().reference_samples(1)
 
 
-def test_plug_ins_register_by_name(monkeypatch):
-    from fmpe.tasks import register_task, registry
+def test_plug_ins_register_by_name():
+    from fmpe.tasks import TASKS, register_task
 
-    monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
     register_task("bare", Bare)
-    assert "bare" in available_tasks()
-    task = get_task("bare")
-    assert task.simulate(torch.ones(4, 1)).shape == (4, 1)
-    with pytest.raises(ValueError, match="already registered"):
-        register_task("bare", Bare)
+    try:
+        assert "bare" in available_tasks()
+        task = get_task("bare")
+        assert task.simulate(torch.ones(4, 1)).shape == (4, 1)
+        with pytest.raises(ValueError, match="already registered"):
+            register_task("bare", Bare)
+    finally:
+        TASKS.unregister("bare")
 
 
 @needs_sbibm
@@ -530,3 +532,31 @@ batch_size = 32
     assert card.hyperparameters(1000) == ({}, {"batch_size": 64})
     with pytest.raises(ValueError, match="declares no variant 'wide' of fmpe; declared: poet"):
         card.hyperparameters(1000, "fmpe", "wide")
+
+
+def test_a_variants_learning_rate_factor_follows_each_cards_rate(card_folder):
+    (card_folder / "defaults.toml").write_text(
+        """
+[fmpe.train]
+learning_rate = 1e-3
+[fmpe.budget.10000.train]
+learning_rate = 2e-3
+[fmpe.variants.poet.train]
+learning_rate_factor = 4.0
+"""
+    )
+    _write_card(card_folder, "toy", "")
+    _write_card(card_folder, "fast", "[fmpe.selected.10000.train]\nlearning_rate = 5e-3\n")
+    rates = {
+        (name, budget): load_card(name).hyperparameters(budget, "fmpe", "poet")[1]
+        for name in ("toy", "fast")
+        for budget in (1000, 10000)
+    }
+    assert rates[("toy", 1000)] == {"learning_rate": 4e-3}
+    assert rates[("toy", 10000)] == {"learning_rate": 8e-3}
+    assert rates[("fast", 10000)] == {"learning_rate": 2e-2}
+    assert load_card("toy").hyperparameters(10000) == ({}, {"learning_rate": 2e-3})
+
+    _write_card(card_folder, "both", "[fmpe.variants.poet.train]\nlearning_rate = 1e-2\n")
+    with pytest.raises(ValueError, match="learning_rate or learning_rate_factor, not both"):
+        load_card("both")

@@ -11,6 +11,7 @@ Every card starts from the base card ``defaults.toml`` and overrides only what d
     [fmpe.budget.1000.model]           # overrides for a simulation budget
     [fmpe.selected.1000.model]         # the settings `fmpe sweep` selected (generated)
     [fmpe.variants.poet.model]         # overrides of a named variant (e.g. POET layers)
+    [fmpe.variants.poet.train]         # ... where learning_rate_factor scales the ordinary rate
     [npe.model]                        # the same for every registered estimator
 
 For a budget B, the overrides of the largest budget at or below B that either card declares
@@ -137,10 +138,15 @@ class TaskCard:
                     f"the card of {self.name} declares no variant {variant!r} of {estimator}; "
                     f"declared: {', '.join(self.variants(estimator)) or 'none'}"
                 )
+            ordinary_learning_rate = train.get("learning_rate")
             for layer in layers:
                 overrides = layer.variants.get(variant, {})
                 _merge(model, overrides.get("model", {}))
                 _merge(train, overrides.get("train", {}))
+            if "learning_rate_factor" in train:
+                train["learning_rate"] = _scaled_learning_rate(
+                    ordinary_learning_rate, train, f"{self.name} [{estimator}.variants.{variant}]"
+                )
         return copy.deepcopy(model), copy.deepcopy(train)
 
     def _selections_apply(self, layer: EstimatorCard, estimator: str, selected: bool) -> bool:
@@ -148,6 +154,17 @@ class TaskCard:
         they were chosen over (`SWEPT_SOURCE`)."""
         from_base = layer is self.base.get(estimator)
         return selected and (not from_base or self.source == SWEPT_SOURCE)
+
+
+def _scaled_learning_rate(ordinary: float | None, train: Table, where: str) -> float:
+    """A variant's learning rate given as ``learning_rate_factor`` times the ordinary rate of
+    the same task and budget (popped from `train`), so that it follows each card's rate."""
+    factor = train.pop("learning_rate_factor")
+    if train.get("learning_rate") != ordinary:
+        raise CardError(f"{where}: give learning_rate or learning_rate_factor, not both")
+    if ordinary is None:
+        raise CardError(f"{where}: learning_rate_factor needs an ordinary learning_rate to scale")
+    return ordinary * factor
 
 
 def _merge(into: Table, table: Table) -> None:
