@@ -238,6 +238,12 @@ def _parser() -> argparse.ArgumentParser:
         help="train nothing: take the finished search at budget S as the choice for --budget "
         "(for budgets too costly to search here)",
     )
+    sweep.add_argument(
+        "--capacity",
+        action="store_true",
+        help="fmpe only: after the grid, a stage of deeper and wider networks and three times "
+        "the epochs, beside the choice so far",
+    )
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_stop_after(sweep, "the configuration")
 
@@ -480,7 +486,7 @@ def _sweep(args: argparse.Namespace) -> None:
     if args.task == BASE_CARD:
         chosen, _ = choose_defaults(args.results, searched_at, args.estimator)
     elif args.from_budget is not None:
-        chosen = search_choice(args.results, args.task, searched_at, args.estimator)
+        chosen = search_choice(args.results, args.task, searched_at, args.estimator, args.capacity)
     else:
         chosen = sweep(
             args.task,
@@ -490,6 +496,7 @@ def _sweep(args: argparse.Namespace) -> None:
             results=args.results,
             show_progress=not args.quiet,
             deadline=deadline,
+            capacity=args.capacity,
         )
     print(f"wrote {write_table(args.results)}")
     if chosen is None:
@@ -498,7 +505,7 @@ def _sweep(args: argparse.Namespace) -> None:
     print(f"chosen for {args.task} at {args.budget} ({args.estimator}): {chosen}")
     if args.write_card:
         path = write_card_section(
-            args.task, args.budget, args.estimator, chosen, args.results, searched_at
+            args.task, args.budget, args.estimator, chosen, args.results, searched_at, args.capacity
         )
         print(f"wrote the generated section into {path}")
 

@@ -25,6 +25,10 @@ a generated ``[fmpe.selected.B]`` section that names the CSV and the command.
 `choose_defaults` picks one configuration for all of them (per stage, the option with the
 best mean rank over the tasks), and ``--write-card`` writes it into the base card.
 
+``--capacity`` adds one stage after the others, for tasks where the trimmed grid may be too
+small (the paper's grid had larger networks): deeper and wider networks and three times the
+epochs, beside the choice so far, which stays unless one of them has a lower validation loss.
+
 ``--from-budget S`` trains nothing either: it takes the finished search at S as the choice
 for a larger budget that costs too much to search here (`search_choice`); the generated
 section says so.
@@ -92,6 +96,13 @@ NPE_STAGES: dict[int, list[list[Override]]] = {
 }
 STAGES = {"fmpe": FMPE_STAGES, "npe": NPE_STAGES}
 UNBOUNDED_STAGE = [{"model": {"map_to_unbounded": flag}} for flag in (False, True)]
+CAPACITY_STAGE: list[Override] = [
+    {"model": {"network_options": network}, "train": epochs}
+    for network in ({}, {"hidden_widths": [256] * 6}, {"hidden_widths": [512] * 6})
+    for epochs in ({}, {"max_epochs": 600})
+]
+"""`--capacity`: the choice so far (first), alone or with 600 epochs (the cards train 200 at
+1e4) and 6 × 256 or 6 × 512 residual widths."""
 
 FIELDS = (
     "task",
@@ -110,16 +121,27 @@ FIELDS = (
 )
 
 
-def stages(estimator: str, budget: int, task: Task) -> list[list[Override]]:
-    """The search stages for a cell: those of the closest budget at or below `budget`, and the
-    map onto R where the prior has bounds."""
+def stages(estimator: str, budget: int, task: Task, capacity: bool = False) -> list[list[Override]]:
+    """The search stages for a cell: those of the closest budget at or below `budget`, the
+    map onto R where the prior has bounds, and with `capacity` the capacity stage last."""
     table = STAGES[estimator]
     below = [b for b in table if b <= budget] or [min(table)]
     chosen = copy.deepcopy(table[max(below)])
     low, high = support_bounds(task.prior, task.theta_dim)
     if torch.isfinite(low).any() or torch.isfinite(high).any():
         chosen.append(copy.deepcopy(UNBOUNDED_STAGE))
+    if capacity:
+        if estimator != "fmpe":
+            raise ValueError(f"the capacity stage is defined for fmpe, not {estimator!r}")
+        chosen.append(copy.deepcopy(CAPACITY_STAGE))
     return chosen
+
+
+def _stages_run(mine: list[dict], estimator: str, budget: int, task: Task) -> list[list[Override]]:
+    """The stages of a cell as its rows `mine` ran them: with the capacity stage where they
+    reach it."""
+    plain = stages(estimator, budget, task)
+    return stages(estimator, budget, task, any(int(r["stage"]) >= len(plain) for r in mine))
 
 
 def _combined(base: Override, change: Override) -> Override:
@@ -154,9 +176,11 @@ def sweep(
     show_progress: bool = True,
     trainer_kwargs: dict | None = None,
     deadline: Deadline | None = None,
+    capacity: bool = False,
 ) -> Override | None:
-    """Runs the search for one (task, budget, estimator) cell; returns the chosen override of
-    the card's hyperparameters. Configurations already in `results` are not trained again.
+    """Runs the search for one (task, budget, estimator) cell, with the capacity stage last
+    if `capacity`; returns the chosen override of the card's hyperparameters. Configurations
+    already in `results` are not trained again.
 
     With a `deadline`, a configuration is trained only if the median training seconds of the
     cell's recorded configurations fit in the time left; once one is refused, the search
@@ -175,7 +199,7 @@ def sweep(
     torch.manual_seed(seed)
     theta, x = simulate(task.training_simulate, task.prior, budget, show_progress=show_progress)
     best: Override = {}
-    planned = stages(estimator, budget, task)
+    planned = stages(estimator, budget, task, capacity)
     for index, stage in enumerate(planned):
         scored = []
         for position, change in enumerate(stage):
@@ -237,15 +261,20 @@ def _finished_choice(mine: list[dict], planned: list[list[Override]]) -> Overrid
     return _choose([(r, json.loads(r["configuration"])) for r in last])
 
 
-def search_choice(results: Path, task_name: str, budget: int, estimator: str = "fmpe") -> Override:
+def search_choice(
+    results: Path, task_name: str, budget: int, estimator: str = "fmpe", capacity: bool = False
+) -> Override:
     """The configuration that the finished search of (task, budget, estimator) in `results`
-    chose, read without training; for carrying it to a budget too costly to search."""
+    chose (with its capacity stage if `capacity`), read without training; for carrying it to
+    a budget too costly to search."""
     mine = _cell_rows(read_csv(results), task_name, budget, estimator)
-    chosen = _finished_choice(mine, stages(estimator, budget, get_task(task_name)))
+    chosen = _finished_choice(mine, stages(estimator, budget, get_task(task_name), capacity))
     if chosen is None:
+        flag = " --capacity" if capacity else ""
         raise ValueError(
-            f"the search of {task_name} at {budget} ({estimator}) is not finished in {results}; "
-            f"run fmpe sweep {task_name} --budget {budget} --estimator {estimator} first"
+            f"the search of {task_name} at {budget} ({estimator}){flag} is not finished in "
+            f"{results}; run fmpe sweep {task_name} --budget {budget} --estimator {estimator}"
+            f"{flag} first"
         )
     return chosen
 
@@ -363,16 +392,19 @@ def write_card_section(
     chosen: Override,
     results: Path,
     searched_at: int | None = None,
+    capacity: bool = False,
 ) -> Path:
     """Writes `chosen` into a card (a task's, or the base card "defaults") as its generated
     ``[estimator.selected.budget]`` section, replacing an earlier one. `searched_at` names the
-    budget whose search chose it when that is not `budget` (a choice carried upwards)."""
+    budget whose search chose it when that is not `budget` (a choice carried upwards);
+    `capacity` says that the search had its capacity stage."""
     path = Path(str(card_folder() / f"{card}.toml"))
     previous = path.read_text()
     marker = f"{GENERATED} {card} --budget {budget} --estimator {estimator}"
     lines = previous.splitlines()
     start = next(
-        (k for k, line in enumerate(lines) if line.split(" --from-budget")[0] == marker), None
+        (k for k, line in enumerate(lines) if line == marker or line.startswith(marker + " --")),
+        None,
     )
     if start is not None:
         end = lines.index(END, start)
@@ -382,6 +414,9 @@ def write_card_section(
         if card == BASE_CARD
         else "the lowest validation loss of the search"
     )
+    if capacity:
+        marker += " --capacity"
+        how += " with its capacity stage"
     if searched_at is not None and searched_at != budget:
         marker += f" --from-budget {searched_at}"
         how += f" at {searched_at}, carried to {budget}, which is not searched"
@@ -446,7 +481,7 @@ def write_table(results: Path) -> Path:
     ]
     tasks = {name: get_task(name) for name in {*sbibm_tasks(), *(t for t, _, _ in cells)}}
     for (task, budget, estimator), mine in sorted(cells.items()):
-        choice = _finished_choice(mine, stages(estimator, budget, tasks[task]))
+        choice = _finished_choice(mine, _stages_run(mine, estimator, budget, tasks[task]))
         chosen = "incomplete" if choice is None else _name(choice)
         hours = sum(float(r["train_seconds"]) for r in mine) / 3600
         best = min(float(r["validation_loss"]) for r in mine)
