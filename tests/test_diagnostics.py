@@ -10,6 +10,7 @@ import torch
 from scipy import stats
 
 from fmpe.diagnostics import (
+    calibrate,
     check_coverage,
     check_sbc,
     check_tarp,
@@ -431,6 +432,41 @@ def test_nan_log_densities_are_refused(problem):
     thetas, xs = problem.simulate(5, seed=0)
     with pytest.raises(ValueError, match="NaN log densities"):
         hpd_ranks(thetas, xs, Broken(problem), 10, show_progress=False)
+
+
+# ----- all checks in one pass ----------------------------------------------------------------
+
+
+class CountingPosterior:
+    """Delegates to a posterior and records the name of each method called."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __getattr__(self, name):
+        self.calls.append(name)
+        return getattr(self.inner, name)
+
+
+def test_calibrate_draws_each_observation_once_and_agrees_with_the_separate_checks(problem, pairs):
+    thetas, xs = pairs[0][:60], pairs[1][:60]
+    counting = CountingPosterior(GaussianPosterior(problem, 2.0, seed=5))
+    result = calibrate(counting, thetas, xs, 50, chunk_size=25, seed=3, show_progress=False)
+    assert counting.calls == ["sample_and_log_prob", "log_prob"] * 3
+
+    # Each separate check, on a fresh posterior of the same seed, sees the same samples.
+    def fresh():
+        return GaussianPosterior(problem, 2.0, seed=5)
+
+    options = {"chunk_size": 25, "show_progress": False}
+    assert torch.equal(result.sbc_ranks, run_sbc(thetas, xs, fresh(), 50, **options))
+    assert torch.equal(result.hpd_ranks, hpd_ranks(thetas, xs, fresh(), 50, **options))
+    ecp, alpha = run_tarp(thetas, xs, fresh(), 50, seed=3, **options)
+    np.testing.assert_array_equal(result.tarp[0], ecp)
+    np.testing.assert_array_equal(result.tarp[1], alpha)
+    assert torch.equal(result.negative_log_prob, negative_log_prob(thetas, xs, fresh(), **options))
+    assert result.numbers["coverage"] == check_coverage(result.hpd_ranks, 50, seed=3)
+    assert result.numbers["coverage"]["mean_deviation"] > 0.1  # twice too wide
 
 
 # ----- with fmpe's flow-matching posterior ---------------------------------------------------

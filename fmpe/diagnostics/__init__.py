@@ -9,9 +9,11 @@ progress bar. Importance sampling
 log-likelihood.
 """
 
+from fmpe.diagnostics.calibration import Calibration, calibrate
 from fmpe.diagnostics.coverage import (
     check_coverage,
     coverage_curve,
+    denser_than,
     expected_coverage,
     hpd_ranks,
     negative_log_prob,
@@ -21,17 +23,21 @@ from fmpe.diagnostics.importance import (
     defensive_importance_sample,
     importance_sample,
 )
-from fmpe.diagnostics.sbc import check_sbc, run_sbc
-from fmpe.diagnostics.tarp import check_tarp, run_tarp, tarp_ranks
+from fmpe.diagnostics.sbc import check_sbc, run_sbc, sbc_ranks
+from fmpe.diagnostics.tarp import TarpFrame, check_tarp, run_tarp, tarp_ranks
 from fmpe.diagnostics.uniformity import credible_levels, ks_uniform
 
 __all__ = [
+    "Calibration",
     "ImportanceResult",
+    "TarpFrame",
+    "calibrate",
     "check_coverage",
     "check_sbc",
     "check_tarp",
     "coverage_curve",
     "credible_levels",
+    "denser_than",
     "defensive_importance_sample",
     "expected_coverage",
     "hpd_ranks",
@@ -40,5 +46,6 @@ __all__ = [
     "negative_log_prob",
     "run_sbc",
     "run_tarp",
+    "sbc_ranks",
     "tarp_ranks",
 ]

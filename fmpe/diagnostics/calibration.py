@@ -6,11 +6,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import Tensor
 
-from fmpe.diagnostics.coverage import check_coverage, coverage_curve, hpd_ranks, negative_log_prob
-from fmpe.diagnostics.sbc import check_sbc, run_sbc
-from fmpe.diagnostics.tarp import check_tarp, run_tarp
+from fmpe.checks import as_count
+from fmpe.diagnostics.batching import (
+    check_pairs,
+    draw_samples_and_log_prob,
+    observation_chunks,
+    true_log_prob,
+)
+from fmpe.diagnostics.coverage import check_coverage, coverage_curve, denser_than
+from fmpe.diagnostics.sbc import check_sbc, sbc_ranks
+from fmpe.diagnostics.tarp import TarpFrame, check_tarp
 
 
 @dataclass(frozen=True)
@@ -72,12 +80,27 @@ def calibrate(
     seed: int = 0,
     show_progress: bool = True,
 ) -> Calibration:
-    """SBC, HPD coverage, TARP and −log q(θ*) of `posterior` on pairs θ* (N, d), x (N, ...)."""
-    options = {"chunk_size": chunk_size, "show_progress": show_progress}
-    sbc = run_sbc(thetas, xs, posterior, num_posterior_samples, **options)
-    hpd = hpd_ranks(thetas, xs, posterior, num_posterior_samples, **options)
-    ecp, alpha = run_tarp(thetas, xs, posterior, num_posterior_samples, seed=seed, **options)
-    nltp = negative_log_prob(thetas, xs, posterior, **options)
+    """SBC, HPD coverage, TARP and −log q(θ*) of `posterior` on pairs θ* (N, d), x (N, ...).
+
+    One pass: per chunk of observations, one `sample_and_log_prob` and one `log_prob` of the
+    true parameters, from which every check is computed (`run_sbc`, `hpd_ranks`, `run_tarp`
+    and `negative_log_prob` each draw their own).
+    """
+    thetas, xs = check_pairs(thetas, xs)
+    as_count(num_posterior_samples, "num_posterior_samples", minimum=1)
+    frame = TarpFrame.of(thetas, seed=seed)
+    sbc, hpd, tarp, true_log_probs = [], [], [], []
+    for rows in observation_chunks(len(thetas), chunk_size, show_progress, "calibration"):
+        samples, log_prob = draw_samples_and_log_prob(
+            posterior, num_posterior_samples, xs[rows], thetas.shape[1]
+        )
+        reference = true_log_prob(posterior, thetas[rows], xs[rows])
+        sbc.append(sbc_ranks(samples, thetas[rows]))
+        hpd.append(denser_than(log_prob, reference))
+        tarp.append(frame.ranks(samples, thetas[rows], rows))
+        true_log_probs.append(reference.cpu())
+    sbc, hpd, nltp = torch.cat(sbc), torch.cat(hpd), -torch.cat(true_log_probs)
+    ecp, alpha = frame.curve(torch.cat(tarp), num_posterior_samples)
     sbc_checks = check_sbc(sbc, num_posterior_samples, seed=seed)
     atc, tarp_pvalue = check_tarp(ecp, alpha, len(thetas))
     numbers = {

@@ -51,9 +51,14 @@ def hpd_ranks(
         _, log_prob = draw_samples_and_log_prob(
             posterior, num_posterior_samples, x, thetas.shape[1]
         )
-        reference = true_log_prob(posterior, thetas[rows], x)
-        ranks.append((log_prob > reference.to(log_prob)).sum(0).cpu())
+        ranks.append(denser_than(log_prob, true_log_prob(posterior, thetas[rows], x)))
     return torch.cat(ranks)
+
+
+def denser_than(log_prob: Tensor, reference: Tensor) -> Tensor:
+    """How many samples, of log densities log_prob (n, b), are denser than the true parameter
+    of their observation, of log density reference (b,): (b,) int64, on the CPU."""
+    return (log_prob > reference.to(log_prob)).sum(0).cpu()
 
 
 def coverage_curve(

@@ -42,8 +42,14 @@ def run_sbc(
     ranks = []
     for rows in observation_chunks(len(thetas), chunk_size, show_progress, "SBC"):
         samples = draw_samples(posterior, num_posterior_samples, xs[rows], thetas.shape[1])
-        ranks.append((samples < thetas[rows].to(samples)).sum(0).cpu())
+        ranks.append(sbc_ranks(samples, thetas[rows]))
     return torch.cat(ranks)
+
+
+def sbc_ranks(samples: Tensor, thetas: Tensor) -> Tensor:
+    """How many of the samples (n, b, d) lie below the true parameters thetas (b, d), per
+    coordinate: (b, d) int64, on the CPU."""
+    return (samples < thetas.to(samples)).sum(0).cpu()
 
 
 def check_sbc(ranks: Tensor, num_posterior_samples: int, *, seed: int = 0) -> dict[str, Tensor]:

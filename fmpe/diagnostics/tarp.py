@@ -11,6 +11,8 @@ exactly uniform-calibrated for any number of samples, with ECP(0) = 0 and ECP(1)
 is a fixed grid over [0, 1], so curves of different posteriors share one grid.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from scipy import stats
@@ -59,6 +61,75 @@ def tarp_ranks(
     return (sample_distances < true_distances).sum(0)
 
 
+@dataclass(frozen=True)
+class TarpFrame:
+    """Where TARP measures N pairs: a reference point per pair and the map of the bounding box
+    of the true parameters onto the unit cube, with the generator that drew the references
+    (it goes on to make the ranks continuous, so one seed fixes both).
+
+    Attributes:
+        references: (N, d) in θ's coordinates; offset, scale: (d,) distances are taken
+            between (θ - offset) / scale.
+    """
+
+    references: Tensor
+    offset: Tensor
+    scale: Tensor
+    generator: torch.Generator
+
+    @classmethod
+    def of(
+        cls,
+        thetas: Tensor,
+        references: Tensor | np.ndarray | None = None,
+        *,
+        normalize: bool = True,
+        seed: int = 0,
+    ) -> "TarpFrame":
+        """The frame of true parameters thetas (N, d); `references` None draws them uniformly
+        in the bounding box of thetas (seeded by `seed`), as sbi does."""
+        generator = diagnostic_generator(seed, "tarp")
+        low, high = thetas.min(0).values, thetas.max(0).values
+        if references is None:
+            unit = torch.rand(thetas.shape, generator=generator, dtype=thetas.dtype)
+            references = low + (high - low) * unit
+        else:
+            references = torch.as_tensor(references, dtype=thetas.dtype).cpu()
+            if references.shape != thetas.shape:
+                raise ValueError(
+                    f"references must have the shape of thetas {tuple(thetas.shape)}, "
+                    f"got {tuple(references.shape)}"
+                )
+        # A parameter that is constant over thetas keeps its scale rather than dividing by 0.
+        scale = torch.where(high > low, high - low, 1.0) if normalize else torch.ones_like(low)
+        return cls(references, low, scale, generator)
+
+    def ranks(
+        self, samples: Tensor, thetas: Tensor, rows: slice, metric: str = "euclidean"
+    ) -> Tensor:
+        """`tarp_ranks` (b,) of samples (n, b, d) of the pairs `rows`, whose true parameters
+        are thetas (b, d), in the frame's coordinates; on the CPU."""
+        to_samples = {"device": samples.device, "dtype": samples.dtype}
+        offset, size = self.offset.to(**to_samples), self.scale.to(**to_samples)
+        return tarp_ranks(
+            (samples - offset) / size,
+            (thetas.to(**to_samples) - offset) / size,
+            (self.references[rows].to(**to_samples) - offset) / size,
+            metric,
+        ).cpu()
+
+    def curve(
+        self, ranks: Tensor, num_posterior_samples: int, num_bins: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """ECP (G,) and α (G,) of all N pairs' ranks (N,), G = num_bins + 1; num_bins None
+        uses max(N // 10, 1), as sbi and `tarp` do."""
+        num_bins = max(len(ranks) // 10, 1) if num_bins is None else num_bins
+        as_count(num_bins, "num_bins", minimum=1)
+        coverage = credible_levels(ranks, num_posterior_samples, self.generator)
+        alpha = np.linspace(0.0, 1.0, num_bins + 1)
+        return ecdf(coverage, alpha), alpha
+
+
 def run_tarp(
     thetas: Tensor | np.ndarray,
     xs: Tensor | np.ndarray,
@@ -92,39 +163,14 @@ def run_tarp(
     """
     thetas, xs = check_pairs(thetas, xs)
     as_count(num_posterior_samples, "num_posterior_samples", minimum=1)
-    num_bins = max(len(thetas) // 10, 1) if num_bins is None else num_bins
-    as_count(num_bins, "num_bins", minimum=1)
-    generator = diagnostic_generator(seed, "tarp")
-    low, high = thetas.min(0).values, thetas.max(0).values
-    if references is None:
-        unit = torch.rand(thetas.shape, generator=generator, dtype=thetas.dtype)
-        references = low + (high - low) * unit
-    else:
-        references = torch.as_tensor(references, dtype=thetas.dtype).cpu()
-        if references.shape != thetas.shape:
-            raise ValueError(
-                f"references must have the shape of thetas {tuple(thetas.shape)}, "
-                f"got {tuple(references.shape)}"
-            )
-    # A parameter that is constant over thetas keeps its scale rather than dividing by zero.
-    scale = torch.where(high > low, high - low, 1.0) if normalize else torch.ones_like(low)
-
+    if num_bins is not None:
+        as_count(num_bins, "num_bins", minimum=1)
+    frame = TarpFrame.of(thetas, references, normalize=normalize, seed=seed)
     ranks = []
     for rows in observation_chunks(len(thetas), chunk_size, show_progress, "TARP"):
         samples = draw_samples(posterior, num_posterior_samples, xs[rows], thetas.shape[1])
-        to_samples = {"device": samples.device, "dtype": samples.dtype}
-        offset, size = low.to(**to_samples), scale.to(**to_samples)
-        ranks.append(
-            tarp_ranks(
-                (samples - offset) / size,
-                (thetas[rows].to(**to_samples) - offset) / size,
-                (references[rows].to(**to_samples) - offset) / size,
-                metric,
-            ).cpu()
-        )
-    coverage = credible_levels(torch.cat(ranks), num_posterior_samples, generator)
-    alpha = np.linspace(0.0, 1.0, num_bins + 1)
-    return ecdf(coverage, alpha), alpha
+        ranks.append(frame.ranks(samples, thetas[rows], rows, metric))
+    return frame.curve(torch.cat(ranks), num_posterior_samples, num_bins)
 
 
 def check_tarp(ecp: np.ndarray, alpha: np.ndarray, num_observations: int) -> tuple[float, float]:
