@@ -13,7 +13,7 @@ independent.
 A coupling is a function ``(theta0 (n, d), theta (n, d), x (n, *x_shape)) -> theta0 (n, d)``
 that returns the base draws reordered; register your own by name:
 
-    >>> register_coupling("reversed", lambda theta0, theta, x: theta0.flip(0))
+    >>> COUPLINGS.register("reversed", lambda theta0, theta, x: theta0.flip(0))
     >>> FMPE(simulator, prior, coupling="reversed")
 """
 
@@ -23,6 +23,8 @@ from functools import partial
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+
+from fmpe.registry import Registry
 
 Coupling = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -59,25 +61,18 @@ def minibatch_ot_coupling(theta0: Tensor, theta: Tensor, x: Tensor, x_weight: fl
     return theta0[order.to(theta0.device)]
 
 
-_COUPLINGS: dict[str, Coupling] = {
-    "independent": independent_coupling,
-    "ot": partial(minibatch_ot_coupling, x_weight=0.0),
-    "conditional_ot": partial(minibatch_ot_coupling, x_weight=1.0),
-}
+COUPLINGS: Registry[Coupling] = Registry("coupling", "fmpe.coupling.COUPLINGS")
+COUPLINGS.register("independent", independent_coupling)
+COUPLINGS.register("ot", partial(minibatch_ot_coupling, x_weight=0.0))
+COUPLINGS.register("conditional_ot", partial(minibatch_ot_coupling, x_weight=1.0))
 
 
 def register_coupling(name: str, coupling: Coupling) -> None:
-    """Make ``FMPE(..., coupling=name)`` train with ``coupling``; a name can be registered once."""
-    if name in _COUPLINGS:
-        raise ValueError(f"coupling {name!r} is already registered")
-    _COUPLINGS[name] = coupling
+    """Make ``FMPE(..., coupling=name)`` train with ``coupling``; the same as
+    ``COUPLINGS.register(name, coupling)``."""
+    COUPLINGS.register(name, coupling)
 
 
 def get_coupling(name: str) -> Coupling:
     """The coupling registered as ``name``."""
-    try:
-        return _COUPLINGS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown coupling {name!r}; known: {', '.join(sorted(_COUPLINGS))}"
-        ) from None
+    return COUPLINGS.get(name)

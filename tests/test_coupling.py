@@ -50,7 +50,7 @@ def test_ot_straightens_paths_in_a_batch():
 
 
 def test_unknown_coupling_names_the_known_ones(gaussian):
-    with pytest.raises(ValueError, match="unknown coupling 'sinkhorn'; known: .*independent"):
+    with pytest.raises(ValueError, match="unknown coupling 'sinkhorn'; registered: .*independent"):
         FMPE(gaussian.simulator, gaussian.prior, coupling="sinkhorn")
 
 

@@ -34,11 +34,11 @@ class ConcatVelocity(nn.Module):
 def registered():
     """Registrations made by a test are removed after it."""
     tables = (registry.NETWORKS, registry.EMBEDDINGS, registry.LINEAR_LAYERS, SOLVERS)
-    saved = [dict(table) for table in tables]
+    before = [set(table) for table in tables]
     yield
-    for table, entries in zip(tables, saved):
-        table.clear()
-        table.update(entries)
+    for table, names in zip(tables, before):
+        for name in set(table) - names:
+            table.unregister(name)
 
 
 def test_own_network_trains_saves_loads_and_samples_alike(gaussian, registered, tmp_path):
@@ -75,7 +75,7 @@ def test_loading_an_unregistered_network_names_it(gaussian, registered, tmp_path
         300, max_epochs=1, show_progress=False
     )
     posterior.save(tmp_path / "t.fmpe")
-    del registry.NETWORKS["temporary"]
+    registry.NETWORKS.unregister("temporary")
     with pytest.raises(ValueError, match="names network 'temporary', which is not registered"):
         fmpe.load(tmp_path / "t.fmpe")
 

@@ -5,7 +5,7 @@ posterior samples drawn for it) that returns a number:
 
 >>> def mean_error(s: Scoring) -> float:
 ...     return (s.samples.mean(0) - s.task.true_parameters(s.observation)).abs().mean().item()
->>> register_metric("mean_error", mean_error)
+>>> METRICS.register("mean_error", mean_error)
 
 and a task with ``metrics = ("mean_error", ...)`` gets a results column of that name.
 """
@@ -18,6 +18,7 @@ from torch import Tensor
 
 from fmpe.metrics import c2st, mmd
 from fmpe.posteriors import Posterior
+from fmpe.registry import Registry
 from fmpe.tasks import Task
 
 
@@ -44,20 +45,18 @@ class Scoring:
 
 
 Metric = Callable[[Scoring], float]
-METRICS: dict[str, Metric] = {}
+METRICS: Registry[Metric] = Registry("metric", "fmpe.benchmark.METRICS")
 
 
 def register_metric(name: str, metric: Metric) -> None:
-    """Makes `metric` available to tasks that list `name` in their `metrics`."""
-    if name in METRICS:
-        raise ValueError(f"a metric named {name!r} is already registered")
-    METRICS[name] = metric
+    """Makes `metric` available to tasks that list `name` in their `metrics`; the same as
+    ``METRICS.register(name, metric)``."""
+    METRICS.register(name, metric)
 
 
 def get_metric(name: str) -> Metric:
-    if name not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; registered: {', '.join(sorted(METRICS))}")
-    return METRICS[name]
+    """The metric registered as `name`."""
+    return METRICS.get(name)
 
 
 def _reference(s: Scoring) -> Tensor:

@@ -2,15 +2,17 @@
 and one training path (data module, network, Lightning fit) that returns a posterior.
 
 A new estimator subclasses `Estimator` and gives its network default, its training defaults,
-its LightningModule (an `EstimatorModule`: the loss) and its posterior (docs/extending.md)::
+its LightningModule (an `EstimatorModule`: the loss) and its posterior class, which it builds
+(docs/extending.md)::
 
     class MyEstimator(Estimator):
         default_network = "residual"
         training_defaults = TrainingSettings(learning_rate=1e-3)
         module_class = MyModule
+        posterior_class = MyPosterior      # a `Posterior` with its own `kind`
 
         def _posterior(self, network, data):
-            return MyPosterior(network, data.theta_standardizer, data.x_standardizer, ...)
+            return self.posterior_class(network, data.theta_standardizer, data.x_standardizer, ...)
 """
 
 import warnings
@@ -29,7 +31,7 @@ from torch.distributions import Distribution
 from fmpe.checks import as_count, as_float_tensor, check_shape, drop_invalid_simulations
 from fmpe.io.store import SimulationStore
 from fmpe.networks import materialize, network_builder
-from fmpe.networks.registry import NETWORKS, build_embedding, registered_name
+from fmpe.networks.registry import NETWORKS, build_embedding
 from fmpe.posteriors import Posterior
 from fmpe.simulation import Simulator, simulate, simulation_chunks
 from fmpe.training.data import Augmentation, SimulationDataModule, StreamingDataModule
@@ -79,6 +81,8 @@ class Estimator:
     default_network: str
     training_defaults = TrainingSettings()
     module_class: type[EstimatorModule]
+    posterior_class: type[Posterior]
+    """What `train` returns; registering the estimator registers it by its `kind`."""
 
     def __init__(
         self,
@@ -335,11 +339,7 @@ class Estimator:
         except TypeError as error:
             raise ValueError(f"network {self.network!r} could not be built: {error}") from error
         self._check_network(network, tuple(x_shape))
-        name = (
-            self.network
-            if isinstance(self.network, str)
-            else registered_name(NETWORKS, self.network)
-        )
+        name = self.network if isinstance(self.network, str) else NETWORKS.name_of(self.network)
         # The posterior holds the network with its layers materialized (ordinary linear
         # layers, whatever `linear` built them), so the file describes it without `linear`.
         saved = {k: v for k, v in self.network_options.items() if k != "linear"}

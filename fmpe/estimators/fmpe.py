@@ -38,6 +38,7 @@ class FMPE(Estimator):
 
     default_network = "residual"
     module_class = FlowMatchingModule
+    posterior_class = FlowMatchingPosterior
 
     def __init__(
         self,
@@ -89,7 +90,7 @@ class FMPE(Estimator):
         return tuple(network(*zeros).shape), (2, self.theta_dim)
 
     def _posterior(self, network: nn.Module, data) -> FlowMatchingPosterior:
-        return FlowMatchingPosterior(
+        return self.posterior_class(
             network,
             data.theta_standardizer,
             data.x_standardizer,

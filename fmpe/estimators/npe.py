@@ -28,6 +28,7 @@ class NPE(Estimator):
 
     default_network = "nsf"
     module_class = NPEModule
+    posterior_class = NPEPosterior
     training_defaults = TrainingSettings(
         batch_size=200,
         learning_rate=5e-4,
@@ -70,7 +71,7 @@ class NPE(Estimator):
         return tuple(density.log_prob(torch.zeros(2, self.theta_dim)).shape), (2,)
 
     def _posterior(self, network: nn.Module, data) -> NPEPosterior:
-        return NPEPosterior(
+        return self.posterior_class(
             network,
             data.theta_standardizer,
             data.x_standardizer,

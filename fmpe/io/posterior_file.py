@@ -1,9 +1,10 @@
 """Saving and loading posteriors: one safetensors file, with the configuration as JSON.
 
 Nothing in the file is executed when it is loaded: tensors are raw arrays and everything
-else is JSON. The network and its embedding net are named by their registered names and
-rebuilt from JSON options. A SHA-256 checksum over the format, its version, the
-configuration and all tensors catches edited or damaged files.
+else is JSON. The posterior's class is named by its registered kind (`Posterior.kind`), the
+network and its embedding net by their registered names, and rebuilt from JSON options. A
+SHA-256 checksum over the format, its version, the configuration and all tensors catches
+edited or damaged files.
 """
 
 import hashlib
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 import fmpe
 from fmpe.io.prior_codec import is_serializable, prior_from_dict, prior_to_dict
 from fmpe.networks import build_embedding, network_builder
-from fmpe.posteriors import FlowMatchingPosterior, NPEPosterior, Posterior
+from fmpe.posteriors import POSTERIORS, Posterior
 from fmpe.standardize import Standardizer
 from fmpe.training.fit import TrainingRecord
 from fmpe.unbounded import UnboundedTransform
@@ -26,8 +27,6 @@ from fmpe.unbounded import UnboundedTransform
 FORMAT = "fmpe-posterior"
 FORMAT_VERSION = "3"
 READABLE_VERSIONS = ("1", "2", "3")
-POSTERIORS: dict[str, type[Posterior]] = {"fmpe": FlowMatchingPosterior, "npe": NPEPosterior}
-"""The estimator a file names -> the class of its posterior."""
 
 
 def _checksum(config: str, tensors: dict[str, Tensor], header: str = "") -> str:
@@ -45,11 +44,17 @@ def _header(version: str) -> str:
     return f"{FORMAT}:{version}:" if version not in ("1", "2") else ""
 
 
-def _estimator_name(posterior: Posterior) -> str:
-    for name, cls in POSTERIORS.items():
-        if type(posterior) is cls:
-            return name
-    raise ValueError(f"cannot save a posterior of type {type(posterior).__name__}")
+def _kind(posterior: Posterior) -> str:
+    """The kind under which the posterior's class is registered, which the file names (as
+    its "estimator")."""
+    kind = POSTERIORS.name_of(type(posterior))
+    if kind is None:
+        raise ValueError(
+            f"cannot save a posterior of type {type(posterior).__name__}: it is not a registered "
+            "posterior kind. Register the estimator that returns it, with its posterior_class, "
+            "by fmpe.estimators.ESTIMATORS.register(name, estimator)"
+        )
+    return kind
 
 
 def _check_rebuilds(posterior: Posterior, network_spec: dict, embedding_spec) -> None:
@@ -104,7 +109,7 @@ def save_posterior(posterior: Posterior, path: str | Path) -> None:
     record = posterior.training_record
     config = json.dumps(
         {
-            "estimator": _estimator_name(posterior),
+            "estimator": _kind(posterior),
             "network": network_spec,
             "embedding": embedding_spec,
             "theta_dim": posterior.theta_dim,
@@ -217,6 +222,14 @@ def load(
         identity = UnboundedTransform.identity(config["theta_dim"])
         tensors.update(identity.state_dict(prefix="theta_transform."))
 
+    kind = config["estimator"]
+    try:
+        cls = POSTERIORS.get(kind)
+    except ValueError as error:
+        raise ValueError(
+            f"{path} holds a posterior of kind {kind!r}, which is not registered (register "
+            f"the estimator that trained it first): {error}"
+        ) from None
     theta_dim, x_shape = config["theta_dim"], tuple(config["x_shape"])
     options = dict(config["network"]["options"])
     embedding = config["embedding"]
@@ -259,7 +272,6 @@ def load(
         )
     except (KeyError, ValueError) as error:
         raise ValueError(f"{path} holds no valid bounds of θ: {error}") from error
-    cls = POSTERIORS[config["estimator"]]
     posterior = cls(
         network,
         Standardizer(tensors["theta_standardizer.mean"], tensors["theta_standardizer.std"]),

@@ -5,7 +5,7 @@ JSON options. A spec is a name, or a dict ``{"name": ..., **options}``.
 
 >>> def build_mlp(theta_dim, x_shape, width=64):
 ...     return MyVelocity(theta_dim, x_shape, width)      # forward(t, theta, x) -> (n, d)
->>> register_network("mlp", build_mlp)
+>>> NETWORKS.register("mlp", build_mlp)
 >>> FMPE(simulator, prior, network="mlp", network_options={"width": 128})
 """
 
@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
+
+from fmpe.registry import Registry
 
 NetworkBuilder = Callable[..., nn.Module]
 """builder(theta_dim: int, x_shape: tuple[int, ...], **options) -> nn.Module."""
@@ -26,25 +28,28 @@ LinearFactory = Callable[..., nn.Module]
 Spec = str | dict[str, Any]
 LinearSpec = Spec
 
-NETWORKS: dict[str, NetworkBuilder] = {}
-EMBEDDINGS: dict[str, EmbeddingBuilder] = {}
-LINEAR_LAYERS: dict[str, Callable[..., LinearFactory]] = {"linear": lambda: nn.Linear}
-"""name -> a function of the spec's options that returns a `LinearFactory`."""
 
-
-def _register(table: dict, kind: str, name: str, value) -> None:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a {kind} name must be a non-empty string, got {name!r}")
-    if name in table:
-        raise ValueError(f"a {kind} named {name!r} is already registered")
+def _check_callable(name: str, value: object) -> None:
     if not callable(value):
-        raise ValueError(f"the {kind} {name!r} must be callable, got {type(value).__name__}")
-    table[name] = value
+        raise ValueError(f"{name!r} must be registered as a callable, got {type(value).__name__}")
+
+
+NETWORKS: Registry[NetworkBuilder] = Registry(
+    "network", "fmpe.networks.NETWORKS", on_register=_check_callable
+)
+EMBEDDINGS: Registry[EmbeddingBuilder] = Registry(
+    "embedding net", "fmpe.networks.EMBEDDINGS", on_register=_check_callable
+)
+LINEAR_LAYERS: Registry[Callable[..., LinearFactory]] = Registry(
+    "linear layer", "fmpe.networks.LINEAR_LAYERS", on_register=_check_callable
+)
+"""name -> a function of the spec's options that returns a `LinearFactory`."""
+LINEAR_LAYERS.register("linear", lambda: nn.Linear)
 
 
 def register_network(name: str, builder: NetworkBuilder) -> None:
     """Makes `builder` available as `FMPE(..., network=name)` (or `NPE`), and lets posterior
-    files that name it be loaded.
+    files that name it be loaded; the same as ``NETWORKS.register(name, builder)``.
 
     The built module acts on standardized inputs. For FMPE it is a velocity field:
     ``forward(t: (n,), theta: (n, d), x: (n, *x_shape)) -> (n, d)``, optionally with
@@ -53,28 +58,29 @@ def register_network(name: str, builder: NetworkBuilder) -> None:
     θ with ``log_prob`` and ``rsample``. See docs/extending.md for the optional hooks
     (parameter groups, training callbacks, weight averaging).
     """
-    _register(NETWORKS, "network", name, builder)
+    NETWORKS.register(name, builder)
 
 
 def register_embedding(name: str, builder: EmbeddingBuilder) -> None:
-    """Makes `builder` available as `embedding_net=name` (or ``{"name": name, ...}``).
+    """Makes `builder` available as `embedding_net=name` (or ``{"name": name, ...}``); the
+    same as ``EMBEDDINGS.register(name, builder)``.
 
     An embedding module may define ``fit_to_data(x: (n, *x_shape))``, called once before
     training with standardized training data (before any augmentation), e.g. to fit a basis.
     """
-    _register(EMBEDDINGS, "embedding net", name, builder)
+    EMBEDDINGS.register(name, builder)
 
 
 def register_linear(name: str, factory: Callable[..., LinearFactory]) -> None:
     """Makes ``linear=name`` (or ``{"name": name, **options}``) build layers with
-    ``factory(**options)``, a `LinearFactory`.
+    ``factory(**options)``, a `LinearFactory`; the same as ``LINEAR_LAYERS.register``.
 
     A factory may define ``training_callbacks() -> list`` (Lightning callbacks its layers need),
     and its layers ``materialize() -> nn.Linear``, so that a trained network is saved with
     ordinary layers, and ``start_near_zero(scale)``, with which the last layer of a residual
     block starts near the zero map (other layers keep their own initialization there).
     """
-    _register(LINEAR_LAYERS, "linear layer", name, factory)
+    LINEAR_LAYERS.register(name, factory)
 
 
 def split_spec(spec: Spec, kind: str) -> tuple[str, dict[str, Any]]:
@@ -87,32 +93,17 @@ def split_spec(spec: Spec, kind: str) -> tuple[str, dict[str, Any]]:
     raise ValueError(f"a {kind} must be a name or a dict with a 'name' key, got {spec!r}")
 
 
-def _lookup(table: dict, kind: str, name: str, register: str):
-    if name not in table:
-        raise ValueError(
-            f"unknown {kind} {name!r}; registered: {', '.join(sorted(table)) or 'none'}. "
-            f"Register one with fmpe.{register}({name!r}, builder)"
-        )
-    return table[name]
-
-
 def network_builder(network: str | NetworkBuilder) -> NetworkBuilder:
     """The builder registered as `network`, or `network` itself if it is a builder."""
     if callable(network):
         return network
-    return _lookup(NETWORKS, "network", network, "register_network")
-
-
-def registered_name(table: dict, value) -> str | None:
-    """The name under which `value` is registered in `table`, if any."""
-    return next((name for name, entry in table.items() if entry is value), None)
+    return NETWORKS.get(network)
 
 
 def build_embedding(spec: Spec, x_shape: Sequence[int]) -> nn.Module:
     """The embedding net of a spec, built for observations of shape `x_shape`."""
     name, options = split_spec(spec, "embedding net")
-    builder = _lookup(EMBEDDINGS, "embedding net", name, "register_embedding")
-    return builder(tuple(x_shape), **options)
+    return EMBEDDINGS.get(name)(tuple(x_shape), **options)
 
 
 def linear_factory(linear: LinearFactory | LinearSpec | None) -> LinearFactory:
@@ -122,7 +113,7 @@ def linear_factory(linear: LinearFactory | LinearSpec | None) -> LinearFactory:
     if callable(linear):
         return linear
     name, options = split_spec(linear, "linear layer")
-    return _lookup(LINEAR_LAYERS, "linear layer", name, "register_linear")(**options)
+    return LINEAR_LAYERS.get(name)(**options)
 
 
 def materialize(module: nn.Module) -> nn.Module:

@@ -1,14 +1,14 @@
 """One entry point, `solve`, for the flow's ODE, with the solvers in a table.
 
 A solver is a function ``solve(field, y0, start, end, *, rtol, atol, steps) -> y_end`` that
-integrates dy/dt = field(t, y, rows) from `start` to `end`. `register_solver` adds one:
+integrates dy/dt = field(t, y, rows) from `start` to `end`; `SOLVERS` holds them by name:
 
 >>> def euler(field, y0, start, end, *, rtol, atol, steps):
 ...     y, h = y0, (end - start) / steps
 ...     for k in range(steps):
 ...         y = y + h * field(torch.tensor(start + k * h), y, None)
 ...     return y
->>> register_solver("my_euler", euler, adaptive=False)
+>>> SOLVERS.register("my_euler", Solver(euler, adaptive=False))
 >>> posterior.sample(1000, x, method="my_euler", steps=20)
 """
 
@@ -23,6 +23,7 @@ from torchdiffeq import odeint
 
 from fmpe.ode.divergence import exact_divergence, hutchinson_divergence
 from fmpe.ode.dopri import DORMAND_PRINCE_5, TSITOURAS_5, Tableau, solve_per_row
+from fmpe.registry import Registry
 
 RowField = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 """f(t, y, rows): t a scalar tensor or (b,), y (b, m), and rows (b,) the indices of y's rows in
@@ -62,14 +63,13 @@ class Solver:
     adaptive: bool
 
 
-SOLVERS: dict[str, Solver] = {}
+SOLVERS: Registry[Solver] = Registry("ODE method", "fmpe.ode.SOLVERS")
 
 
 def register_solver(name: str, solve: SolveFunction, *, adaptive: bool) -> None:
-    """Makes `solve` available as `SolverSettings(method=name)`; a name is registered once."""
-    if name in SOLVERS:
-        raise ValueError(f"a solver named {name!r} is already registered")
-    SOLVERS[name] = Solver(solve, adaptive)
+    """Makes `solve` available as `SolverSettings(method=name)`; the same as
+    ``SOLVERS.register(name, Solver(solve, adaptive))``."""
+    SOLVERS.register(name, Solver(solve, adaptive))
 
 
 def _per_row(tableau: Tableau) -> SolveFunction:
@@ -189,10 +189,7 @@ class SolverSettings:
     time_grid: Literal["uniform", "late"] = "uniform"
 
     def __post_init__(self):
-        if self.method not in SOLVERS:
-            raise ValueError(
-                f"unknown ODE method {self.method!r}; expected one of {sorted(SOLVERS)}"
-            )
+        SOLVERS.get(self.method)  # an unknown method fails here, naming the registered ones
         if self.divergence not in ("exact", "hutchinson"):
             raise ValueError(f"divergence must be 'exact' or 'hutchinson', got {self.divergence!r}")
         if self.steps < 1 or self.probes < 1:
@@ -268,7 +265,7 @@ def solve(
             velocity, div = hutchinson_divergence(field_at_t, state[:, :d], row_probes)
         return torch.cat([velocity, -div.unsqueeze(-1)], dim=-1)
 
-    solver = SOLVERS[settings.method]
+    solver = SOLVERS.get(settings.method)
     if track_log_density:
         rtol, atol, right_hand_side = settings.rtol, settings.atol, with_divergence
         state = torch.cat([theta, theta.new_zeros(theta.shape[0], 1)], dim=-1)

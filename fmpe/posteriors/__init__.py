@@ -1,7 +1,12 @@
-"""Posteriors: what a trained estimator returns."""
+"""Posteriors: what a trained estimator returns, and the classes posterior files can name,
+by their `Posterior.kind`."""
 
 from fmpe.posteriors.base import Cost, Posterior
 from fmpe.posteriors.flow_matching import FlowMatchingPosterior
 from fmpe.posteriors.npe import NPEPosterior
+from fmpe.registry import Registry
 
-__all__ = ["Cost", "FlowMatchingPosterior", "NPEPosterior", "Posterior"]
+POSTERIORS: Registry[type[Posterior]] = Registry("posterior kind", "fmpe.posteriors.POSTERIORS")
+"""kind -> posterior class; `fmpe.register_estimator` registers its estimator's class here."""
+
+__all__ = ["POSTERIORS", "Cost", "FlowMatchingPosterior", "NPEPosterior", "Posterior"]

@@ -60,7 +60,13 @@ class Posterior(nn.Module):
         prior: the prior (samples outside its support are rejected); may be None.
         theta_transform: T, applied to θ before the z-scoring; None for the identity.
         chunk_size: rows per batched call.
+
+    Attributes:
+        kind: the name a posterior file gives the class, under which it is registered in
+            `fmpe.posteriors.POSTERIORS` (with its estimator, by `fmpe.register_estimator`).
     """
+
+    kind: str
 
     def __init__(
         self,

@@ -29,6 +29,8 @@ class FlowMatchingPosterior(Posterior):
         The other arguments are those of `Posterior`.
     """
 
+    kind = "fmpe"
+
     def __init__(
         self,
         network: nn.Module,

@@ -15,6 +15,8 @@ class NPEPosterior(Posterior):
     Its methods take no solver options. Arguments as for `Posterior`.
     """
 
+    kind = "npe"
+
     def __init__(
         self,
         network: nn.Module,

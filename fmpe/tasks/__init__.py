@@ -7,9 +7,10 @@
 
 from fmpe.tasks.base import NoReferenceSamplesError, Task
 from fmpe.tasks.cards import CardError, TaskCard, available_cards, load_card
-from fmpe.tasks.registry import available_tasks, get_task, register_task
+from fmpe.tasks.registry import TASKS, available_tasks, get_task, register_task
 
 __all__ = [
+    "TASKS",
     "CardError",
     "NoReferenceSamplesError",
     "Task",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+from fmpe.registry import Registry
 from fmpe.tasks.base import Task
 from fmpe.tasks.bernoulli_glm import BernoulliGLM
 from fmpe.tasks.lotka_volterra import LotkaVolterra
@@ -21,35 +22,28 @@ def _gw() -> Task:
     return GWTask()
 
 
-_FACTORIES: dict[str, Callable[[], Task]] = {
-    **{name: partial(SbibmTask, name) for name in WRAPPED_TASKS},
-    "bernoulli_glm": partial(BernoulliGLM, "bernoulli_glm"),
-    "bernoulli_glm_raw": partial(BernoulliGLM, "bernoulli_glm_raw"),
-    "slcp_distractors": SlcpDistractors,
-    "sir": SIR,
-    "lotka_volterra": LotkaVolterra,
-    "gw": _gw,
-}
+TASKS: Registry[Callable[[], Task]] = Registry("task", "fmpe.tasks.TASKS")
+"""name -> a function that returns a new instance of the task."""
+for _name in WRAPPED_TASKS:
+    TASKS.register(_name, partial(SbibmTask, _name))
+TASKS.register("bernoulli_glm", partial(BernoulliGLM, "bernoulli_glm"))
+TASKS.register("bernoulli_glm_raw", partial(BernoulliGLM, "bernoulli_glm_raw"))
+TASKS.register("slcp_distractors", SlcpDistractors)
+TASKS.register("sir", SIR)
+TASKS.register("lotka_volterra", LotkaVolterra)
+TASKS.register("gw", _gw)
 
 
 def register_task(name: str, factory: Callable[[], Task]) -> None:
-    """Make ``get_task(name)`` return ``factory()``; a name can be registered once."""
-    if name in _FACTORIES:
-        raise ValueError(f"task {name!r} is already registered")
-    _FACTORIES[name] = factory
+    """Make ``get_task(name)`` return ``factory()``; the same as ``TASKS.register``."""
+    TASKS.register(name, factory)
 
 
 def available_tasks() -> list[str]:
     """Registered task names, sorted."""
-    return sorted(_FACTORIES)
+    return TASKS.names()
 
 
 def get_task(name: str) -> Task:
     """A new instance of the task registered as ``name``."""
-    try:
-        factory = _FACTORIES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown task {name!r}; known tasks: {', '.join(available_tasks())}"
-        ) from None
-    return factory()
+    return TASKS.get(name)()

@@ -1,6 +1,6 @@
 """Optimizers by name, parameter groups and learning-rate schedules.
 
->>> OPTIMIZERS["sgd"] = lambda groups, lr, weight_decay: torch.optim.SGD(groups, lr, 0.9)
+>>> OPTIMIZERS.register("sgd", lambda groups, lr, weight_decay: torch.optim.SGD(groups, lr, 0.9))
 >>> FMPE(simulator, prior).train(10_000, optimizer="sgd")
 """
 
@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from fmpe.registry import Registry
 from fmpe.training.settings import TrainingSettings
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -28,7 +29,11 @@ def adam(groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Opti
     return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, fused=_fused(groups))
 
 
-OPTIMIZERS: dict[str, OptimizerFactory] = {"adamw": adamw, "adam": adam}
+OPTIMIZERS: Registry[OptimizerFactory] = Registry(
+    "optimizer", "fmpe.training.optimization.OPTIMIZERS"
+)
+OPTIMIZERS.register("adamw", adamw)
+OPTIMIZERS.register("adam", adam)
 
 
 def parameter_groups(network: nn.Module) -> list[dict]:
@@ -41,11 +46,8 @@ def parameter_groups(network: nn.Module) -> list[dict]:
 
 
 def optimizer_factory(optimizer: str | OptimizerFactory) -> OptimizerFactory:
-    if callable(optimizer):
-        return optimizer
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[optimizer]
+    """The factory registered as `optimizer`, or `optimizer` itself if it is a factory."""
+    return optimizer if callable(optimizer) else OPTIMIZERS.get(optimizer)
 
 
 def configure_optimization(network: nn.Module, settings: TrainingSettings, max_epochs: int):
