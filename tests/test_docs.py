@@ -93,7 +93,7 @@ def test_citation_check_rejects_an_invalid_file(tmp_path):
 
 def test_citation_version_is_the_package_version():
     # Read from the source rather than imported: importing fmpe loads torch and Lightning.
-    source = (ROOT / "fmpe" / "__init__.py").read_text()
+    source = (ROOT / "fmpe" / "_version.py").read_text()
     version = re.search(r'^__version__ = "(.+)"$', source, re.MULTILINE).group(1)
     assert f"\nversion: {version}\n" in (ROOT / "CITATION.cff").read_text()
 

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fmpe.networks.velocity import VelocityNetwork
-from fmpe.poet import (
+from fmpe.networks.poet import (
     POET,
     POETLinear,
     POETMerge,
@@ -22,6 +21,7 @@ from fmpe.poet import (
     skew_symmetric,
     upper_triangle_index,
 )
+from fmpe.networks.velocity import VelocityNetwork
 
 F64 = torch.float64
 

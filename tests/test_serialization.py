@@ -120,7 +120,7 @@ def _old_file(tmp_path, version, drop_bounds):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from fmpe.io.posterior_file import _checksum
+    from fmpe.posteriors.file import _checksum
 
     with safe_open(str(FILE_040), framework="pt") as f:
         metadata = f.metadata()

@@ -1,5 +1,6 @@
 """The benchmark: runs of estimators on tasks, their results store, metrics and reports."""
 
+from fmpe.benchmark import gw_metrics as _gw_metrics  # noqa: F401
 from fmpe.benchmark.measure import (
     append_csv,
     float64_log_prob,

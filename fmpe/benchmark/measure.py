@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from fmpe._version import __version__
 from fmpe.posteriors import Posterior
 
 
@@ -32,11 +33,9 @@ def timestamp() -> str:
 def provenance(device: torch.device | str = "cpu", machine: str | None = None) -> dict[str, str]:
     """The fields that say where and when a result row was measured: machine (by default
     `machine_description(device)`), fmpe_version and finished_at."""
-    import fmpe  # at call time: fmpe imports this module while it loads
-
     return {
         "machine": machine if machine is not None else machine_description(device),
-        "fmpe_version": fmpe.__version__,
+        "fmpe_version": __version__,
         "finished_at": timestamp(),
     }
 

@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-import fmpe
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
 from fmpe.benchmark.measure import provenance, resolve_device
 from fmpe.benchmark.results import ResultsStore, row_key
 from fmpe.benchmark.scoring import Scoring, get_metric
 from fmpe.estimators import get_estimator
 from fmpe.posteriors import Posterior
+from fmpe.posteriors.file import load
 from fmpe.simulation import single_threaded_worker
 from fmpe.tasks import Task, get_task, load_card
 
@@ -95,7 +95,7 @@ def train_for_task(
     with _exclusive(stem.with_suffix(".lock")):
         if saved.exists():
             check_recorded_hyperparameters(record, hyperparameters)
-            posterior = fmpe.load(saved, prior=task.prior, device=device)
+            posterior = load(saved, prior=task.prior, device=device)
             return posterior, posterior.training_record.seconds
         torch.manual_seed(seed)
         posterior = get_estimator(estimator)(
@@ -161,14 +161,18 @@ def check_recorded_hyperparameters(record: Path, hyperparameters: dict) -> None:
 def evaluate(
     posterior: Posterior, task: Task, observation: int, seed: int, num_samples: int = NUM_SAMPLES
 ) -> dict:
-    """Scores the posterior on one observation with every metric the task declares."""
+    """Scores the posterior on one observation with every metric the task declares: a column
+    per metric, or per key of a metric that returns a dict."""
     x = task.observation(observation).to(posterior.device)
     torch.manual_seed(seed)
     start = time.perf_counter()
     samples, cost = posterior.sample(num_samples, x, return_cost=True)
     sample_seconds = time.perf_counter() - start
     scoring = Scoring(posterior, task, observation, x, samples.cpu(), seed, posterior.device)
-    scores = {name: get_metric(name)(scoring) for name in task.metrics}
+    scores: dict[str, float] = {}
+    for name in task.metrics:
+        value = get_metric(name)(scoring)
+        scores.update(value if isinstance(value, dict) else {name: value})
     return {
         **scores,
         "acceptance_rate": cost.acceptance_rate,
@@ -179,7 +183,7 @@ def evaluate(
 
 @functools.lru_cache(maxsize=1)
 def _saved_posterior(path: Path, task_name: str, device: str) -> Posterior:
-    return fmpe.load(path, prior=get_task(task_name).prior, device=device)
+    return load(path, prior=get_task(task_name).prior, device=device)
 
 
 def _evaluate_saved(

@@ -7,7 +7,9 @@ posterior samples drawn for it) that returns a number:
 ...     return (s.samples.mean(0) - s.task.true_parameters(s.observation)).abs().mean().item()
 >>> METRICS.register("mean_error", mean_error)
 
-and a task with ``metrics = ("mean_error", ...)`` gets a results column of that name.
+and a task with ``metrics = ("mean_error", ...)`` gets a results column of that name. A
+metric that computes several numbers at once returns them as a dict instead, and the task
+gets a column per key.
 """
 
 from collections.abc import Callable
@@ -44,7 +46,7 @@ class Scoring:
     device: torch.device
 
 
-Metric = Callable[[Scoring], float]
+Metric = Callable[[Scoring], float | dict[str, float]]
 METRICS: Registry[Metric] = Registry("metric", "fmpe.benchmark.METRICS")
 
 

@@ -1,1 +1,1 @@
-"""Files: posteriors (safetensors + JSON), prior codecs and simulation stores."""
+"""Files: prior codecs (a prior as JSON and tensors) and simulation stores."""

@@ -8,6 +8,7 @@ layers "linear" and "poet".
 
 from fmpe.networks import embeddings as _embeddings  # noqa: F401
 from fmpe.networks import flows as _flows  # noqa: F401
+from fmpe.networks.poet import POET
 from fmpe.networks.registry import (
     EMBEDDINGS,
     LINEAR_LAYERS,
@@ -21,7 +22,6 @@ from fmpe.networks.registry import (
     register_network,
 )
 from fmpe.networks.velocity import VelocityNetwork
-from fmpe.poet import POET
 
 register_network("residual", VelocityNetwork)
 register_linear("poet", POET)

@@ -1,5 +1,5 @@
 """Posteriors: what a trained estimator returns, and the classes posterior files can name,
-by their `Posterior.kind`."""
+by their `Posterior.kind`; the file format is `fmpe.posteriors.file`."""
 
 from fmpe.posteriors.base import Cost, Posterior
 from fmpe.posteriors.flow_matching import FlowMatchingPosterior

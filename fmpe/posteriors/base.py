@@ -21,6 +21,7 @@ from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from fmpe.checks import as_count, as_float_tensor, check_device, check_shape
+from fmpe.posteriors.record import TrainingRecord
 from fmpe.standardize import Standardizer
 from fmpe.unbounded import UnboundedTransform, in_support
 
@@ -84,7 +85,7 @@ class Posterior(nn.Module):
         self.chunk_size = as_count(chunk_size, "chunk_size", minimum=1)
         self.network_spec: dict | None = None
         self.embedding_spec: dict | str | None = None
-        self.training_record = None
+        self.training_record: TrainingRecord | None = None
         self.metadata: dict = {}
         """JSON values saved with the posterior, e.g. the task it was trained for."""
 
@@ -484,6 +485,6 @@ class Posterior(nn.Module):
 
     def save(self, path) -> None:
         """Writes the posterior to one safetensors file (weights, and JSON configuration)."""
-        from fmpe.io.posterior_file import save_posterior
+        from fmpe.posteriors.file import save_posterior  # the file format imports this module
 
         save_posterior(self, path)

@@ -25,8 +25,9 @@ class Task(ABC):
         num_observations: how many benchmark observations the task ships (0 if none);
             observations are numbered from 1.
         metrics: the names of the benchmark metrics that score a posterior on this task
-            (registered in `fmpe.benchmark.scoring`); sbibm's tasks, which ship reference
-            samples, declare C2ST, MMD and −log q(θ*).
+            (registered in `fmpe.benchmark.METRICS`; each fills one results column, or
+            several); sbibm's tasks, which ship reference samples, declare C2ST, MMD and
+            −log q(θ*).
         augment_x: None, or ``augment(x, generator=None) -> x`` that the benchmark applies
             afresh to each training pair's x (e.g. noise added to noise-free simulations of
             `training_simulate`).

@@ -17,15 +17,10 @@ shipped) and are the same on every machine.
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from torch import Tensor
 
-from fmpe.benchmark.scoring import Scoring, register_metric
-from fmpe.diagnostics.importance import ImportanceResult
 from fmpe.gw import GWSimulator
-from fmpe.posteriors import Posterior
 from fmpe.tasks.base import Task
 
 NUM_INJECTIONS = 100
@@ -48,13 +43,9 @@ class GWTask(Task):
     name = "gw"
     theta_dim = 9
     num_observations = NUM_INJECTIONS
-    metrics = (
-        "nltp",
-        "is_efficiency",
-        "is_log_evidence",
-        "is_log_evidence_error",
-        *(f"credible_level_{name}" for name in GWSimulator.parameter_names),
-    )
+    # Registered in `fmpe.benchmark.gw_metrics`: importance_sampling fills is_efficiency,
+    # is_log_evidence and is_log_evidence_error; credible_levels credible_level_<parameter>.
+    metrics = ("nltp", "importance_sampling", "credible_levels")
 
     def __init__(self) -> None:
         self.simulator = GWSimulator()
@@ -64,7 +55,6 @@ class GWTask(Task):
         self.x_shape = self.simulator.x_shape
         self.prior = self.simulator.prior()
         self._injections: tuple[Tensor, Tensor, Tensor] | None = None
-        self._importance: tuple[Posterior, int, int, ImportanceResult] | None = None
 
     # ----- simulation -------------------------------------------------------------------
 
@@ -120,19 +110,6 @@ class GWTask(Task):
         self._check_observation(i)
         return float(self._injected()[1][i - 1])
 
-    # ----- scores -----------------------------------------------------------------------
-
-    def importance_result(self, s: Scoring) -> ImportanceResult:
-        """Importance sampling of the exact posterior for a scored observation, with as many
-        proposal samples as were scored; kept for the metrics of the same observation."""
-        if self._importance is not None:
-            posterior, observation, seed, result = self._importance
-            if posterior is s.posterior and (observation, seed) == (s.observation, s.seed):
-                return result
-        result = s.posterior.importance_sample(len(s.samples), s.x, self.log_likelihood)
-        self._importance = (s.posterior, s.observation, s.seed, result)
-        return result
-
 
 def draw_injections(
     simulator: GWSimulator, num_injections: int, min_snr: float, seed: int = INJECTION_SEED
@@ -163,41 +140,3 @@ def draw_injections(
         ]
     )
     return theta, snr[kept], x.float()
-
-
-# ----- benchmark metrics ------------------------------------------------------------------
-
-
-def _gw_task(s: Scoring) -> GWTask:
-    if not isinstance(s.task, GWTask):
-        raise ValueError(f"this metric needs the gw task, got {s.task.name!r}")
-    return s.task
-
-
-def _is_efficiency(s: Scoring) -> float:
-    """Importance-sampling efficiency n_eff / N of the posterior as the proposal."""
-    return _gw_task(s).importance_result(s).sample_efficiency
-
-
-def _is_log_evidence(s: Scoring) -> float:
-    """log Z by importance sampling with the posterior as the proposal."""
-    return _gw_task(s).importance_result(s).log_evidence
-
-
-def _is_log_evidence_error(s: Scoring) -> float:
-    """The standard error of `is_log_evidence`."""
-    return _gw_task(s).importance_result(s).log_evidence_error
-
-
-def _credible_level(parameter: int, s: Scoring) -> float:
-    """The share of posterior samples below the true value of one parameter: uniform over
-    observations for a calibrated posterior (the P–P plot's input)."""
-    truth = s.task.true_parameters(s.observation)[parameter]
-    return float((s.samples[:, parameter] < truth).double().mean())
-
-
-register_metric("is_efficiency", _is_efficiency)
-register_metric("is_log_evidence", _is_log_evidence)
-register_metric("is_log_evidence_error", _is_log_evidence_error)
-for _index, _name in enumerate(GWSimulator.parameter_names):
-    register_metric(f"credible_level_{_name}", partial(_credible_level, _index))

@@ -8,19 +8,11 @@ from functools import partial
 from fmpe.registry import Registry
 from fmpe.tasks.base import Task
 from fmpe.tasks.bernoulli_glm import BernoulliGLM
+from fmpe.tasks.gw import GWTask
 from fmpe.tasks.lotka_volterra import LotkaVolterra
 from fmpe.tasks.sbibm import WRAPPED_TASKS, SbibmTask
 from fmpe.tasks.sir import SIR
 from fmpe.tasks.slcp_distractors import SlcpDistractors
-
-
-def _gw() -> Task:
-    # Imported when first used: the gw task registers benchmark metrics, and the benchmark
-    # package imports this registry.
-    from fmpe.tasks.gw import GWTask
-
-    return GWTask()
-
 
 TASKS: Registry[Callable[[], Task]] = Registry("task", "fmpe.tasks.TASKS")
 """name -> a function that returns a new instance of the task."""
@@ -31,7 +23,7 @@ TASKS.register("bernoulli_glm_raw", partial(BernoulliGLM, "bernoulli_glm_raw"))
 TASKS.register("slcp_distractors", SlcpDistractors)
 TASKS.register("sir", SIR)
 TASKS.register("lotka_volterra", LotkaVolterra)
-TASKS.register("gw", _gw)
+TASKS.register("gw", GWTask)
 
 
 def register_task(name: str, factory: Callable[[], Task]) -> None:

@@ -4,13 +4,13 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from fmpe.posteriors.record import TrainingRecord
 from fmpe.training.callbacks import (
     BestWeights,
     ExponentialMovingAverage,
@@ -21,26 +21,6 @@ from fmpe.training.modules import EstimatorModule
 from fmpe.training.settings import TrainingSettings
 
 CHECKPOINT = "last.ckpt"
-
-
-@dataclass(frozen=True)
-class TrainingRecord:
-    """What a training run did.
-
-    Attributes:
-        seconds: wall seconds inside the Trainer, summed over every process that worked on
-            the run (a resumed run adds the time before its interruption, up to its last
-            checkpoint).
-        epochs: epochs trained.
-        best_validation_loss: the validation loss of the returned weights.
-        trainable_parameters: parameters the optimizer trained (POET: its rotations and the
-            biases, not the fixed weights); None in files that did not record it.
-    """
-
-    seconds: float
-    epochs: int
-    best_validation_loss: float
-    trainable_parameters: int | None = None
 
 
 def fit(

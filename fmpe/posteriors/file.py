@@ -16,12 +16,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-import fmpe
+from fmpe._version import __version__
 from fmpe.io.prior_codec import is_serializable, prior_from_dict, prior_to_dict
 from fmpe.networks import build_embedding, network_builder
 from fmpe.posteriors import POSTERIORS, Posterior
+from fmpe.posteriors.record import TrainingRecord
 from fmpe.standardize import Standardizer
-from fmpe.training.fit import TrainingRecord
 from fmpe.unbounded import UnboundedTransform
 
 FORMAT = "fmpe-posterior"
@@ -120,7 +120,7 @@ def save_posterior(posterior: Posterior, path: str | Path) -> None:
             "has_prior": posterior.prior is not None,
             "training": record.__dict__ if record is not None else None,
             "metadata": posterior.metadata,
-            "fmpe_version": fmpe.__version__,
+            "fmpe_version": __version__,
         },
         sort_keys=True,
     )
