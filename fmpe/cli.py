@@ -431,9 +431,12 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _diagnose(args: argparse.Namespace) -> None:
+    import json
+
     import torch
 
     from fmpe.diagnostics.calibration import calibrate
+    from fmpe.plot import calibration_figures
 
     posterior, task = _posterior_and_task(args.posterior, args.task)
     out = args.out or args.posterior.with_name(args.posterior.stem + "-diagnostics")
@@ -446,8 +449,12 @@ def _diagnose(args: argparse.Namespace) -> None:
         posterior, thetas[kept], xs[kept], args.samples, seed=args.seed,
         show_progress=not args.quiet,
     )  # fmt: skip
-    for path in calibration.write(out):
-        print(f"wrote {path}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calibration.json").write_text(json.dumps(calibration.numbers, indent=2))
+    print(f"wrote {out / 'calibration.json'}")
+    for name, figure in calibration_figures(calibration).items():
+        figure.savefig(out / name, dpi=120, bbox_inches="tight")
+        print(f"wrote {out / name}")
     numbers = calibration.numbers
     print(
         f"SBC KS p-values {', '.join(f'{p:.2f}' for p in numbers['sbc_ks_pvalues'])}; "

@@ -26,6 +26,8 @@ from scipy import stats
 from scipy.ndimage import gaussian_filter
 from torch import Tensor
 
+from fmpe.diagnostics.calibration import Calibration
+from fmpe.diagnostics.coverage import coverage_curve
 from fmpe.diagnostics.uniformity import (
     binomial_band,
     check_levels,
@@ -214,6 +216,27 @@ def _format_corner_axes(ax: Axes, i: int, j: int, d: int, labels: list[str]) -> 
 
 
 # ----- calibration -------------------------------------------------------------------------
+
+
+def calibration_figures(
+    calibration: Calibration, labels: Sequence[str] | None = None
+) -> dict[str, Figure]:
+    """The figures of `fmpe.diagnostics.calibrate`'s result by file name: SBC rank ECDFs,
+    HPD coverage, TARP and the P–P plot, with `labels` naming the parameters."""
+    c, n = calibration, len(calibration.hpd_ranks)
+    labels = None if labels is None else list(labels)
+    return {
+        "sbc_ranks.png": sbc_rank_plot(
+            c.sbc_ranks, c.num_posterior_samples, kind="ecdf", labels=labels
+        ),
+        "coverage.png": coverage_plot(
+            *coverage_curve(c.hpd_ranks, c.num_posterior_samples), num_observations=n
+        ),
+        "tarp.png": tarp_plot(*c.tarp, num_observations=n),
+        "pp_plot.png": pp_plot(
+            c.sbc_ranks, num_posterior_samples=c.num_posterior_samples, labels=labels
+        ),
+    }
 
 
 def sbc_rank_plot(

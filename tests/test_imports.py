@@ -11,12 +11,6 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fmpe"
 
-# Edges against the downward order that are still to go, each with why it is there. One
-# that no longer exists must be removed from here.
-KNOWN_UPWARD = {
-    ("fmpe.diagnostics", "fmpe.plot"): "Calibration.write draws its figures with fmpe.plot",
-}
-
 Edges = dict[tuple[str, str], str]
 
 
@@ -97,21 +91,15 @@ def describe(cycle: list[str], edges: Edges) -> str:
 
 def test_the_import_graph_has_no_cycle():
     edges = import_graph()
-    downward = {edge: where for edge, where in edges.items() if edge not in KNOWN_UPWARD}
-    cycle = find_cycle(downward)
+    cycle = find_cycle(edges)
     assert cycle is None, "an import cycle between fmpe's parts:\n" + describe(cycle, edges)
-
-
-def test_the_known_upward_imports_are_still_there():
-    edges = import_graph()
-    gone = [edge for edge in KNOWN_UPWARD if edge not in edges]
-    assert not gone, f"no longer imported, remove from KNOWN_UPWARD: {gone}"
 
 
 def test_tasks_do_not_import_the_benchmark_and_posteriors_do_not_import_io_files():
     edges = import_graph()
     assert ("fmpe.tasks", "fmpe.benchmark") not in edges
     assert ("fmpe.io", "fmpe.posteriors") not in edges
+    assert ("fmpe.diagnostics", "fmpe.plot") not in edges
 
 
 def test_a_cycle_is_found_and_named():

@@ -1,9 +1,8 @@
-"""All calibration checks of a posterior in one call, with their figures: SBC, highest-density
-coverage, TARP and −log q(θ*), over pairs (θ*, x) drawn from the prior and the simulator."""
+"""All calibration checks of a posterior in one call: SBC, highest-density coverage, TARP and
+−log q(θ*), over pairs (θ*, x) drawn from the prior and the simulator. Their figures are
+`fmpe.plot.calibration_figures`."""
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,7 +15,7 @@ from fmpe.diagnostics.batching import (
     observation_chunks,
     true_log_prob,
 )
-from fmpe.diagnostics.coverage import check_coverage, coverage_curve, denser_than
+from fmpe.diagnostics.coverage import check_coverage, denser_than
 from fmpe.diagnostics.sbc import check_sbc, sbc_ranks
 from fmpe.diagnostics.tarp import TarpFrame, check_tarp
 
@@ -40,34 +39,6 @@ class Calibration:
     tarp: tuple[np.ndarray, np.ndarray]
     negative_log_prob: Tensor
     numbers: dict
-
-    def write(self, folder: str | Path, labels: list[str] | None = None) -> list[Path]:
-        """Writes `calibration.json` and the figures (SBC ranks, coverage, TARP, P–P) into
-        `folder`; returns their paths."""
-        from fmpe import plot
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        n = len(self.hpd_ranks)
-        figures = {
-            "sbc_ranks.png": plot.sbc_rank_plot(
-                self.sbc_ranks, self.num_posterior_samples, kind="ecdf", labels=labels
-            ),
-            "coverage.png": plot.coverage_plot(
-                *coverage_curve(self.hpd_ranks, self.num_posterior_samples), num_observations=n
-            ),
-            "tarp.png": plot.tarp_plot(*self.tarp, num_observations=n),
-            "pp_plot.png": plot.pp_plot(
-                self.sbc_ranks, num_posterior_samples=self.num_posterior_samples, labels=labels
-            ),
-        }
-        paths = []
-        for name, figure in figures.items():
-            figure.savefig(folder / name, dpi=120, bbox_inches="tight")
-            paths.append(folder / name)
-        numbers = folder / "calibration.json"
-        numbers.write_text(json.dumps(self.numbers, indent=2))
-        return [numbers, *paths]
 
 
 def calibrate(
