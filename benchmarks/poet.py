@@ -238,6 +238,11 @@ def _ablation_table(rows: list[dict]) -> list[str]:
         "| val loss / ordinary | C2ST (obs 1-3) | trainable / ordinary parameters | train s |",
         "|---" * 11 + "|",
     ]
+    # Configurations are compared by their settings (names are relative to the card's variant
+    # when the row was run), each task on the card of its latest row, among those within the
+    # parameter budget; a task counts for a configuration once it has trained on every seed.
+    latest_card = {r["task"]: r["ordinary_parameters"] for r in rows}
+    by_seed: dict[tuple, dict[str, list[float]]] = {}
     for r in rows:
         ratio = float(r["validation_loss"]) / float(r["ordinary_validation_loss"])
         share = int(r["trainable_parameters"]) / int(r["ordinary_parameters"])
@@ -248,21 +253,12 @@ def _ablation_table(rows: list[dict]) -> list[str]:
             f"{float(r['c2st_mean']):.3f} ({r['c2st_observations']}) | {share:.1%} | "
             f"{r['train_seconds']} |"
         )
-    # Configurations are compared by their settings (names are relative to the card's variant
-    # when the row was run), each task on the card of its latest row, among those within the
-    # parameter budget that trained on every seed.
-    latest_card = {r["task"]: r["ordinary_parameters"] for r in rows}
-    ratios: dict[tuple, dict[str, list[float]]] = {}
-    for r in rows:
-        ratio = float(r["validation_loss"]) / float(r["ordinary_validation_loss"])
-        share = int(r["trainable_parameters"]) / int(r["ordinary_parameters"])
         current = r["ordinary_parameters"] == latest_card[r["task"]]
         if current and math.isfinite(ratio) and share <= MAX_PARAMETER_SHARE:
-            ratios.setdefault(settings(r)[1:], {}).setdefault(r["task"], []).append(ratio)
+            by_seed.setdefault(settings(r)[1:], {}).setdefault(r["task"], []).append(ratio)
     ratios = {
-        k: {task: statistics.fmean(v) for task, v in by_task.items()}
-        for k, by_task in ratios.items()
-        if all(len(v) == len(ABLATION_SEEDS) for v in by_task.values())
+        k: {task: statistics.fmean(v) for task, v in tasks.items() if len(v) == len(ABLATION_SEEDS)}
+        for k, tasks in by_seed.items()
     }
     complete = {
         k: statistics.fmean(v.values()) for k, v in ratios.items() if set(v) == set(ABLATION_TASKS)

@@ -246,3 +246,21 @@ def test_stop_after_takes_durations_only(script, poet, gw, capsys):
         {"poet": poet, "gw": gw}[script].main([*arguments, "--stop-after", "soon"])
     assert stopped.value.code == 2
     assert "--stop-after: 'soon' is not a duration" in capsys.readouterr().err
+
+
+def test_the_ablation_chooses_only_among_configurations_trained_on_every_seed(poet):
+    def row(task, seed, loss, learning_rate="0.004"):
+        return {
+            "task": task, "configuration": "c", "seed": str(seed), "block_size": "8",
+            "merge_every": "200", "neumann_terms": "exact", "learning_rate": learning_rate,
+            "validation_loss": str(loss), "ordinary_validation_loss": "1.0",
+            "c2st_mean": "0.6", "c2st_observations": "0.6", "trainable_parameters": "10",
+            "ordinary_parameters": "100", "train_seconds": "1.0",
+        }  # fmt: skip
+
+    rows = [row("two_moons", 0, 0.9), row("two_moons", 1, 0.7), row("slcp", 0, 0.8)]
+    text = "\n".join(poet._ablation_table(rows))
+    assert "Lowest on two_moons alone (1 configurations" in text and "(0.800)" in text
+    assert "Lowest mean" not in text and "Lowest on slcp" not in text
+    text = "\n".join(poet._ablation_table([*rows, row("slcp", 1, 1.0)]))
+    assert "Lowest mean validation loss" in text and "(0.850); the cards'" in text
