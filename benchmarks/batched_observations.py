@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import fmpe
-from fmpe.benchmark import append_csv, provenance, read_csv, timed
+from fmpe.benchmark import RowLog, provenance, timed
 from fmpe.tasks import get_task
 
 RESULTS = Path(__file__).parent / "results"
@@ -111,8 +111,8 @@ def main() -> None:
                 **provenance(),
             }
             print(row, flush=True)
-            append_csv(path, row, FIELDS)
-    write_table(read_csv(path), RESULTS / "batched_observations.md")
+            RowLog(path, FIELDS).add(row)
+    write_table(RowLog(path).rows(), RESULTS / "batched_observations.md")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from fmpe.benchmark import append_csv, provenance, read_csv, timed
+from fmpe.benchmark import RowLog, provenance, timed
 from fmpe.cli import positive_numbers
 from fmpe.estimators import FMPE
 from fmpe.metrics import c2st
@@ -54,7 +54,8 @@ def run(
     samples: int,
     train_overrides: dict | None = None,
 ) -> None:
-    done = {(r["coupling"], r["solver"], r["observation"]) for r in read_csv(path)}
+    log = RowLog(path, FIELDS, key=("coupling", "solver", "observation"))
+    done = log.completed()
     task = get_task(task_name)
     model, train = load_card(task_name).hyperparameters(budget)
     train.update(train_overrides or {})
@@ -86,11 +87,11 @@ def run(
                     **provenance(),
                 }
                 print({k: row[k] for k in FIELDS[:7]}, flush=True)
-                append_csv(path, row, FIELDS)
+                log.add(row)
 
 
 def write_report(path: Path, out: Path) -> None:
-    rows = read_csv(path)
+    rows = RowLog(path).rows()
     lines = [
         "# Minibatch OT coupling against independent pairs",
         "",

@@ -49,10 +49,9 @@ import torch  # noqa: E402
 
 import fmpe  # noqa: E402
 from fmpe.benchmark import (  # noqa: E402
-    append_csv,
+    RowLog,
     float64_log_prob,
     machine_description,
-    read_csv,
     timed,
     timestamp,
 )
@@ -297,7 +296,7 @@ def main() -> None:
         print(f"{library}: training on {args.simulations} simulations ...", flush=True)
         for result in runners[library]():
             report_row(path, library, result, args, reference)
-    write_report(read_csv(path), args.results)
+    write_report(RowLog(path).rows(), args.results)
 
 
 def report_row(path: Path, library: str, result: dict, args, reference: torch.Tensor) -> None:
@@ -321,7 +320,7 @@ def report_row(path: Path, library: str, result: dict, args, reference: torch.Te
         "finished_at": timestamp(),
     }
     print({k: v for k, v in row.items() if k != "machine"}, flush=True)
-    append_csv(path, row, FIELDS)
+    RowLog(path, FIELDS).add(row)
 
 
 if __name__ == "__main__":

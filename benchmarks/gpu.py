@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 import fmpe
-from fmpe.benchmark import append_csv, evaluate, machine_description, provenance, read_csv, run
+from fmpe.benchmark import RowLog, evaluate, machine_description, provenance, run
 from fmpe.flow_matching import draw_path_noise, flow_matching_loss
 from fmpe.metrics import c2st
 from fmpe.networks import VelocityNetwork
@@ -123,7 +123,7 @@ class Report:
             "torch_version": torch.__version__,
         }
         print({k: row[k] for k in FIELDS[:9] if row[k] != ""}, flush=True)
-        append_csv(self.path, row, FIELDS)
+        RowLog(self.path, FIELDS).add(row)
 
     def skipped(self, section: str, setting: str, why: str) -> None:
         self.row(section, setting, detail=f"skipped: {why}")
@@ -409,7 +409,7 @@ def bench_sbibm(report: Report, device: torch.device, posterior, smoke: bool) ->
 
 
 def write_table(path: Path, markdown: Path) -> None:
-    rows = read_csv(path)
+    rows = RowLog(path).rows()
     lines = [
         "# fmpe on one GPU",
         "",

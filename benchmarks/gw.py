@@ -45,9 +45,8 @@ from scipy import stats
 
 import fmpe
 from fmpe.benchmark import (
-    append_csv,
+    RowLog,
     machine_description,
-    read_csv,
     resolve_device,
     run,
     timestamp,
@@ -119,7 +118,7 @@ def load_reference(path: Path) -> ImportanceResult:
 
 def recorded_seconds(path: Path) -> float | None:
     """The median `seconds` of a step's rows (one unit each); None without rows."""
-    rows = read_csv(path)
+    rows = RowLog(path).rows()
     return statistics.median(float(r["seconds"]) for r in rows) if rows else None
 
 
@@ -164,7 +163,7 @@ def run_references(
 ) -> dict[int, ImportanceResult]:
     """The reference posteriors, computed or loaded; one injection per unit of `deadline`."""
     path = args.out / "gw_reference.csv"
-    done = {int(r["injection"]) for r in read_csv(path)}
+    done = {int(r["injection"]) for r in RowLog(path).rows()}
     references = {}
     for i in range(1, scale.reference_injections + 1):
         saved = reference_path(args.runs, scale, args.seed, i)
@@ -191,7 +190,7 @@ def run_references(
             "machine": machine,
             "finished_at": timestamp(),
         }
-        append_csv(path, row, list(row))
+        RowLog(path, list(row)).add(row)
         print(f"reference {i}: ESS {result.effective_sample_size:.0f} of {result.num_samples}")
     return references
 
@@ -267,7 +266,7 @@ def run_jsd(task, posteriors, references, args, scale, machine, deadline: Deadli
     """The JSDs of each reference not yet in gw_jsd.csv; one injection per unit of `deadline`
     (expected: the median gap between the injections' finished rows)."""
     path = args.out / "gw_jsd.csv"
-    recorded = read_csv(path)
+    recorded = RowLog(path).rows()
     done = {(int(r["injection"]), r["estimator"]) for r in recorded}
     expected = median_gap_seconds(
         r["finished_at"] for r in recorded if r["estimator"] == "reference_halves"
@@ -293,7 +292,7 @@ def run_jsd(task, posteriors, references, args, scale, machine, deadline: Deadli
         for name, (count, jsd) in rows.items():
             row = {"injection": i, "estimator": name, **jsd, "samples": count}
             row |= {"machine": machine, "finished_at": timestamp()}
-            append_csv(path, row, list(row))
+            RowLog(path, list(row)).add(row)
             print(f"JSD injection {i} {name}: mean {jsd['mean_jsd_mnat']} mnat")
 
 
@@ -322,7 +321,7 @@ def run_dynesty_checks(task, references, args, scale, machine, deadline: Deadlin
     import dynesty
 
     path = args.out / "gw_dynesty.csv"
-    done = {int(r["injection"]) for r in read_csv(path)}
+    done = {int(r["injection"]) for r in RowLog(path).rows()}
     for i in sorted(references)[: scale.dynesty_injections]:
         if i in done or not deadline.allows(f"dynesty {i}", recorded_seconds(path)):
             continue
@@ -359,7 +358,7 @@ def run_dynesty_checks(task, references, args, scale, machine, deadline: Deadlin
             "machine": machine,
             "finished_at": timestamp(),
         }
-        append_csv(path, row, list(row))
+        RowLog(path, list(row)).add(row)
         print(
             f"dynesty {i}: log Z {result.logz[-1]:.3f} ± {result.logzerr[-1]:.3f}, reference "
             f"{reference.log_evidence:.3f} ± {reference.log_evidence_error:.3f}"
@@ -370,7 +369,7 @@ def run_dynesty_checks(task, references, args, scale, machine, deadline: Deadlin
 
 
 def injection_rows(args, scale) -> dict[str, list[dict]]:
-    rows = read_csv(args.out / "gw_injections.csv")
+    rows = RowLog(args.out / "gw_injections.csv").rows()
     return {
         name: sorted(
             (
@@ -473,7 +472,7 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         cells = " | ".join(f"{p:.3g}" for p in pvalues)
         lines.append(f"| {NAMES[name]} ({len(rows[name])}) | {cells} | {combined:.3g} |")
 
-    references = read_csv(args.out / "gw_reference.csv")
+    references = RowLog(args.out / "gw_reference.csv").rows()
     lines += [
         "",
         "## Reference posteriors and log evidence",
@@ -505,7 +504,7 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
             f"{float(r['log_evidence_error']):.3f} | {' | '.join(differences)} |"
         )
 
-    jsd = read_csv(args.out / "gw_jsd.csv")
+    jsd = RowLog(args.out / "gw_jsd.csv").rows()
     lines += [
         "",
         "## Jensen–Shannon divergence to the reference (mnat), mean over injections",
@@ -530,7 +529,7 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
             f"| {label} | {len(selected)} | {cells} | {table.mean():.2f} | {table.max():.2f} |"
         )
 
-    dynesty_rows = read_csv(args.out / "gw_dynesty.csv")
+    dynesty_rows = RowLog(args.out / "gw_dynesty.csv").rows()
     lines += [
         "",
         "## The reference against dynesty",

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 import fmpe
-from fmpe.benchmark import append_csv, markdown_table, provenance, read_csv
+from fmpe.benchmark import RowLog, markdown_table, provenance
 from fmpe.gw import GWSimulator
 from fmpe.tasks import load_card
 
@@ -149,8 +149,8 @@ def main() -> None:
                 measure, band, args.budget, args.epochs, args.threads, args.smoke
             ).result()
         print(row)
-        append_csv(args.results, row, FIELDS)
-    write_table(read_csv(args.results), args.results.with_suffix(".md"))
+        RowLog(args.results, FIELDS).add(row)
+    write_table(RowLog(args.results).rows(), args.results.with_suffix(".md"))
 
 
 if __name__ == "__main__":

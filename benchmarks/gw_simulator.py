@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 import fmpe.gw as gw
-from fmpe.benchmark import append_csv, markdown_table, provenance, read_csv
+from fmpe.benchmark import RowLog, markdown_table, provenance
 
 RESULTS = Path(__file__).parent / "results"
 GPS_GW150914 = 1126259462.391
@@ -186,7 +186,7 @@ def main() -> None:
             **provenance(device),
         }
         print({k: row[k] for k in FIELDS[:8]}, flush=True)
-        append_csv(path, row, FIELDS)
+        RowLog(path, FIELDS).add(row)
 
     cpu = torch.device("cpu")
     reference = gw.GWSimulator(dtype=torch.float64)
@@ -242,7 +242,7 @@ def main() -> None:
                 )
                 record("fmpe simulator", dtype, device, "", batch_size, rate, lal_rate)
 
-    write_table(read_csv(path), args.results / "gw_simulator.md")
+    write_table(RowLog(path).rows(), args.results / "gw_simulator.md")
 
 
 if __name__ == "__main__":

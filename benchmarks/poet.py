@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from fmpe.benchmark import append_csv, provenance, read_csv, timed
+from fmpe.benchmark import RowLog, provenance, timed
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
 from fmpe.benchmark.report import published_c2st
 from fmpe.benchmark.results import ResultsStore
@@ -147,7 +147,7 @@ def run_ablation(path: Path, deadline: Deadline) -> None:
     """Trains and scores the configurations not yet in `path`, one per unit of `deadline`."""
     # A row is identified by its settings, not its name: the names are relative to the card's
     # variant, which the ablation's result changes.
-    done = {resume_key(r) for r in read_csv(path)}
+    done = {resume_key(r) for r in RowLog(path).rows()}
     tasks = {name: get_task(name) for name in ABLATION_TASKS}
     counts = {name: ordinary_parameters(task, ABLATION_BUDGET) for name, task in tasks.items()}
     ordinary = {}  # (task, seed): the ordinary posterior, trained when first needed
@@ -172,7 +172,7 @@ def run_ablation(path: Path, deadline: Deadline) -> None:
             if key in done:
                 continue
             done.add(key)  # run now or left for later, once either way
-            expected = expected_seconds(read_csv(path), task_name, counts[task_name])
+            expected = expected_seconds(RowLog(path).rows(), task_name, counts[task_name])
             if not deadline.allows(f"{task_name} {name} seed {seed}", expected):
                 continue
             if (task_name, seed) not in ordinary:
@@ -202,7 +202,7 @@ def run_ablation(path: Path, deadline: Deadline) -> None:
                 **provenance(),
             }
             print({k: row[k] for k in ABLATION_FIELDS[:12]}, flush=True)
-            append_csv(path, row, ABLATION_FIELDS)
+            RowLog(path, ABLATION_FIELDS).add(row)
 
 
 def run_table(results: Path, runs: Path, threads: int, deadline: Deadline) -> None:
@@ -341,7 +341,7 @@ def write_report(ablation: Path, results: Path, out: Path) -> None:
         "Produced by `uv run python benchmarks/poet.py`; see its docstring for what is run.",
     ]
     if ablation.exists():
-        text += ["", "## Ablation (1e4 simulations)", "", *_ablation_table(read_csv(ablation))]
+        text += ["", "## Ablation (1e4 simulations)", "", *_ablation_table(RowLog(ablation).rows())]
     cells = {}
     if results.exists():
         lines, cells = _comparison(results)

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fmpe.benchmark import append_csv, markdown_table, provenance, read_csv, run
+from fmpe.benchmark import RowLog, markdown_table, provenance, run
 from fmpe.cli import positive_numbers
 
 RESULTS = Path(__file__).parent / "results"
@@ -72,7 +72,7 @@ def measure(task: str, budget: int, observations: list[int], workers: list[int],
 
 
 def write_table(results: Path) -> Path:
-    rows = read_csv(results)
+    rows = RowLog(results).rows()
     lines = [
         "# Scoring benchmark rows: one process against worker processes",
         "",
@@ -101,7 +101,7 @@ def main() -> None:
     if len(args.observations) < 2:
         parser.error("--observations: give at least two (the first is scored untimed)")
     for row in measure(args.task, args.budget, args.observations, args.workers, args.runs):
-        append_csv(args.results, row, FIELDS)
+        RowLog(args.results, FIELDS).add(row)
         print({k: row[k] for k in ("workers", "seconds", "speedup", "max_c2st_difference")})
     print(f"wrote {write_table(args.results)}")
 

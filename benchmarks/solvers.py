@@ -24,11 +24,10 @@ import torch
 
 import fmpe
 from fmpe.benchmark import (
-    append_csv,
+    RowLog,
     float64_log_prob,
     markdown_table,
     provenance,
-    read_csv,
     timestamp,
 )
 from fmpe.metrics import c2st
@@ -106,7 +105,7 @@ def timed_cpu(function, *args, repeats: int, **kwargs):
 def read_rows(path: Path) -> list[dict]:
     """The rows of the CSV at `path`, with the fields of older versions of this script
     filled in as empty."""
-    return [{field: row.get(field) or "" for field in FIELDS} for row in read_csv(path)]
+    return [{field: row.get(field) or "" for field in FIELDS} for row in RowLog(path).rows()]
 
 
 def upgrade_header(path: Path) -> None:
@@ -222,7 +221,7 @@ def main() -> None:
             "run": run,
         }
         print({k: row[k] for k in FIELDS[:10]}, flush=True)
-        append_csv(path, row, FIELDS)
+        RowLog(path, FIELDS).add(row)
     write_table(read_rows(path), args.results / "solvers.md")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from fmpe.benchmark import append_csv, markdown_table, read_csv
+from fmpe.benchmark import RowLog, markdown_table
 from fmpe.benchmark.sweep import FIELDS, sbibm_tasks, train_and_score
 from fmpe.estimators import FMPE
 from fmpe.simulation import simulate
@@ -35,7 +35,7 @@ OPTIONS = {"ema_decay": (0.999, None)}
 
 
 def run(results: Path, show_progress: bool) -> None:
-    rows = read_csv(results)
+    rows = RowLog(results).rows()
     done = {(r["task"], r["configuration"]) for r in rows}
     for name in sbibm_tasks():
         task = get_task(name)
@@ -54,14 +54,14 @@ def run(results: Path, show_progress: bool) -> None:
                 task, BUDGET, FMPE, model, train, candidate, theta, x, SEED, setting, "fmpe",
                 None, show_progress,
             )  # fmt: skip
-            append_csv(results, row, FIELDS)
+            RowLog(results, FIELDS).add(row)
             print(f"{name} {candidate}: validation loss {row['validation_loss']:.4f}")
 
 
 def report(results: Path) -> Path:
     """Writes training_defaults.md beside `results`: per setting and task, each option's
     validation loss, and how many tasks each option wins."""
-    rows = read_csv(results)
+    rows = RowLog(results).rows()
     lines = [
         "# Training settings the sweep does not search",
         "",

@@ -12,7 +12,7 @@ from types import ModuleType, SimpleNamespace
 import pytest
 import torch
 
-from fmpe.benchmark import read_csv
+from fmpe.benchmark import RowLog
 from fmpe.benchmark.deadline import Deadline
 from fmpe.benchmark.results import ResultsStore
 from fmpe.diagnostics import ImportanceResult
@@ -105,7 +105,7 @@ def ablation(poet, monkeypatch) -> SimpleNamespace:
 def test_finished_rows_are_not_redone_unless_the_card_changed(poet, ablation, tmp_path):
     path = tmp_path / "poet_ablation.csv"
     poet.run_ablation(path, Deadline(None))
-    rows = read_csv(path)
+    rows = RowLog(path).rows()
     configurations = ["exact cayley", "block 4", "learning rate x 2"]
     assert [r["configuration"] for r in rows] == [c for c in configurations for _ in "01"]
     assert [r["seed"] for r in rows] == ["0", "1"] * 3
@@ -117,11 +117,11 @@ def test_finished_rows_are_not_redone_unless_the_card_changed(poet, ablation, tm
 
     ablation.trained.clear()
     poet.run_ablation(path, Deadline(None))
-    assert ablation.trained == [] and len(read_csv(path)) == 6
+    assert ablation.trained == [] and len(RowLog(path).rows()) == 6
 
     ablation.widths = [16, 16]  # a changed card: its rows are not those of the old one
     poet.run_ablation(path, Deadline(None))
-    rows = read_csv(path)
+    rows = RowLog(path).rows()
     assert len(ablation.trained) == 8 and len(rows) == 12
     assert len({r["ordinary_parameters"] for r in rows}) == 2
 
@@ -131,7 +131,7 @@ def test_a_stopped_ablation_continues_to_the_rows_of_an_uninterrupted_one(
 ):
     monkeypatch.setattr(poet, "RESULTS", tmp_path / "whole")
     poet.main(["ablation"])
-    whole = read_csv(tmp_path / "whole" / "poet_ablation.csv")
+    whole = RowLog(tmp_path / "whole" / "poet_ablation.csv").rows()
 
     monkeypatch.setattr(poet, "RESULTS", tmp_path / "parts")
     capsys.readouterr()
@@ -144,10 +144,10 @@ def test_a_stopped_ablation_continues_to_the_rows_of_an_uninterrupted_one(
         "learning rate x 2 seed 1; "
         "continue with: uv run python benchmarks/poet.py ablation --stop-after 60s"
     )
-    assert len(read_csv(tmp_path / "parts" / "poet_ablation.csv")) == 1
+    assert len(RowLog(tmp_path / "parts" / "poet_ablation.csv").rows()) == 1
     poet.main(["ablation", "--stop-after", "1h"])
     assert "stopped" not in capsys.readouterr().out
-    parts = read_csv(tmp_path / "parts" / "poet_ablation.csv")
+    parts = RowLog(tmp_path / "parts" / "poet_ablation.csv").rows()
     assert measured(parts) == measured(whole)
     assert (tmp_path / "parts" / "poet.md").exists()
 
@@ -235,7 +235,7 @@ def test_gw_references_stopped_by_the_deadline_continue_to_the_same_rows(gw, tmp
     assert list(references(tmp_path / "parts", deadline)) == [1]
     assert deadline.left == ["reference 2", "reference 3"]  # expected: the 100 s of the first
     assert list(references(tmp_path / "parts", Deadline(None))) == [1, 2, 3]
-    rows = [read_csv(tmp_path / folder / "gw_reference.csv") for folder in ("whole", "parts")]
+    rows = [RowLog(tmp_path / folder / "gw_reference.csv").rows() for folder in ("whole", "parts")]
     assert measured(rows[1]) == measured(rows[0])
 
 

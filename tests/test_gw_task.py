@@ -13,7 +13,7 @@ from scipy import stats
 
 import fmpe
 import fmpe.gw as gw
-from fmpe.benchmark import read_csv
+from fmpe.benchmark import RowLog
 from fmpe.gw import GWSimulator
 from fmpe.networks.embeddings import EXACT_SVD_FEATURES, SVDEmbedding
 from fmpe.standardize import Standardizer
@@ -282,7 +282,7 @@ def test_the_scale_up_benchmark_measures_both_bands(tmp_path):
     script = ROOT / "benchmarks" / "gw_scale_up.py"
     command = [sys.executable, str(script), "--smoke", "--threads", "1", "--results", str(results)]
     subprocess.run(command, check=True, cwd=tmp_path, timeout=600)
-    rows = read_csv(results)
+    rows = RowLog(results).rows()
     assert [(r["band"], r["bins_per_detector"]) for r in rows] == [
         ("task", "433"),
         ("scale-up", "3937"),

@@ -1,4 +1,5 @@
-"""The benchmark results store against forced races, crashes mid-write and old files."""
+"""The results stores (`RowLog`, and `ResultsStore` on it) against forced races, crashes
+mid-write and old files."""
 
 import csv
 import multiprocessing
@@ -6,6 +7,7 @@ import multiprocessing
 import pytest
 
 from fmpe.benchmark.results import KEY, ResultsStore
+from fmpe.benchmark.rowlog import RowLog
 
 
 def row(observation, task="two_moons", estimator="fmpe", **metrics):
@@ -116,6 +118,37 @@ def test_files_from_before_the_estimator_column_are_read_as_fmpe(tmp_path):
     store.add(row(2, c2st=0.54))
     assert [r["estimator"] for r in store.rows()] == ["fmpe", "fmpe"]
     assert lines(path)[0].startswith("task,budget,estimator,observation,seed,c2st")
+
+
+def test_a_script_log_keeps_its_fields_order_and_every_row_without_a_key(tmp_path):
+    path = tmp_path / "solvers.csv"
+    fields = ("solver", "machine", "seconds")  # provenance need not be last in a script's own
+    log = RowLog(path, fields)
+    for seconds in (1.0, 1.0, 2.5):
+        assert log.add({"solver": "rk4", "machine": "test", "seconds": seconds})
+    with open(path, newline="") as f:
+        assert list(csv.reader(f)) == [
+            list(fields),
+            *[["rk4", "test", s] for s in ("1.0", "1.0", "2.5")],
+        ]
+    assert path.read_bytes().count(b"\r\n") == 4  # csv's line ends, as in every results file
+
+
+def test_a_keyed_log_skips_finished_rows_and_repairs_a_torn_line(tmp_path):
+    path = tmp_path / "coupling.csv"
+    log = RowLog(
+        path, ("coupling", "observation", "c2st", "finished_at"), key=("coupling", "observation")
+    )
+    assert log.add({"coupling": "ot", "observation": 1, "c2st": 0.6})
+    assert not log.add({"coupling": "ot", "observation": 1, "c2st": 0.7})
+    with open(path, "a") as f:
+        f.write("ot,2,0.5")  # a crash before the line's end
+    with pytest.warns(UserWarning, match="half-written"):
+        assert set(log.completed()) == {("ot", "1")}
+    assert log.add({"coupling": "ot", "observation": 2, "c2st": 0.55, "evaluations": 40})
+    rows = log.rows()
+    assert [r["c2st"] for r in rows] == ["0.6", "0.55"]
+    assert list(rows[0]) == ["coupling", "observation", "c2st", "finished_at", "evaluations"]
 
 
 def test_the_report_gives_the_spread_over_training_seeds():

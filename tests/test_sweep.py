@@ -14,7 +14,7 @@ pytest.importorskip("sbibm")
 
 import fmpe.benchmark.sweep as sweep_module  # noqa: E402
 from fmpe import FMPE  # noqa: E402
-from fmpe.benchmark import append_csv  # noqa: E402
+from fmpe.benchmark import RowLog  # noqa: E402
 from fmpe.networks import VelocityNetwork  # noqa: E402
 from fmpe.tasks import cards as cards_module  # noqa: E402
 from fmpe.tasks import load_card  # noqa: E402
@@ -135,7 +135,7 @@ def _fake_search(path, task, budget, losses):
                 "trainable_parameters": 1, "train_seconds": 1.0, "machine": "test",
                 "fmpe_version": "0", "finished_at": "now",
             }  # fmt: skip
-            sweep_module.append_csv(path, row, sweep_module.FIELDS)
+            sweep_module.sweep_log(path).add(row)
             scored.append((row, candidate))
         best = min(scored, key=lambda rc: rc[0]["validation_loss"])[1]
 
@@ -201,11 +201,11 @@ def test_a_search_starts_from_the_hand_written_settings(
 
     def record(task, budget, cls, model, train, candidate, *args):
         seen.append(train)
-        return {"stage": "0", "configuration": sweep_module._name(candidate),
-                "validation_loss": 1.0, "map_to_unbounded": "False"}  # fmt: skip
+        return {"task": task.name, "budget": budget, "estimator": "fmpe", "stage": "0",
+                "configuration": sweep_module._name(candidate), "validation_loss": 1.0,
+                "map_to_unbounded": "False"}  # fmt: skip
 
     monkeypatch.setattr(sweep_module, "train_and_score", record)
-    monkeypatch.setattr(sweep_module, "append_csv", lambda *args: None)
     sweep_module.sweep("gaussian_linear", 300, results=results, show_progress=False)
     hand_written = load_card("gaussian_linear").hyperparameters(300, selected=False)[1]
     assert seen and all(train == hand_written for train in seen)
@@ -242,7 +242,7 @@ def test_training_defaults_report_counts_each_options_wins(tmp_path):
             row.update(task=task, stage="ema_decay", validation_loss=loss, heldout_nll=nll,
                        configuration=json.dumps({"train": {"ema_decay": value}}),
                        train_seconds=1.0, machine="test")  # fmt: skip
-            append_csv(results, row, sweep_module.FIELDS)
+            RowLog(results, sweep_module.FIELDS).add(row)
     text = script.report(results).read_text()
     assert "| a | 1.0000 (2.000) | 1.1000 (1.900) | 0.999 |" in text
     assert "| b | 0.5000 (3.000) | 0.4000 (3.500) | null |" in text

@@ -2,25 +2,23 @@
 
 from fmpe.benchmark import gw_metrics as _gw_metrics  # noqa: F401
 from fmpe.benchmark.measure import (
-    append_csv,
     float64_log_prob,
     machine_description,
     markdown_table,
     provenance,
-    read_csv,
     resolve_device,
     timed,
     timestamp,
 )
 from fmpe.benchmark.results import ResultsStore
+from fmpe.benchmark.rowlog import RowLog
 from fmpe.benchmark.runner import evaluate, run, train_for_task
 from fmpe.benchmark.scoring import METRICS, Scoring, register_metric
 
 __all__ = [
     "METRICS",
     "ResultsStore",
-    "append_csv",
-    "read_csv",
+    "RowLog",
     "Scoring",
     "evaluate",
     "float64_log_prob",

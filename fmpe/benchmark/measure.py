@@ -1,14 +1,11 @@
 """What every benchmark needs to report a number honestly: the machine, and timings."""
 
-import csv
-import fcntl
 import os
 import platform
 import statistics
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
 import torch
 
@@ -74,26 +71,3 @@ def markdown_table(rows: Sequence[dict], fields: Sequence[str]) -> list[str]:
     lines.append("|" + "---|" * len(fields))
     lines += ["| " + " | ".join(str(r[f]) or "—" for f in fields) + " |" for r in rows]
     return lines
-
-
-def read_csv(path: Path) -> list[dict]:
-    """The rows of a benchmark script's CSV (see `append_csv`), as dicts of strings; none
-    if the file does not exist yet."""
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def append_csv(path: Path, row: dict, fields: Sequence[str]) -> None:
-    """Appends one row to a benchmark script's CSV under an exclusive lock, writing the header
-    first if the file is new or empty."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        writer = csv.DictWriter(f, fieldnames=fields)
-        if f.tell() == 0:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
-        os.fsync(f.fileno())

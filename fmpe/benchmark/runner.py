@@ -6,7 +6,6 @@ is done. Two runs may share a results file and a runs folder: a posterior being 
 one is waited for by the other, never trained twice at once.
 """
 
-import fcntl
 import functools
 import json
 import multiprocessing
@@ -14,7 +13,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
 from fmpe.benchmark.measure import provenance, resolve_device
 from fmpe.benchmark.results import ResultsStore, row_key
+from fmpe.benchmark.rowlog import exclusive_lock
 from fmpe.benchmark.scoring import Scoring, get_metric
 from fmpe.estimators import get_estimator
 from fmpe.posteriors import Posterior
@@ -49,17 +49,6 @@ def method_label(estimator: str, variant: str | None, base_only: bool = False) -
 def run_stem(run_dir: Path, task: str, budget: int, label: str, seed: int) -> Path:
     """The path, without suffix, of one trained posterior's files."""
     return run_dir / f"{task}_{budget}_{label}_seed{seed}"
-
-
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Holds an exclusive lock on `path` (created if missing), waiting for it if need be."""
-    with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def train_for_task(
@@ -92,7 +81,7 @@ def train_for_task(
     )
     hyperparameters = {"model": model_options, "train": train_options}
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(stem.with_suffix(".lock")):
+    with exclusive_lock(stem.with_suffix(".lock")):
         if saved.exists():
             check_recorded_hyperparameters(record, hyperparameters)
             posterior = load(saved, prior=task.prior, device=device)

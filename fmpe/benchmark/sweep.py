@@ -44,7 +44,8 @@ from pathlib import Path
 import torch
 
 from fmpe.benchmark.deadline import Deadline
-from fmpe.benchmark.measure import append_csv, provenance, read_csv
+from fmpe.benchmark.measure import provenance
+from fmpe.benchmark.rowlog import RowLog
 from fmpe.checks import as_count
 from fmpe.estimators import get_estimator
 from fmpe.simulation import simulate
@@ -194,7 +195,7 @@ def sweep(
     model, train = card.hyperparameters(budget, estimator, selected=False)
     done = {
         (r["stage"], r["configuration"]): r
-        for r in _cell_rows(read_csv(results), task_name, budget, estimator)
+        for r in _cell_rows(sweep_log(results).rows(), task_name, budget, estimator)
     }
     torch.manual_seed(seed)
     theta, x = simulate(task.training_simulate, task.prior, budget, show_progress=show_progress)
@@ -218,10 +219,15 @@ def sweep(
                     task, budget, cls, model, train, candidate, theta, x, seed, index,
                     estimator, trainer_kwargs, show_progress,
                 )  # fmt: skip
-                append_csv(results, done[key], FIELDS)
+                sweep_log(results).add(done[key])
             scored.append((done[key], candidate))
         best = _choose(scored)
     return best
+
+
+def sweep_log(results: Path) -> RowLog:
+    """The search's rows in `results`, one per (task, budget, estimator, stage, configuration)."""
+    return RowLog(results, FIELDS, key=FIELDS[:5])
 
 
 def _includes(configuration: dict, change: dict) -> bool:
@@ -267,7 +273,7 @@ def search_choice(
     """The configuration that the finished search of (task, budget, estimator) in `results`
     chose (with its capacity stage if `capacity`), read without training; for carrying it to
     a budget too costly to search."""
-    mine = _cell_rows(read_csv(results), task_name, budget, estimator)
+    mine = _cell_rows(sweep_log(results).rows(), task_name, budget, estimator)
     chosen = _finished_choice(mine, stages(estimator, budget, get_task(task_name), capacity))
     if chosen is None:
         flag = " --capacity" if capacity else ""
@@ -289,7 +295,7 @@ def choose_defaults(results: Path, budget: int, estimator: str = "fmpe") -> tupl
     Returns:
         the override of the base card, and per stage the mean rank of each option.
     """
-    rows = read_csv(results)
+    rows = sweep_log(results).rows()
     plans = {name: stages(estimator, budget, get_task(name)) for name in sbibm_tasks()}
     missing = [
         name
@@ -464,7 +470,7 @@ def write_table(results: Path) -> Path:
     cell, the configurations trained, their training hours, the lowest validation loss and
     the configuration the search chose (or "incomplete" while stages are missing); then, per
     budget and estimator, the base card's one configuration (`choose_defaults`)."""
-    rows = read_csv(results)
+    rows = sweep_log(results).rows()
     cells: dict[tuple[str, int, str], list[dict]] = {}
     for row in rows:
         cells.setdefault((row["task"], int(row["budget"]), row["estimator"]), []).append(row)
