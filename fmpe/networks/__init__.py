@@ -2,12 +2,15 @@
 
 The protocol every network follows is in `fmpe.networks.registry.register_network` and in
 docs/extending.md. Registered here: the velocity network "residual" (FMPE's default), the
-conditional flows "nsf" (NPE's default) and "maf", the embedding net "mlp", and the linear
-layers "linear" and "poet".
+conditional flows "nsf" (NPE's default) and "maf", the embedding nets "mlp", "svd",
+"cnn1d", "cnn2d", "rnn" and "set", and the linear layers "linear" and "poet".
 """
 
+from fmpe.networks import convolutional as _convolutional  # noqa: F401
 from fmpe.networks import embeddings as _embeddings  # noqa: F401
 from fmpe.networks import flows as _flows  # noqa: F401
+from fmpe.networks import recurrent as _recurrent  # noqa: F401
+from fmpe.networks import sets as _sets  # noqa: F401
 from fmpe.networks.poet import POET
 from fmpe.networks.registry import (
     EMBEDDINGS,
