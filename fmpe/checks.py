@@ -53,27 +53,30 @@ def check_device(value: Tensor, device: torch.device, name: str) -> None:
         )
 
 
-def drop_invalid_simulations(theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Removes pairs whose θ or x has a NaN or infinite entry, with a warning.
+def drop_invalid_simulations(
+    theta: Tensor, x: Tensor, allow_nan: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Removes pairs whose θ or x has a NaN or infinite entry, with a warning; with
+    `allow_nan`, NaN in x is kept (missing values, for an embedding net that reads them).
 
     Args:
         theta: (n, d), x: (n, *x_shape)
 
     Returns:
-        the finite pairs, theta: (m, d), x: (m, *x_shape)
+        the valid pairs, theta: (m, d), x: (m, *x_shape)
     """
     if len(theta) == 0:
         raise ValueError("no simulations: theta and x hold 0 rows; nothing to train on")
-    finite = torch.isfinite(theta).flatten(1).all(1) & torch.isfinite(x).flatten(1).all(1)
-    num_dropped = int((~finite).sum())
-    if num_dropped == len(finite):
-        raise ValueError(
-            f"all {num_dropped} simulations contain NaN or infinite values; nothing to train on"
-        )
+    valid_x = ~torch.isinf(x) if allow_nan else torch.isfinite(x)
+    valid = torch.isfinite(theta).flatten(1).all(1) & valid_x.flatten(1).all(1)
+    num_dropped = int((~valid).sum())
+    invalid = "infinite values" if allow_nan else "NaN or infinite values"
+    if num_dropped == len(valid):
+        raise ValueError(f"all {num_dropped} simulations contain {invalid}; nothing to train on")
     if num_dropped > 0:
         warnings.warn(
-            f"dropped {num_dropped} of {len(finite)} simulations containing NaN or infinite values",
+            f"dropped {num_dropped} of {len(valid)} simulations containing {invalid}",
             stacklevel=3,
         )
-        theta, x = theta[finite], x[finite]
+        theta, x = theta[valid], x[valid]
     return theta, x

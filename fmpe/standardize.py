@@ -21,8 +21,17 @@ class Standardizer(nn.Module):
     def fit(cls, values: Tensor, min_std: float = 1e-8) -> "Standardizer":
         """Fits mean and std of values (n, *shape) over the first dimension.
 
-        Constant dimensions get std 1 so that they are shifted but not blown up.
+        Constant dimensions get std 1 so that they are shifted but not blown up. NaN entries
+        (missing values) are left out of their dimension's moments; a dimension with fewer
+        than two values gets mean 0 and std 1.
         """
+        if torch.isnan(values).any():
+            present = ~torch.isnan(values)
+            count = present.sum(0)
+            mean = torch.where(count > 0, values.nan_to_num().sum(0) / count.clamp(min=1), 0.0)
+            squares = torch.where(present, values - mean, 0.0).pow(2).sum(0)
+            std = torch.where(count > 1, (squares / (count - 1).clamp(min=1)).sqrt(), 1.0)
+            return cls.from_moments(mean, std, min_std)
         mean = values.mean(0)
         std = values.std(0) if values.shape[0] > 1 else torch.ones_like(mean)
         return cls.from_moments(mean, std, min_std)
@@ -31,6 +40,18 @@ class Standardizer(nn.Module):
     def from_moments(cls, mean: Tensor, std: Tensor, min_std: float = 1e-8) -> "Standardizer":
         """The map for a known mean and std (*shape); constant dimensions get std 1."""
         return cls(mean, torch.where(std > min_std, std, torch.ones_like(std)))
+
+    def shared_along(self, axes: tuple[int, ...]) -> "Standardizer":
+        """The map with one mean and std along each of `axes` of the shape (entries that are
+        exchangeable, such as iid trials), from the moments averaged along them."""
+        if not axes:
+            return self
+        mean = self.mean.mean(axes, keepdim=True)
+        second_moment = (self.std**2 + self.mean**2).mean(axes, keepdim=True)
+        std = (second_moment - mean**2).clamp(min=0).sqrt()
+        return Standardizer.from_moments(
+            mean.expand_as(self.mean).contiguous(), std.expand_as(self.std).contiguous()
+        )
 
     def forward(self, values: Tensor) -> Tensor:
         """values: (n, *shape) -> (n, *shape)"""

@@ -31,7 +31,7 @@ from torch.distributions import Distribution
 from fmpe.checks import as_count, as_float_tensor, check_shape, drop_invalid_simulations
 from fmpe.io.store import SimulationStore
 from fmpe.networks import materialize, network_builder
-from fmpe.networks.registry import NETWORKS, build_embedding
+from fmpe.networks.registry import NETWORKS, accepts_nan, build_embedding, exchangeable_axes
 from fmpe.posteriors import Posterior
 from fmpe.simulation import Simulator, simulate, simulation_chunks
 from fmpe.training.data import Augmentation, SimulationDataModule, StreamingDataModule
@@ -125,7 +125,8 @@ class Estimator:
     def append_simulations(self, theta: Tensor, x: Tensor) -> "Estimator":
         """Adds simulated pairs to the training data.
 
-        Pairs with a NaN or infinite value are dropped (with a warning that counts them);
+        Pairs with a NaN or infinite value are dropped (with a warning that counts them),
+        except NaN in x where the embedding net reads it as missing values (`accepts_nan`);
         θ outside the prior's support is kept, with a warning.
 
         Args:
@@ -147,7 +148,9 @@ class Estimator:
             )
         if self.x is not None:
             check_shape(x, (None, *self.x.shape[1:]), "x (as in earlier simulations)")
-        theta, x = drop_invalid_simulations(theta.float(), x.float())
+        theta, x = drop_invalid_simulations(
+            theta.float(), x.float(), allow_nan=accepts_nan(self.embedding_net)
+        )
         outside = int((~in_support(self.prior, theta)).sum())
         if outside:
             warnings.warn(
@@ -362,6 +365,7 @@ class Estimator:
             seed=settings.seed,
             theta_transform=self.theta_transform,
             augment_x=augment_x,
+            x_exchangeable_axes=exchangeable_axes(self.embedding_net),
         )
         if store is not None:
             self.use_store(store)

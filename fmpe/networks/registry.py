@@ -67,8 +67,32 @@ def register_embedding(name: str, builder: EmbeddingBuilder) -> None:
 
     An embedding module may define ``fit_to_data(x: (n, *x_shape))``, called once before
     training with standardized training data (before any augmentation), e.g. to fit a basis.
+    A builder or module with ``accepts_nan = True`` reads NaN in x as missing values (as the
+    "set" net reads missing trials): training then keeps simulations with NaN, and the
+    posterior takes observations with NaN. One with ``exchangeable_axes`` (axes of one
+    observation, e.g. ``(0,)`` for trials) gets x z-scored alike along them.
     """
     EMBEDDINGS.register(name, builder)
+
+
+def embedding_attribute(embedding_net: nn.Module | Spec | None, name: str, default: Any) -> Any:
+    """What an embedding net (a module, a spec or None) declares as `name`, else `default`."""
+    if embedding_net is None:
+        return default
+    if isinstance(embedding_net, nn.Module):
+        return getattr(embedding_net, name, default)
+    return getattr(EMBEDDINGS.get(split_spec(embedding_net, "embedding net")[0]), name, default)
+
+
+def accepts_nan(embedding_net: nn.Module | Spec | None) -> bool:
+    """Whether an embedding net (a module, a spec or None) reads NaN in x as missing values."""
+    return bool(embedding_attribute(embedding_net, "accepts_nan", False))
+
+
+def exchangeable_axes(embedding_net: nn.Module | Spec | None) -> tuple[int, ...]:
+    """The axes of one observation along which an embedding net treats entries alike (the
+    trials of a "set" net): x is z-scored with one mean and std along them."""
+    return tuple(embedding_attribute(embedding_net, "exchangeable_axes", ()))
 
 
 def register_linear(name: str, factory: Callable[..., LinearFactory]) -> None:

@@ -30,6 +30,9 @@ class SetEmbedding(nn.Module):
         heads: attention heads; they must divide ``trial_widths[-1]``.
     """
 
+    accepts_nan = True
+    exchangeable_axes = (0,)  # the trials
+
     def __init__(
         self,
         x_shape: Sequence[int],

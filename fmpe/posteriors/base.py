@@ -21,6 +21,7 @@ from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from fmpe.checks import as_count, as_float_tensor, check_device, check_shape
+from fmpe.networks.registry import accepts_nan
 from fmpe.posteriors.record import TrainingRecord
 from fmpe.standardize import Standardizer
 from fmpe.unbounded import UnboundedTransform, in_support
@@ -102,6 +103,11 @@ class Posterior(nn.Module):
         return self.theta_standardizer.mean.device
 
     @property
+    def accepts_nan(self) -> bool:
+        """Whether x may hold NaN: missing values that the embedding net reads (`"set"`)."""
+        return accepts_nan(getattr(getattr(self, "network", None), "embedding_net", None))
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.theta_standardizer.mean.dtype
 
@@ -147,8 +153,9 @@ class Posterior(nn.Module):
         else:
             check_shape(x, (None, *self.x_shape), "x (a batch of observations)")
         check_device(x, self.device, "x")
-        if not torch.isfinite(x).all():
-            raise ValueError("x contains NaN or infinite values")
+        if torch.isinf(x).any() or (torch.isnan(x).any() and not self.accepts_nan):
+            refused = "infinite" if self.accepts_nan else "NaN or infinite"
+            raise ValueError(f"x contains {refused} values")
         return (x if batched else x.unsqueeze(0)).to(self.dtype), batched
 
     def _theta_rows(self, theta: Tensor, num_observations: int, batched: bool) -> Tensor:

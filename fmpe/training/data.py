@@ -155,6 +155,7 @@ class SimulationDataModule(_TrainingData):
         theta_transform: applied to θ before the z-scoring (None: the identity).
         augment_x: applied to x of every training batch, and once to the validation pairs;
             the z-scoring of x is fitted on augmented training data.
+        x_exchangeable_axes: axes of one x along which it is z-scored alike (iid trials).
     """
 
     def __init__(
@@ -167,6 +168,7 @@ class SimulationDataModule(_TrainingData):
         seed: int = 0,
         theta_transform: UnboundedTransform | None = None,
         augment_x: Augmentation | None = None,
+        x_exchangeable_axes: tuple[int, ...] = (),
     ):
         super().__init__()
         self.batch_size = batch_size
@@ -175,7 +177,8 @@ class SimulationDataModule(_TrainingData):
         theta = self.theta_transform.checked(theta, "the training simulations")
         train, validation = split_indices(len(theta), validation_fraction, seed)
         self.theta_standardizer = Standardizer.fit(theta[train])
-        self.x_standardizer = Standardizer.fit(_augmented(augment_x, x[train], seed + 4))
+        x_fitted = Standardizer.fit(_augmented(augment_x, x[train], seed + 4))
+        self.x_standardizer = x_fitted.shared_along(x_exchangeable_axes)
         theta_z = self.theta_standardizer(theta)
         x_validation = self.x_standardizer(_augmented(augment_x, x[validation], seed + 5))
         self.validation_set = validation_set(theta_z[validation], x_validation, seed)
@@ -303,6 +306,7 @@ class StreamingDataModule(_TrainingData):
         shards_in_memory: int = 4,
         theta_transform: UnboundedTransform | None = None,
         augment_x: Augmentation | None = None,
+        x_exchangeable_axes: tuple[int, ...] = (),
     ):
         super().__init__()
         self.batch_size = batch_size
@@ -326,7 +330,7 @@ class StreamingDataModule(_TrainingData):
             if sum(map(len, fit_rows)) < 50_000:
                 fit_rows.append(x[train])
         self.theta_standardizer = theta_moments.standardizer()
-        self.x_standardizer = x_moments.standardizer()
+        self.x_standardizer = x_moments.standardizer().shared_along(x_exchangeable_axes)
         self.unaugmented_x = torch.cat(fit_rows)
         self.validation_set = validation_set(
             self.theta_standardizer(torch.cat(theta_validation)),
