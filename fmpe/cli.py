@@ -2,7 +2,7 @@
 
     fmpe train TASK|CARD --budget N -o post.fmpe    train a posterior on a task
     fmpe sample post.fmpe --observation K -n N -o samples.npy
-    fmpe diagnose post.fmpe                         calibration checks and figures
+    fmpe diagnose post.fmpe [--lc2st 1 2]           calibration checks and figures
     fmpe benchmark TASK... --budget N               train and score on benchmark tasks
     fmpe sweep TASK --budget N                      choose hyperparameters by validation loss
     fmpe sweep defaults --budget N                  ... and one configuration for every task
@@ -212,6 +212,16 @@ def _parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--samples", type=positive_int, default=1000, help="per observation")
     diagnose.add_argument("--out", type=Path, help="default: <posterior>-diagnostics/")
     diagnose.add_argument("--seed", type=int, default=0)
+    diagnose.add_argument(
+        "--lc2st",
+        type=positive_int,
+        nargs="+",
+        metavar="OBSERVATION",
+        help="also the local C2ST at these observations of the task (a figure and a p-value each)",
+    )
+    diagnose.add_argument(
+        "--lc2st-pairs", type=positive_int, default=2000, help="calibration simulations of L-C2ST"
+    )
     diagnose.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sweep = commands.add_parser(
@@ -435,8 +445,10 @@ def _diagnose(args: argparse.Namespace) -> None:
 
     import torch
 
+    from fmpe.benchmark.measure import provenance
     from fmpe.diagnostics.calibration import calibrate
-    from fmpe.plot import calibration_figures
+    from fmpe.diagnostics.lc2st import lc2st
+    from fmpe.plot import calibration_figures, lc2st_plot
 
     posterior, task = _posterior_and_task(args.posterior, args.task)
     out = args.out or args.posterior.with_name(args.posterior.stem + "-diagnostics")
@@ -449,13 +461,26 @@ def _diagnose(args: argparse.Namespace) -> None:
         posterior, thetas[kept], xs[kept], args.samples, seed=args.seed,
         show_progress=not args.quiet,
     )  # fmt: skip
+    figures = calibration_figures(calibration)
+    numbers = {**calibration.numbers, **provenance(posterior.device)}
+    if args.lc2st:
+        thetas = task.prior.sample((args.lc2st_pairs,))
+        xs = task.simulate(thetas)
+        kept = torch.isfinite(xs.flatten(1)).all(1)
+        numbers["lc2st_pvalues"] = {}
+        for observation in args.lc2st:
+            result = lc2st(
+                posterior, task.observation(observation), thetas[kept], xs[kept], seed=args.seed
+            )
+            numbers["lc2st_pvalues"][observation] = result.p_value
+            figures[f"lc2st_{observation}.png"] = lc2st_plot(result, f"observation {observation}")
+            print(f"L-C2ST at observation {observation}: p-value {result.p_value:.3f}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "calibration.json").write_text(json.dumps(calibration.numbers, indent=2))
+    (out / "calibration.json").write_text(json.dumps(numbers, indent=2))
     print(f"wrote {out / 'calibration.json'}")
-    for name, figure in calibration_figures(calibration).items():
+    for name, figure in figures.items():
         figure.savefig(out / name, dpi=120, bbox_inches="tight")
         print(f"wrote {out / name}")
-    numbers = calibration.numbers
     print(
         f"SBC KS p-values {', '.join(f'{p:.2f}' for p in numbers['sbc_ks_pvalues'])}; "
         f"coverage KS p-value {numbers['coverage']['ks_pvalue']:.2f}; "

@@ -77,6 +77,34 @@ def c2st(
     return _accuracy(net, data, labels, _Padded(test_sets, device)).mean().item()
 
 
+def fit_classifiers(
+    inputs: Tensor, labels: Tensor, *, seed: int = 1, device: str | torch.device | None = None
+) -> Callable[[Tensor], Tensor]:
+    """k classifiers trained at once by `c2st`'s recipe (sklearn's ``MLPClassifier``: two ReLU
+    layers of width 10·d, Adam, its stopping rule), one per training set.
+
+    Args:
+        inputs: (k, n, d) each classifier's training points, already z-scored.
+        labels: (k, n) their labels in {0, 1}.
+
+    Returns:
+        a function from points (m, d) to each classifier's probability of label 1, (k, m).
+    """
+    k, n, d = inputs.shape
+    device = _resolve_device(device)
+    generator = torch.Generator(device).manual_seed(seed)
+    net = _BatchedMLP([d, 10 * d, 10 * d, 1], k, generator, device)
+    blocks = [np.arange(j * n, (j + 1) * n) for j in range(k)]
+    data, targets = inputs.reshape(k * n, d).to(device), labels.reshape(k * n).float().to(device)
+    with _single_thread_on_cpu(device):
+        _train(net, data, targets, _Padded(blocks, device), generator)
+
+    def probabilities(points: Tensor) -> Tensor:
+        return torch.sigmoid(net.forward(points.to(device).expand(k, -1, -1))[1])
+
+    return probabilities
+
+
 def mmd(x: ArrayLike, y: ArrayLike, *, chunk_size: int = 1024) -> float:
     """Unbiased MMD² with a Gaussian kernel, as sbibm's ``mmd`` metric computes it.
 

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from fmpe.diagnostics.calibration import Calibration
 from fmpe.diagnostics.coverage import coverage_curve
+from fmpe.diagnostics.lc2st import LC2STResult
 from fmpe.diagnostics.uniformity import (
     binomial_band,
     check_levels,
@@ -397,6 +398,26 @@ def pp_plot(
     else:
         ax.legend(title=title, fontsize="small", loc="lower right")
     return fig
+
+
+def lc2st_plot(result: LC2STResult, title: str | None = None) -> Figure:
+    """L-C2ST at one observation: the statistic against the shuffled-label classifiers'
+    (left), and the classifier's probabilities d(θ', x_o), θ' ~ q(θ | x_o), which stay near
+    1/2 where the posterior is right (right)."""
+    figure = Figure(figsize=(8.4, 3.2), layout="constrained")
+    null_axes, probability_axes = figure.subplots(1, 2)
+    null_axes.hist(result.null_statistics.numpy(), bins=20, color="0.7", label="shuffled labels")
+    null_axes.axvline(result.statistic, color="C3", label=f"observed (p = {result.p_value:.3f})")
+    null_axes.set_xlabel("mean of (d − 1/2)²")
+    null_axes.set_ylabel("classifiers")
+    null_axes.legend(frameon=False)
+    probability_axes.hist(result.probabilities.numpy(), bins=40, range=(0, 1), color="C0")
+    probability_axes.axvline(0.5, color="k", lw=0.8)
+    probability_axes.set_xlabel("d(θ', x_o): probability of a joint pair")
+    probability_axes.set_ylabel("samples of q(θ | x_o)")
+    if title is not None:
+        figure.suptitle(title)
+    return figure
 
 
 def _curve_plot(

@@ -181,10 +181,11 @@ def test_train_sample_and_diagnose(tmp_path, capsys):
 
     out = tmp_path / "diagnostics"
     main(["diagnose", str(posterior), "--observations", "30", "--samples", "50",
-          "--out", str(out), "--quiet"])  # fmt: skip
+          "--lc2st", "2", "--lc2st-pairs", "300", "--out", str(out), "--quiet"])  # fmt: skip
     numbers = json.loads((out / "calibration.json").read_text())
     assert numbers["observations"] == 30 and len(numbers["sbc_ks_pvalues"]) == 10
-    for figure in ("sbc_ranks.png", "coverage.png", "tarp.png", "pp_plot.png"):
+    assert 0 < numbers["lc2st_pvalues"]["2"] <= 1 and numbers["machine"].startswith("CPU")
+    for figure in ("sbc_ranks.png", "coverage.png", "tarp.png", "pp_plot.png", "lc2st_2.png"):
         assert (out / figure).stat().st_size > 10_000
 
 

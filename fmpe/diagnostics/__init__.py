@@ -1,4 +1,5 @@
-"""Calibration diagnostics of posteriors: SBC ranks, highest-density coverage, TARP; and
+"""Calibration diagnostics of posteriors: SBC ranks, highest-density coverage, TARP, the local
+classifier two-sample test at one observation (`lc2st`); and
 importance sampling with a posterior as the proposal, for tasks with a likelihood.
 
 The calibration diagnostics take true parameters thetas (N, d), their observations
@@ -23,6 +24,7 @@ from fmpe.diagnostics.importance import (
     defensive_importance_sample,
     importance_sample,
 )
+from fmpe.diagnostics.lc2st import LC2STResult, lc2st
 from fmpe.diagnostics.sbc import check_sbc, run_sbc, sbc_ranks
 from fmpe.diagnostics.tarp import TarpFrame, check_tarp, run_tarp, tarp_ranks
 from fmpe.diagnostics.uniformity import credible_levels, ks_uniform
@@ -30,6 +32,7 @@ from fmpe.diagnostics.uniformity import credible_levels, ks_uniform
 __all__ = [
     "Calibration",
     "ImportanceResult",
+    "LC2STResult",
     "TarpFrame",
     "calibrate",
     "check_coverage",
@@ -38,6 +41,7 @@ __all__ = [
     "coverage_curve",
     "credible_levels",
     "denser_than",
+    "lc2st",
     "defensive_importance_sample",
     "expected_coverage",
     "hpd_ranks",
