@@ -39,8 +39,8 @@ def test_the_true_posterior_is_accepted(gaussian, calibration):
 
 def test_a_shifted_posterior_is_rejected(gaussian, calibration):
     """The mean moved by about 1.5 posterior standard deviations in θ₁ (0.6). Measured: the
-    statistic 0.075 against at most 0.027 for the shuffled labels (1 sd needs twice the
-    calibration pairs to be rejected as surely: 1 sd with 2000 pairs gave p = 1/31 against 30 shuffles)."""
+    statistic 0.075 against at most 0.027 for the shuffled labels. A shift of 1 sd needs twice
+    the calibration pairs: with 2000 it gave p = 1/31, above all 30 shuffles."""
     x_obs = gaussian.simulator(torch.tensor([[0.3, -0.4]]))[0]
     result = lc2st(AnalyticPosterior(gaussian, (0.6, 0.0)), x_obs, *calibration, num_null=24)
     assert result.rejects(0.05), result.p_value
