@@ -33,6 +33,7 @@ from fmpe.io.store import SimulationStore
 from fmpe.networks import materialize, network_builder
 from fmpe.networks.registry import NETWORKS, accepts_nan, build_embedding, exchangeable_axes
 from fmpe.posteriors import Posterior
+from fmpe.posteriors.truncation import TruncatedPrior, hpd_threshold
 from fmpe.simulation import Simulator, simulate, simulation_chunks
 from fmpe.training.data import Augmentation, SimulationDataModule, StreamingDataModule
 from fmpe.training.fit import fit
@@ -292,6 +293,55 @@ class Estimator:
         posterior.network_spec, posterior.embedding_spec = spec
         posterior.training_record = record
         return posterior.to(device)
+
+    def train_rounds(
+        self,
+        num_rounds: int,
+        simulations_per_round: int,
+        x_obs: Tensor,
+        *,
+        epsilon: float = 1e-4,
+        show_progress: bool = True,
+        **train_options,
+    ) -> Posterior:
+        """Truncated sequential rounds for one observation (TSNPE): round 1 simulates from
+        the prior; every later round from the prior truncated to the region holding 1 −
+        `epsilon` of the last posterior's mass at `x_obs` (`fmpe.posteriors.truncation`),
+        and trains anew on every round's simulations.
+
+        Needs a posterior with an exact density (FMPE's or NPE's). The returned posterior
+        is accurate inside the truncated region only: use it at `x_obs`. Its `metadata`
+        records the rounds and each later round's acceptance rate under the prior.
+
+        Args:
+            train_options: as `train` takes them (settings, trainer_kwargs, augment_x).
+        """
+        num_rounds = as_count(num_rounds, "num_rounds", minimum=1)
+        simulations_per_round = as_count(simulations_per_round, "simulations_per_round", minimum=2)
+        if "checkpoint_dir" in train_options or "store" in train_options:
+            raise ValueError(
+                "train_rounds keeps its simulations in memory: no checkpoint_dir or store"
+            )
+        if self.simulator is None:
+            raise ValueError("train_rounds needs a simulator")
+        posterior = self.train(simulations_per_round, show_progress=show_progress, **train_options)
+        acceptance_rates = []
+        for _ in range(num_rounds - 1):
+            threshold = hpd_threshold(posterior, x_obs, epsilon)
+            proposal = TruncatedPrior(self.prior, posterior, x_obs, threshold)
+            theta, x = simulate(
+                self.simulator, proposal, simulations_per_round, show_progress=show_progress
+            )
+            acceptance_rates.append(proposal.acceptance_rate)
+            self.append_simulations(theta, x)
+            posterior = self.train(show_progress=show_progress, **train_options)
+        posterior.metadata.update(
+            rounds=num_rounds,
+            simulations_per_round=simulations_per_round,
+            epsilon=epsilon,
+            acceptance_rates=acceptance_rates,
+        )
+        return posterior
 
     def _module_options(self) -> dict[str, Any]:
         """Keyword arguments of `module_class` beyond the network and the settings."""
