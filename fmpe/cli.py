@@ -162,6 +162,13 @@ def _parser() -> argparse.ArgumentParser:
         "the CPU (default 2: 1.76x faster than one process on 2 cores, "
         "benchmarks/results/scoring.md)",
     )
+    bench.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=1,
+        help="truncated sequential rounds (TSNPE) that share the budget, with a posterior per "
+        "observation; results name it e.g. fmpe@rounds3",
+    )
     bench.add_argument("--quiet", action="store_true", help="no training progress bars")
     _add_stop_after(bench, "the posterior (training and scoring)")
 
@@ -328,6 +335,7 @@ def _benchmark(args: argparse.Namespace) -> None:
         show_progress=not args.quiet,
         deadline=deadline,
         scoring_workers=args.scoring_workers,
+        rounds=args.rounds,
     )
     labels = {"c2st": "C2ST {:.3f}", "mmd": "MMD {:.4f}", "nltp": "-log q(θ*) {:.2f}"}
     for row in rows:

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+import fmpe
 from fmpe.cli import main
 
 pytest.importorskip("sbibm")
@@ -59,6 +60,20 @@ def test_restarted_benchmark_skips_finished_cells(tmp_path, monkeypatch):
     second = rows(results)
     assert second[0] == first[0]
     assert [r["observation"] for r in second] == ["1", "2"]
+
+
+def test_sequential_rounds_train_a_posterior_per_observation(tmp_path):
+    results, runs = tmp_path / "results.csv", tmp_path / "runs"
+    main(["benchmark", "two_moons", "--budget", "300", "--rounds", "2", "--observations",
+          "1-2", "--samples", "500", "--device", "cpu", "--quiet", "--results", str(results),
+          "--runs", str(runs)])  # fmt: skip
+    assert [(r["estimator"], r["observation"]) for r in rows(results)] == [
+        ("fmpe@rounds2", "1"),
+        ("fmpe@rounds2", "2"),
+    ]
+    for observation in (1, 2):
+        saved = fmpe.load(runs / f"two_moons_300_fmpe@rounds2_seed0_obs{observation}.fmpe")
+        assert saved.metadata["rounds"] == 2 and len(saved.metadata["acceptance_rates"]) == 1
 
 
 def test_posterior_of_another_card_is_refused(tmp_path, monkeypatch):

@@ -39,16 +39,24 @@ def _trainer_kwargs(device: torch.device) -> dict:
     return {"accelerator": "cpu", "devices": 1}
 
 
-def method_label(estimator: str, variant: str | None, base_only: bool = False) -> str:
+def method_label(
+    estimator: str, variant: str | None, base_only: bool = False, rounds: int = 1
+) -> str:
     """What the results call an estimator with a card variant, trained with the task's card
-    or with the base card's one configuration: "fmpe", "fmpe+poet", "fmpe@defaults"."""
+    or with the base card's one configuration, in one round or several truncated ones:
+    "fmpe", "fmpe+poet", "fmpe@defaults", "fmpe@rounds3"."""
     label = f"{estimator}@defaults" if base_only else estimator
-    return label if variant is None else f"{label}+{variant}"
+    label = label if variant is None else f"{label}+{variant}"
+    return label if rounds == 1 else f"{label}@rounds{rounds}"
 
 
-def run_stem(run_dir: Path, task: str, budget: int, label: str, seed: int) -> Path:
-    """The path, without suffix, of one trained posterior's files."""
-    return run_dir / f"{task}_{budget}_{label}_seed{seed}"
+def run_stem(
+    run_dir: Path, task: str, budget: int, label: str, seed: int, observation: int | None = None
+) -> Path:
+    """The path, without suffix, of one trained posterior's files (one per observation for
+    sequential rounds)."""
+    stem = f"{task}_{budget}_{label}_seed{seed}"
+    return run_dir / (stem if observation is None else f"{stem}_obs{observation}")
 
 
 def train_for_task(
@@ -61,9 +69,13 @@ def train_for_task(
     estimator: str = "fmpe",
     variant: str | None = None,
     base_only: bool = False,
+    rounds: int = 1,
+    observation: int | None = None,
 ) -> tuple[Posterior, float]:
     """Trains (or reloads a finished) posterior with the task card's hyperparameters (and
     those of one of its variants, if named), or with the base card's alone (`base_only`).
+    With `rounds` > 1, it is trained for one `observation` in that many truncated rounds of
+    budget // rounds simulations (`Estimator.train_rounds`).
 
     The hyperparameters are recorded beside the posterior; a finished posterior whose record
     differs from what the card now says is refused rather than reused.
@@ -71,8 +83,8 @@ def train_for_task(
     Returns:
         the posterior on `device` and its training seconds (summed over interruptions).
     """
-    label = method_label(estimator, variant, base_only)
-    stem = run_stem(run_dir, task.name, budget, label, seed)
+    label = method_label(estimator, variant, base_only, rounds)
+    stem = run_stem(run_dir, task.name, budget, label, seed, observation if rounds > 1 else None)
     saved = stem.with_suffix(".fmpe")
     record = stem.with_suffix(".card.json")
     card = load_card(task.name)
@@ -87,23 +99,21 @@ def train_for_task(
             posterior = load(saved, prior=task.prior, device=device)
             return posterior, posterior.training_record.seconds
         torch.manual_seed(seed)
-        posterior = get_estimator(estimator)(
-            task.training_simulate, task.prior, **model_options
-        ).train(
-            budget,
+        trainer = get_estimator(estimator)(task.training_simulate, task.prior, **model_options)
+        options = dict(
             seed=seed,
-            checkpoint_dir=stem.with_suffix(".checkpoints"),
             augment_x=task.augment_x,
             trainer_kwargs=_trainer_kwargs(device),
             show_progress=show_progress,
             **train_options,
         )
-        posterior.metadata = {
-            "task": task.name,
-            "budget": budget,
-            "estimator": estimator,
-            "seed": seed,
-        }
+        if rounds > 1:
+            x_obs = task.observation(observation)
+            posterior = trainer.train_rounds(rounds, budget // rounds, x_obs, **options)
+        else:
+            checkpoints = stem.with_suffix(".checkpoints")
+            posterior = trainer.train(budget, checkpoint_dir=checkpoints, **options)
+        posterior.metadata.update(task=task.name, budget=budget, estimator=estimator, seed=seed)
         _write_atomically(record, json.dumps(hyperparameters, indent=2, sort_keys=True))
         posterior.save(saved)
     return posterior.to(device), posterior.training_record.seconds
@@ -259,9 +269,12 @@ def run(
     show_progress: bool = True,
     deadline: Deadline | None = None,
     scoring_workers: int = 1,
+    rounds: int = 1,
 ) -> list[dict]:
     """Runs every (task, budget, observation) cell of `estimator` (with the card's `variant`,
     if named; with the base card's settings alone if `base_only`) not yet in `results`.
+    With `rounds` > 1, each observation gets its own posterior, trained in that many
+    truncated sequential rounds that spend the budget between them.
 
     Repeated tasks, budgets or observations count once. With a `deadline`, a posterior is
     trained and scored (one unit) only if `expected_unit_seconds` fits in the time left; the
@@ -274,7 +287,7 @@ def run(
     """
     deadline = deadline or Deadline(None)
     get_estimator(estimator)
-    label = method_label(estimator, variant, base_only)
+    label = method_label(estimator, variant, base_only, rounds)
     torch_device = resolve_device(device)
     store = ResultsStore(results)
     done = store.completed()
@@ -288,20 +301,29 @@ def run(
     )
     todo = [c for c in cells if c not in done]
     workers = scoring_workers if torch_device.type == "cpu" else 1
+    # A unit is one posterior and the observations it is scored on: per task and budget, or
+    # per observation with sequential rounds.
+    per_unit = (lambda c: c[:2]) if rounds == 1 else (lambda c: (*c[:2], c[3]))
     with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="benchmark") as bar:
-        for task_name, budget in dict.fromkeys((t, b) for t, b, *_ in todo):
-            unit = [c for c in todo if c[:2] == (task_name, budget)]
-            saved = run_stem(run_dir, task_name, budget, label, seed).with_suffix(".fmpe")
+        for unit_key in dict.fromkeys(map(per_unit, todo)):
+            task_name, budget = unit_key[:2]
+            observation = unit_key[2] if rounds > 1 else None
+            unit = [c for c in todo if per_unit(c) == unit_key]
+            stem = run_stem(run_dir, task_name, budget, label, seed, observation)
+            saved = stem.with_suffix(".fmpe")
             expected = expected_unit_seconds(
                 store.rows(), task_name, budget, label, len(unit), saved.exists()
             )
-            if not deadline.allows(f"{task_name} at {budget} ({label})", expected):
+            name = f"{task_name} at {budget} ({label})"
+            if not deadline.allows(
+                name if observation is None else f"{name}, observation {observation}", expected
+            ):
                 continue
             task = get_task(task_name)
             bar.set_postfix_str(f"training {task_name} at {budget}")
             posterior, train_seconds = train_for_task(
                 task, budget, seed, torch_device, run_dir, show_progress, estimator, variant,
-                base_only,
+                base_only, rounds, observation,
             )  # fmt: skip
             finished = store.completed()  # cells written meanwhile by a concurrent run
             bar.update(sum(c in finished for c in unit))

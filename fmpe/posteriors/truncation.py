@@ -24,7 +24,7 @@ def hpd_threshold(posterior, x_obs: Tensor, epsilon: float, num_samples: int = 1
     `num_samples` samples of q."""
     if not 0 < epsilon < 1:
         raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
-    _, log_prob = posterior.sample_and_log_prob(num_samples, x_obs)
+    _, log_prob = posterior.sample_and_log_prob(num_samples, x_obs.to(posterior.device))
     return torch.quantile(log_prob.double().cpu(), epsilon).item()
 
 
@@ -55,7 +55,8 @@ class TruncatedPrior:
 
     def inside(self, theta: Tensor) -> Tensor:
         """(n,) whether each θ (n, d) lies in the region."""
-        log_prob = self.posterior.log_prob(theta.to(self.posterior.device), self.x_obs)
+        device = self.posterior.device
+        log_prob = self.posterior.log_prob(theta.to(device), self.x_obs.to(device))
         return (log_prob >= self.threshold).cpu()
 
     def sample(self, shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
