@@ -22,8 +22,8 @@ class Standardizer(nn.Module):
         """Fits mean and std of values (n, *shape) over the first dimension.
 
         Constant dimensions get std 1 so that they are shifted but not blown up. NaN entries
-        (missing values) are left out of their dimension's moments; a dimension with fewer
-        than two values gets mean 0 and std 1.
+        (missing values) are left out of their dimension's moments; a dimension without
+        values gets mean 0, and one with fewer than two std 1.
         """
         if torch.isnan(values).any():
             present = ~torch.isnan(values)
