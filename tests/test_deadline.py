@@ -45,8 +45,11 @@ def test_recorded_durations_give_a_units_expected_seconds():
     assert median_gap_seconds(r["finished_at"] for r in rows[:4]) == 10.0
     assert expected_unit_seconds(rows, "slcp", 1000, "fmpe", 3, trained=False) == 130.0
     assert expected_unit_seconds(rows, "slcp", 1000, "fmpe", 3, trained=True) == 30.0
-    # Another estimator's rows stand in where this one has none.
+    # The same estimator's rows under another label stand in where this label has none,
+    # before another estimator's; without either, another estimator's.
     assert expected_unit_seconds(rows, "slcp", 1000, "fmpe@defaults", 1, False) == 110.0
+    assert expected_unit_seconds(rows, "slcp", 1000, "npe@rounds2", 1, False) == 5.0
+    assert expected_unit_seconds(rows, "slcp", 1000, "score", 1, False) == 110.0
     # Another task's rows at the budget stand in where this task has none; none at all: None.
     assert expected_unit_seconds(rows, "two_moons", 1000, "fmpe", 1, False) == 110.0
     assert expected_unit_seconds(rows, "two_moons", 10000, "fmpe", 1, False) is None

@@ -226,12 +226,18 @@ def _scores(
         yield futures[future], future.result()
 
 
+def _estimator_of(label: str) -> str:
+    """The estimator of a results label: "fmpe" for "fmpe@defaults+poet"."""
+    return label.split("@")[0].split("+")[0]
+
+
 def expected_unit_seconds(
     rows: list[dict], task: str, budget: int, label: str, observations: int, trained: bool
 ) -> float | None:
     """Seconds that training a posterior (unless it is `trained` already) and scoring it on
     `observations` are expected to take, from the finished rows of the same budget: this
-    task's and estimator's where there are any, else this task's, else the slowest task's at
+    task's and label's where there are any, else this task's of the same estimator under
+    another label (fmpe's for fmpe@rounds2), else this task's, else the slowest task's at
     that budget; None without rows at that budget.
 
     A row records its training seconds; an observation's scoring is the median gap between
@@ -239,7 +245,8 @@ def expected_unit_seconds(
     """
     at_budget = [r for r in rows if int(r["budget"]) == budget]
     same = [r for r in at_budget if r["task"] == task]
-    mine = [r for r in same if r["estimator"] == label] or same or at_budget
+    kin = [r for r in same if _estimator_of(r["estimator"]) == _estimator_of(label)]
+    mine = [r for r in same if r["estimator"] == label] or kin or same or at_budget
     if not mine:
         return None
     by_posterior: dict[tuple[str, str, str], list[dict]] = {}
