@@ -230,6 +230,8 @@ COLUMNS = """What the columns saw when their settings were chosen:
   task (`fmpe benchmark --defaults`), chosen by `fmpe sweep defaults` from the tasks'
   validation losses, never from a reference posterior.
 - `+poet`: the cards' POET variant on top.
+- `@roundsR`: a posterior per observation, trained in R truncated sequential rounds that share
+  the budget (`fmpe benchmark --rounds R`, docs/sequential.md); the others are amortized.
 
 A C2ST cell is the mean ± std over its rows (observations × training seeds) with their count;
 with several seeds, also the std of the per-seed means and the number of seeds. The FMPE
