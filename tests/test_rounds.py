@@ -49,18 +49,30 @@ def test_an_impossible_region_names_the_acceptance_rate(gaussian):
         proposal.sample((10,))
 
 
-def test_two_rounds_give_the_closed_form_posterior_at_the_observation(gaussian):
+def test_two_rounds_give_the_closed_form_posterior_at_the_observation(gaussian, monkeypatch):
     """The mean within 0.3 posterior standard deviations, each standard deviation within 20%;
-    the second round's θ are drawn closer to the posterior than the prior's."""
+    the second round's θ are drawn closer to the posterior than the prior's; the training
+    seconds are both rounds'."""
     torch.manual_seed(0)
     x_obs = torch.tensor([1.5, -1.0])
     estimator = FMPE(
         gaussian.simulator, gaussian.prior, network_options={"hidden_widths": (64, 64)}
     )
+    round_seconds = []
+    train = FMPE.train
+
+    def recorded_train(self, *args, **kwargs):
+        trained = train(self, *args, **kwargs)
+        round_seconds.append(trained.training_record.seconds)
+        return trained
+
+    monkeypatch.setattr(FMPE, "train", recorded_train)
     posterior = estimator.train_rounds(
         2, 3000, x_obs, max_epochs=40, batch_size=128, learning_rate=2e-3, show_progress=False
     )
     assert posterior.metadata["rounds"] == 2 and len(estimator.theta) == 6000
+    assert len(round_seconds) == 2
+    assert posterior.training_record.seconds == pytest.approx(sum(round_seconds))
     assert 0 < posterior.metadata["acceptance_rates"][0] < 1
     first, second = estimator.theta[:3000], estimator.theta[3000:]
     assert (second.std(0) < 0.8 * first.std(0)).all()

@@ -15,6 +15,7 @@ its LightningModule (an `EstimatorModule`: the loss) and its posterior class, wh
             return self.posterior_class(network, data.theta_standardizer, data.x_standardizer, ...)
 """
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -311,7 +312,8 @@ class Estimator:
 
         Needs a posterior with an exact density (FMPE's or NPE's). The returned posterior
         is accurate inside the truncated region only: use it at `x_obs`. Its `metadata`
-        records the rounds and each later round's acceptance rate under the prior.
+        records the rounds and each later round's acceptance rate under the prior; its
+        training record's seconds sum every round's training.
 
         Args:
             train_options: as `train` takes them (settings, trainer_kwargs, augment_x).
@@ -325,7 +327,7 @@ class Estimator:
         if self.simulator is None:
             raise ValueError("train_rounds needs a simulator")
         posterior = self.train(simulations_per_round, show_progress=show_progress, **train_options)
-        acceptance_rates = []
+        acceptance_rates, seconds = [], posterior.training_record.seconds
         for _ in range(num_rounds - 1):
             threshold = hpd_threshold(posterior, x_obs, epsilon)
             proposal = TruncatedPrior(self.prior, posterior, x_obs, threshold)
@@ -335,6 +337,9 @@ class Estimator:
             acceptance_rates.append(proposal.acceptance_rate)
             self.append_simulations(theta, x)
             posterior = self.train(show_progress=show_progress, **train_options)
+            seconds += posterior.training_record.seconds
+        # The record is the last round's; its training seconds are every round's.
+        posterior.training_record = dataclasses.replace(posterior.training_record, seconds=seconds)
         posterior.metadata.update(
             rounds=num_rounds,
             simulations_per_round=simulations_per_round,
