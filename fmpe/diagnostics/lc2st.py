@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from fmpe.metrics import fit_classifiers
+from fmpe.standardize import Standardizer
 
 
 @dataclass(frozen=True)
@@ -80,18 +81,17 @@ def lc2st(
     sampled = posterior.sample(1, x)[0]  # (N, d): one θ' per calibration x
     flat_x = x.flatten(1)
     features = torch.cat([torch.cat([theta, flat_x], 1), torch.cat([sampled, flat_x], 1)]).cpu()
-    mean, std = features.mean(0), features.std(0)
-    std = torch.where(std > 0, std, torch.ones_like(std))
+    z_score = Standardizer.fit(features)
     labels = torch.cat([torch.ones(len(theta)), torch.zeros(len(theta))])
     generator = torch.Generator().manual_seed(seed)
     shuffled = [labels[torch.randperm(len(labels), generator=generator)] for _ in range(num_null)]
-    inputs = ((features - mean) / std).expand(1 + num_null, -1, -1)
+    inputs = z_score(features).expand(1 + num_null, -1, -1)
     probabilities = fit_classifiers(
         inputs, torch.stack([labels, *shuffled]), seed=seed, device=device
     )
 
     at_obs = posterior.sample(num_samples, x_obs.to(posterior.device)).cpu()
     points = torch.cat([at_obs, x_obs.cpu().flatten().expand(num_samples, -1)], 1)
-    d = probabilities((points - mean) / std).cpu()  # (1 + num_null, num_samples)
+    d = probabilities(z_score(points)).cpu()  # (1 + num_null, num_samples)
     statistics = (d - 0.5).square().mean(1)
     return LC2STResult(statistics[0].item(), statistics[1:], d[0])
