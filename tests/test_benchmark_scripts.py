@@ -264,3 +264,25 @@ def test_the_ablation_chooses_only_among_configurations_trained_on_every_seed(po
     assert "Lowest mean" not in text and "Lowest on slcp" not in text
     text = "\n".join(poet._ablation_table([*rows, row("slcp", 1, 1.0)]))
     assert "Lowest mean validation loss" in text and "(0.850); the cards'" in text
+
+
+def test_the_iid_benchmark_writes_each_row_once_and_its_table(tmp_path, monkeypatch):
+    """benchmarks/iid.py at a tiny scale: every (model, route, n, observation) row, a table,
+    and a second run that trains nothing and adds nothing."""
+    iid = load_script("iid")
+    small = {name: replace(m, max_epochs=1) for name, m in iid.MODELS.items()}
+    for name, value in {
+        "MODELS": small, "BUDGET": 300, "SAMPLES": 200, "OBSERVATIONS": range(1, 2),
+        "RESULTS": tmp_path, "RUNS": tmp_path / "runs",
+    }.items():  # fmt: skip
+        monkeypatch.setattr(iid, name, value)
+    iid.main([])
+    rows = RowLog(tmp_path / "iid.csv").rows()
+    expected = len(small) * len(iid.ROUTES) * len(iid.TRIAL_COUNTS)
+    assert len({tuple(r[k] for k in iid.KEY) for r in rows}) == len(rows) == expected
+    assert all(float(r["sd_ratio"]) > 0 for r in rows)
+    table = (tmp_path / "iid.md").read_text()
+    assert table.count("| gaussian_linear |") == len(iid.ROUTES) * len(iid.TRIAL_COUNTS)
+    monkeypatch.setattr(iid, "train", lambda *args: pytest.fail("trained again"))
+    iid.main([])
+    assert len(RowLog(tmp_path / "iid.csv").rows()) == expected

@@ -2,6 +2,7 @@
 by their `Posterior.kind`; the file format is `fmpe.posteriors.file`."""
 
 from fmpe.posteriors.base import Cost, Posterior
+from fmpe.posteriors.composition import IID_METHODS
 from fmpe.posteriors.flow_matching import FlowMatchingPosterior
 from fmpe.posteriors.npe import NPEPosterior
 from fmpe.registry import Registry
@@ -9,4 +10,11 @@ from fmpe.registry import Registry
 POSTERIORS: Registry[type[Posterior]] = Registry("posterior kind", "fmpe.posteriors.POSTERIORS")
 """kind -> posterior class; `fmpe.register_estimator` registers its estimator's class here."""
 
-__all__ = ["POSTERIORS", "Cost", "FlowMatchingPosterior", "NPEPosterior", "Posterior"]
+__all__ = [
+    "IID_METHODS",
+    "POSTERIORS",
+    "Cost",
+    "FlowMatchingPosterior",
+    "NPEPosterior",
+    "Posterior",
+]

@@ -10,6 +10,7 @@ from torchdiffeq import odeint
 from fmpe.ode import SolverSettings, solve, standard_normal_log_prob
 from fmpe.ode.divergence import differentiable_divergence
 from fmpe.posteriors.base import Posterior
+from fmpe.posteriors.composition import sample_iid
 from fmpe.standardize import Standardizer
 from fmpe.unbounded import UnboundedTransform
 
@@ -105,6 +106,42 @@ class FlowMatchingPosterior(Posterior):
         options = {"step_size": 1.0 / MAP_STEPS}
         end = odeint(right_hand_side, state, times, method="rk4", options=options)[-1]
         return standard_normal_log_prob(end[:, :-1]) - end[:, -1]
+
+    def sample_iid(
+        self,
+        n: int,
+        trials: Tensor,
+        *,
+        iid_method: str = "auto_gauss",
+        prior: Distribution | None = None,
+        sigma_min: float = 1e-4,
+        iid_options: dict | None = None,
+        **solver_options,
+    ) -> Tensor:
+        """Draws n samples of θ given iid `trials`, composing this posterior of one trial
+        (score composition with the Gaussian correction, `fmpe.posteriors.composition`).
+
+        Args:
+            trials: (m, *x_shape), m iid trials of one θ (or one trial, *x_shape).
+            iid_method: a name in `IID_METHODS`: "auto_gauss" (each trial's posterior precision
+                from 1000 of its samples) or "gauss" (twice the prior's precision, no solves).
+            prior: the prior; default this posterior's.
+            sigma_min: the training path's width at t = 1 (FMPE's default).
+            iid_options: keywords of the iid method, e.g. {"samples": 4000}.
+
+        Returns:
+            θ (n, d), inside the prior's support.
+        """
+        return sample_iid(
+            self,
+            n,
+            trials,
+            iid_method=iid_method,
+            prior=prior,
+            sigma_min=sigma_min,
+            iid_options=iid_options,
+            **solver_options,
+        )
 
     @property
     def _log_prob_rows(self) -> int:
