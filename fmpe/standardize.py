@@ -67,25 +67,32 @@ class Standardizer(nn.Module):
 
 
 class RunningMoments:
-    """Count, sum and sum of squares (in float64) of values added batch by batch, to fit a
-    `Standardizer` to data that is never in memory at once."""
+    """Counts, sums and sums of squares (in float64) of values added batch by batch, to fit a
+    `Standardizer` to data that is never in memory at once. NaN entries (missing values) are
+    left out of their entry's moments, as `Standardizer.fit` leaves them out."""
 
     def __init__(self):
-        self.count = 0
+        self.count: Tensor | None = None
         self.total: Tensor | None = None
         self.total_squares: Tensor | None = None
 
     def add(self, values: Tensor) -> None:
         """values: (m, *shape)"""
         values = values.double()
-        total, squares = values.sum(0), values.pow(2).sum(0)
-        self.count += len(values)
-        self.total = total if self.total is None else self.total + total
-        self.total_squares = squares if self.total_squares is None else self.total_squares + squares
+        present = ~torch.isnan(values)
+        values = values.nan_to_num()
+        count, total, squares = present.sum(0), values.sum(0), values.pow(2).sum(0)
+        if self.count is None:
+            self.count, self.total, self.total_squares = count, total, squares
+        else:
+            self.count, self.total = self.count + count, self.total + total
+            self.total_squares = self.total_squares + squares
 
     def standardizer(self, min_std: float = 1e-8) -> Standardizer:
-        """The z-scoring of everything added, with the sample (n - 1) variance."""
-        mean = self.total / self.count
-        variance = (self.total_squares - self.count * mean**2) / max(self.count - 1, 1)
-        std = variance.clamp(min=0).sqrt()
+        """The z-scoring of everything added, with the sample (n - 1) variance; an entry
+        without values gets mean 0, and one with fewer than two std 1."""
+        count = self.count.clamp(min=1)
+        mean = torch.where(self.count > 0, self.total / count, 0.0)
+        variance = (self.total_squares - count * mean**2) / (count - 1).clamp(min=1)
+        std = torch.where(self.count > 1, variance.clamp(min=0).sqrt(), 1.0)
         return Standardizer.from_moments(mean.float(), std.float(), min_std)

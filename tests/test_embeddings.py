@@ -11,7 +11,7 @@ from torch.distributions import MultivariateNormal
 import fmpe
 from fmpe import FMPE
 from fmpe.networks import build_embedding
-from fmpe.standardize import Standardizer
+from fmpe.standardize import RunningMoments, Standardizer
 
 SHAPES = [
     ("cnn1d", (64,)),
@@ -173,6 +173,30 @@ def test_missing_values_leave_the_moments_and_exchangeable_trials_share_them():
     assert shared.mean.shape == fitted.mean.shape
     # pooled moments: mean 3.5, second moment ((4 + 9) + (8 + 16)) / 2 = 18.5
     assert torch.allclose(shared.std[0], torch.tensor([(18.5 - 3.5**2) ** 0.5]))
+
+
+def test_streamed_moments_leave_missing_values_out_as_the_fitted_ones_do():
+    values = _trials(torch.randn(300, 2))
+    values[:, :, 1][values[:, :, 0] > 2.5] = float("nan")  # a few entries missing alone
+    values[:, 19] = float("nan")  # one trial never present: mean 0, std 1
+    moments = RunningMoments()
+    for batch in values.split(70):
+        moments.add(batch)
+    streamed, fitted = moments.standardizer(), Standardizer.fit(values)
+    assert torch.allclose(streamed.mean, fitted.mean, atol=1e-6)
+    assert torch.allclose(streamed.std, fitted.std, atol=1e-6)
+    assert (streamed.mean[19] == 0).all() and (streamed.std[19] == 1).all()
+
+
+def test_a_set_net_trains_from_a_store_with_missing_trials(tmp_path):
+    prior = MultivariateNormal(torch.zeros(2), PRIOR_VARIANCE * torch.eye(2))
+    estimator = FMPE(_trials, prior, embedding_net="set")
+    estimator.simulate(600, store=tmp_path / "store")
+    _, x = estimator.store.load_shard(0)
+    assert x.isnan().any() and len(x) == 600  # the padded trials are kept
+    posterior = estimator.train(max_epochs=2, batch_size=100, show_progress=False)
+    assert math.isfinite(posterior.training_record.best_validation_loss)
+    assert posterior.sample(10, x[0]).isfinite().all()
 
 
 def test_nan_in_x_is_kept_only_for_an_embedding_that_reads_it():

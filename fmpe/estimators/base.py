@@ -215,7 +215,7 @@ class Estimator:
                 executor=executor,
                 show_progress=show_progress,
             ):
-                self.store.append(theta, x)
+                self.store.append(theta, x, allow_nan=accepts_nan(self.embedding_net))
         return self
 
     def use_store(self, store: str | Path | SimulationStore) -> "Estimator":

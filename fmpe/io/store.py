@@ -48,8 +48,9 @@ class SimulationStore:
         with safe_open(str(self.shard_paths[0]), "pt") as f:
             return f.get_slice("theta").get_shape()[1], tuple(f.get_slice("x").get_shape()[1:])
 
-    def append(self, theta: Tensor, x: Tensor) -> None:
-        """Writes theta (m, d) and x (m, *x_shape) as a new shard, without non-finite rows."""
+    def append(self, theta: Tensor, x: Tensor, allow_nan: bool = False) -> None:
+        """Writes theta (m, d) and x (m, *x_shape) as a new shard, without non-finite rows;
+        with `allow_nan`, NaN in x is kept (missing trials, for the "set" embedding)."""
         theta = as_float_tensor(theta, "theta").detach().cpu().float()
         x = as_float_tensor(x, "x").detach().cpu().float()
         if theta.dim() != 2 or x.dim() < 2 or len(theta) != len(x):
@@ -61,7 +62,7 @@ class SimulationStore:
             d, x_shape = self.shapes()
             check_shape(theta, (None, d), f"theta (as stored in {self.directory})")
             check_shape(x, (None, *x_shape), f"x (as stored in {self.directory})")
-        theta, x = drop_invalid_simulations(theta, x)
+        theta, x = drop_invalid_simulations(theta, x, allow_nan=allow_nan)
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"shard-{len(self._rows):06d}.safetensors"
         partial = path.with_suffix(".partial")
