@@ -21,6 +21,7 @@ from torch.distributions import Distribution
 from tqdm.auto import tqdm
 
 from fmpe.checks import as_count, as_float_tensor, check_device, check_shape
+from fmpe.coordinates import ThetaCoordinates
 from fmpe.networks.registry import accepts_nan
 from fmpe.posteriors.record import TrainingRecord
 from fmpe.standardize import Standardizer
@@ -111,6 +112,11 @@ class Posterior(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.theta_standardizer.mean.dtype
 
+    @property
+    def theta_coordinates(self) -> ThetaCoordinates:
+        """θ ↔ z, the standardized unbounded coordinates the subclass's density lives in."""
+        return ThetaCoordinates(self.theta_transform, self.theta_standardizer)
+
     def train(self, mode: bool = True) -> "Posterior":
         # A posterior is only ever evaluated: keep batch norm and dropout in inference mode.
         return super().train(False)
@@ -187,16 +193,11 @@ class Posterior(nn.Module):
 
     def _from_z(self, z: Tensor, log_q_z: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """θ (n, d) of z (n, d), and log q(θ) (n,) of log q(z) (n,)."""
-        u = self.theta_standardizer.inverse(z)
-        theta = self.theta_transform.inverse(u)
+        coordinates = self.theta_coordinates
+        theta = coordinates.from_z(z)
         if log_q_z is None:
             return theta, None
-        log_prob = (
-            log_q_z
-            + self.theta_standardizer.log_abs_det_jacobian()
-            + self.theta_transform.log_abs_det_jacobian(u)
-        )
-        return theta, log_prob
+        return theta, log_q_z + coordinates.log_abs_det_jacobian(z)
 
     # ----- sampling ---------------------------------------------------------------------
 
@@ -412,8 +413,8 @@ class Posterior(nn.Module):
         """log q(θ | x) of rows (N, d), row i given observation `observation[i]`."""
         nan = torch.isnan(rows).any(-1)
         inside = self._inside(rows)
-        u = torch.where(inside.unsqueeze(-1), self.theta_transform(rows), 0.0)
-        z = self.theta_standardizer(u)
+        coordinates = self.theta_coordinates
+        z = torch.where(inside.unsqueeze(-1), coordinates.to_z(rows), 0.0)
         # So far out that the density is 0 in any float; solving from there only overflows.
         far = (z.abs() > FAR_OUT).any(-1)
         solved = inside & ~far
@@ -428,11 +429,7 @@ class Posterior(nn.Module):
                 evaluations += cost
                 bar.update(len(index))
         log_q_z = torch.cat(log_q_z) if log_q_z else rows.new_zeros(0)
-        log_prob = (
-            log_q_z
-            + self.theta_standardizer.log_abs_det_jacobian()
-            + self.theta_transform.log_abs_det_jacobian(u)
-        )
+        log_prob = log_q_z + coordinates.log_abs_det_jacobian(z)
         failed = solved & ~torch.isfinite(log_prob)
         if failed.any():
             warnings.warn(
@@ -467,7 +464,8 @@ class Posterior(nn.Module):
         theta, log_prob = self.sample_and_log_prob(num_candidates, x)  # (n, b, d), (n, b)
         start = theta[log_prob.argmax(0), torch.arange(len(x))]
         context = self._embed(x)
-        z = self.theta_standardizer(self.theta_transform(start)).detach().requires_grad_(True)
+        coordinates = self.theta_coordinates
+        z = coordinates.to_z(start).detach().requires_grad_(True)
         optimizer = torch.optim.LBFGS(
             [z], max_iter=as_count(max_iterations, "max_iterations", minimum=1),
             line_search_fn="strong_wolfe",
@@ -475,19 +473,14 @@ class Posterior(nn.Module):
 
         def negative_log_prob() -> Tensor:
             optimizer.zero_grad()
-            u = self.theta_standardizer.inverse(z)
-            log_prob = (
-                self._differentiable_log_prob_z(z, context)
-                + self.theta_standardizer.log_abs_det_jacobian()
-                + self.theta_transform.log_abs_det_jacobian(u)
-            )
-            loss = -log_prob.sum()
+            log_q_z = self._differentiable_log_prob_z(z, context)
+            loss = -(log_q_z + coordinates.log_abs_det_jacobian(z)).sum()
             loss.backward()
             return loss
 
         optimizer.step(negative_log_prob)
         with torch.no_grad():
-            mode = self.theta_transform.inverse(self.theta_standardizer.inverse(z))
+            mode = coordinates.from_z(z)
         return mode if batched else mode[0]
 
     def save(self, path) -> None:

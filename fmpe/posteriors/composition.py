@@ -155,7 +155,7 @@ def standardized_prior(posterior, prior: Distribution, num_samples: int = PRIOR_
     with torch.no_grad():
         theta = prior.sample((num_samples,)).to(posterior.device, posterior.dtype)
         theta = theta[posterior._inside(theta)]
-        z = posterior.theta_standardizer(posterior.theta_transform(theta))
+        z = posterior.theta_coordinates.to_z(theta)
     moments = GaussianMoments.of(z.double())
     return GaussianMoments(moments.mean.to(z.dtype), moments.covariance.to(z.dtype))
 
