@@ -1,6 +1,6 @@
 """`Registry`: objects of one kind by name. Every extension seam of fmpe is one: networks,
-embedding nets, linear layers, estimators, posterior kinds, ODE solvers, couplings,
-optimizers, tasks and benchmark metrics (docs/extending.md).
+embedding nets, linear layers, estimators, posterior kinds, ODE solvers, iid methods,
+couplings, optimizers, tasks and benchmark metrics (docs/extending.md).
 
 >>> AREAS: Registry[Callable[[float], float]] = Registry("shape")
 >>> @AREAS.register("square")
