@@ -46,11 +46,11 @@ from scipy import stats
 import fmpe
 from fmpe.benchmark import (
     RowLog,
+    Run,
     machine_description,
     resolve_device,
     run,
     timestamp,
-    train_for_task,
 )
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
 from fmpe.cli import duration
@@ -580,7 +580,8 @@ def train_and_score(task, name: str, args, scale, device, deadline: Deadline) ->
     )
     if len(deadline.left) > refused:
         return None
-    posterior, _ = train_for_task(task, scale.budget, args.seed, device, args.runs, False, name)
+    experiment = Run(task.name, scale.budget, name, seed=args.seed)
+    posterior, _ = experiment.train(args.runs, device, show_progress=False)
     return posterior
 
 

@@ -36,9 +36,10 @@ import torch
 
 from fmpe.benchmark import RowLog, provenance, timed
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
+from fmpe.benchmark.experiment import Run, method_label
 from fmpe.benchmark.report import published_c2st
 from fmpe.benchmark.results import ResultsStore
-from fmpe.benchmark.runner import expected_unit_seconds, method_label, run_stem
+from fmpe.benchmark.runner import expected_unit_seconds
 from fmpe.cli import duration
 from fmpe.estimators import FMPE
 from fmpe.metrics import c2st
@@ -218,7 +219,7 @@ def run_table(results: Path, runs: Path, threads: int, deadline: Deadline) -> No
             missing = [o for o in TABLE_OBSERVATIONS if (task, budget, POET, o, 0) not in done]
             if not missing:
                 continue
-            trained = run_stem(runs, task, budget, POET, 0).with_suffix(".fmpe").exists()
+            trained = Run(task, budget, variant="poet").stem(runs).with_suffix(".fmpe").exists()
             expected = expected_unit_seconds(
                 store.rows(), task, budget, POET, len(missing), trained
             )

@@ -356,37 +356,23 @@ def _check_device(device: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from fmpe.benchmark.experiment import Run
     from fmpe.benchmark.measure import resolve_device
-    from fmpe.benchmark.runner import _trainer_kwargs
     from fmpe.estimators import get_estimator
-    from fmpe.tasks import get_task, load_card
+    from fmpe.tasks import load_card
 
-    estimator = get_estimator(args.estimator)
-    card = load_card(args.task)
-    task = get_task(card.name)
+    get_estimator(args.estimator)
+    task_name = load_card(args.task).name
     if args.output.suffix != ".fmpe":
         raise ValueError(f"-o {args.output}: name a .fmpe file")
     _writable_file(args.output, "-o")
     _check_device(args.device)
-    model, train = card.hyperparameters(args.budget, args.estimator)
-    torch_device = resolve_device(args.device)
-    posterior = estimator(task.training_simulate, task.prior, **model).train(
-        args.budget,
-        seed=args.seed,
-        checkpoint_dir=args.checkpoints,
-        augment_x=task.augment_x,
-        trainer_kwargs=_trainer_kwargs(torch_device),
-        show_progress=not args.quiet,
-        **train,
+    run = Run(task_name, args.budget, args.estimator, seed=args.seed)
+    posterior = run.fit(
+        resolve_device(args.device), checkpoint_dir=args.checkpoints, show_progress=not args.quiet
     )
-    posterior.metadata = {
-        "task": task.name,
-        "budget": args.budget,
-        "estimator": args.estimator,
-        "seed": args.seed,
-    }
     posterior.save(args.output)
-    print(f"trained {args.estimator} on {task.name} with {args.budget} simulations in "
+    print(f"trained {args.estimator} on {task_name} with {args.budget} simulations in "
           f"{posterior.training_record.seconds:.0f} s; wrote {args.output}")  # fmt: skip
 
 

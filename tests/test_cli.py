@@ -82,9 +82,9 @@ def test_posterior_of_another_card_is_refused(tmp_path, monkeypatch):
               "--results", str(results), "--runs", str(runs)]  # fmt: skip
     main(["benchmark", "--observations", "1", *common])
 
-    import fmpe.benchmark.runner
+    import fmpe.benchmark.experiment
 
-    card = fmpe.benchmark.runner.load_card("two_moons")
+    card = fmpe.benchmark.experiment.load_card("two_moons")
     model, train = card.hyperparameters(300)
     record = json.loads((runs / "two_moons_300_fmpe_seed0.card.json").read_text())
     assert record == json.loads(json.dumps({"model": model, "train": train}))
@@ -92,7 +92,7 @@ def test_posterior_of_another_card_is_refused(tmp_path, monkeypatch):
     own = card.estimators["fmpe"]
     edited = replace(own, budgets={**own.budgets, 300: {"train": {"learning_rate": 5e-4}}})
     edited_card = replace(card, estimators={**card.estimators, "fmpe": edited})
-    monkeypatch.setattr(fmpe.benchmark.runner, "load_card", lambda name: edited_card)
+    monkeypatch.setattr(fmpe.benchmark.experiment, "load_card", lambda name: edited_card)
     with pytest.raises(SystemExit, match=r"train.learning_rate: 0.002 -> 0.0005"):
         main(["benchmark", "--observations", "2", *common])
 
@@ -105,9 +105,9 @@ def test_defaults_train_with_the_base_card_alone(tmp_path):
     (row,) = rows(results)
     assert row["estimator"] == "fmpe@defaults"
     record = json.loads((runs / "two_moons_300_fmpe@defaults_seed0.card.json").read_text())
-    import fmpe.benchmark.runner
+    import fmpe.benchmark.experiment
 
-    card = fmpe.benchmark.runner.load_card("two_moons")
+    card = fmpe.benchmark.experiment.load_card("two_moons")
     model, train = card.hyperparameters(300, base_only=True)
     assert record == json.loads(json.dumps({"model": model, "train": train}))
     assert record != json.loads(
@@ -116,7 +116,7 @@ def test_defaults_train_with_the_base_card_alone(tmp_path):
 
 
 def test_corrupted_hyperparameter_record_is_named(tmp_path):
-    from fmpe.benchmark.runner import check_recorded_hyperparameters
+    from fmpe.benchmark.experiment import check_recorded_hyperparameters
 
     record = tmp_path / "two_moons_300_seed0.card.json"
     record.write_text('{"model": {"hidden_widths": [64')
@@ -148,12 +148,12 @@ def test_benchmark_needs_a_task_and_a_budget():
     ],
 )
 def test_bad_arguments_end_in_one_line_before_any_work(arguments, message, capsys, monkeypatch):
-    import fmpe.benchmark.runner
+    import fmpe.benchmark.experiment
 
     def no_work(*args, **kwargs):
         raise AssertionError("no work may start before every argument is checked")
 
-    monkeypatch.setattr(fmpe.benchmark.runner, "train_for_task", no_work)
+    monkeypatch.setattr(fmpe.benchmark.experiment.Run, "train", no_work)
     with pytest.raises(SystemExit) as exit_info:
         main(["benchmark", *arguments])
     assert exit_info.value.code == 2

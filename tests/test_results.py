@@ -175,3 +175,20 @@ def test_defaults_and_selected_rows_get_tables_of_their_own():
     assert "| fmpe C2ST" in selected and "fmpe@defaults" not in selected
     assert "| fmpe@defaults C2ST" in defaults and "0.700 ± 0.000 (1)" in defaults
     assert "Defaults" not in c2st_tables(summarize(rows[:1]))
+
+
+def test_a_run_names_its_label_and_files_and_refuses_rounds_without_an_observation(tmp_path):
+    from fmpe.benchmark import Run
+
+    run = Run("two_moons", 10_000, variant="poet", seed=1)
+    assert run.label == "fmpe+poet"
+    assert run.stem(tmp_path) == tmp_path / "two_moons_10000_fmpe+poet_seed1"
+    rounds = Run("sir", 10_000, defaults=True, rounds=2, observation=3)
+    assert rounds.label == "fmpe@defaults@rounds2"
+    assert rounds.stem(tmp_path).name == "sir_10000_fmpe@defaults@rounds2_seed0_obs3"
+    model, train = Run("two_moons", 10_000).hyperparameters()
+    assert "learning_rate" in train and model
+    with pytest.raises(ValueError, match="rounds=2 needs an observation"):
+        Run("sir", 10_000, rounds=2)
+    with pytest.raises(ValueError, match="rounds=1 needs no observation"):
+        Run("sir", 10_000, observation=3)

@@ -1,6 +1,7 @@
 """The benchmark: runs of estimators on tasks, their results store, metrics and reports."""
 
 from fmpe.benchmark import gw_metrics as _gw_metrics  # noqa: F401
+from fmpe.benchmark.experiment import Run
 from fmpe.benchmark.measure import (
     float64_log_prob,
     machine_description,
@@ -12,12 +13,13 @@ from fmpe.benchmark.measure import (
 )
 from fmpe.benchmark.results import ResultsStore
 from fmpe.benchmark.rowlog import RowLog
-from fmpe.benchmark.runner import evaluate, run, train_for_task
+from fmpe.benchmark.runner import evaluate, run
 from fmpe.benchmark.scoring import METRICS, Scoring, register_metric
 
 __all__ = [
     "METRICS",
     "ResultsStore",
+    "Run",
     "RowLog",
     "Scoring",
     "evaluate",
@@ -30,5 +32,4 @@ __all__ = [
     "run",
     "timed",
     "timestamp",
-    "train_for_task",
 ]

@@ -7,7 +7,6 @@ one is waited for by the other, never trained twice at once.
 """
 
 import functools
-import json
 import multiprocessing
 import time
 import warnings
@@ -20,141 +19,17 @@ import torch
 from tqdm.auto import tqdm
 
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
+from fmpe.benchmark.experiment import Run, method_label
 from fmpe.benchmark.measure import provenance, resolve_device
 from fmpe.benchmark.results import ResultsStore, row_key
-from fmpe.benchmark.rowlog import exclusive_lock
 from fmpe.benchmark.scoring import Scoring, get_metric
 from fmpe.estimators import get_estimator
 from fmpe.posteriors import Posterior
 from fmpe.posteriors.file import load
 from fmpe.simulation import single_threaded_worker
-from fmpe.tasks import Task, get_task, load_card
+from fmpe.tasks import Task, get_task
 
 NUM_SAMPLES = 10_000
-
-
-def _trainer_kwargs(device: torch.device) -> dict:
-    if device.type == "cuda":
-        return {"accelerator": "gpu", "devices": [device.index or 0]}
-    return {"accelerator": "cpu", "devices": 1}
-
-
-def method_label(
-    estimator: str, variant: str | None, base_only: bool = False, rounds: int = 1
-) -> str:
-    """What the results call an estimator with a card variant, trained with the task's card
-    or with the base card's one configuration, in one round or several truncated ones:
-    "fmpe", "fmpe+poet", "fmpe@defaults", "fmpe@rounds3"."""
-    label = f"{estimator}@defaults" if base_only else estimator
-    label = label if variant is None else f"{label}+{variant}"
-    return label if rounds == 1 else f"{label}@rounds{rounds}"
-
-
-def run_stem(
-    run_dir: Path, task: str, budget: int, label: str, seed: int, observation: int | None = None
-) -> Path:
-    """The path, without suffix, of one trained posterior's files (one per observation for
-    sequential rounds)."""
-    stem = f"{task}_{budget}_{label}_seed{seed}"
-    return run_dir / (stem if observation is None else f"{stem}_obs{observation}")
-
-
-def train_for_task(
-    task: Task,
-    budget: int,
-    seed: int,
-    device: torch.device,
-    run_dir: Path,
-    show_progress: bool,
-    estimator: str = "fmpe",
-    variant: str | None = None,
-    base_only: bool = False,
-    rounds: int = 1,
-    observation: int | None = None,
-) -> tuple[Posterior, float]:
-    """Trains (or reloads a finished) posterior with the task card's hyperparameters (and
-    those of one of its variants, if named), or with the base card's alone (`base_only`).
-    With `rounds` > 1, it is trained for one `observation` in that many truncated rounds of
-    budget // rounds simulations (`Estimator.train_rounds`).
-
-    The hyperparameters are recorded beside the posterior; a finished posterior whose record
-    differs from what the card now says is refused rather than reused.
-
-    Returns:
-        the posterior on `device` and its training seconds (summed over interruptions).
-    """
-    label = method_label(estimator, variant, base_only, rounds)
-    stem = run_stem(run_dir, task.name, budget, label, seed, observation if rounds > 1 else None)
-    saved = stem.with_suffix(".fmpe")
-    record = stem.with_suffix(".card.json")
-    card = load_card(task.name)
-    model_options, train_options = card.hyperparameters(
-        budget, estimator, variant, base_only=base_only
-    )
-    hyperparameters = {"model": model_options, "train": train_options}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(stem.with_suffix(".lock")):
-        if saved.exists():
-            check_recorded_hyperparameters(record, hyperparameters)
-            posterior = load(saved, prior=task.prior, device=device)
-            return posterior, posterior.training_record.seconds
-        torch.manual_seed(seed)
-        trainer = get_estimator(estimator)(task.training_simulate, task.prior, **model_options)
-        options = dict(
-            seed=seed,
-            augment_x=task.augment_x,
-            trainer_kwargs=_trainer_kwargs(device),
-            show_progress=show_progress,
-            **train_options,
-        )
-        if rounds > 1:
-            x_obs = task.observation(observation)
-            posterior = trainer.train_rounds(rounds, budget // rounds, x_obs, **options)
-        else:
-            checkpoints = stem.with_suffix(".checkpoints")
-            posterior = trainer.train(budget, checkpoint_dir=checkpoints, **options)
-        posterior.metadata.update(task=task.name, budget=budget, estimator=estimator, seed=seed)
-        _write_atomically(record, json.dumps(hyperparameters, indent=2, sort_keys=True))
-        posterior.save(saved)
-    return posterior.to(device), posterior.training_record.seconds
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
-
-
-def check_recorded_hyperparameters(record: Path, hyperparameters: dict) -> None:
-    """Raises ValueError if `record` is missing or holds other card hyperparameters than
-    `hyperparameters`."""
-    run_files = f"{record.parent / record.name.removesuffix('.card.json')}.*"
-    try:
-        recorded = json.loads(record.read_text())
-    except FileNotFoundError:
-        raise ValueError(
-            f"{record} is missing, so the posterior beside it cannot be checked against the "
-            f"task card; delete the run's files ({run_files}) to retrain"
-        ) from None
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"{record} is not valid JSON ({error}); delete the run's files ({run_files}) to retrain"
-        ) from None
-    expected = json.loads(json.dumps(hyperparameters))
-    if recorded != expected:
-        changed = []
-        for part, now in expected.items():
-            before = recorded.get(part, {})
-            changed += [
-                f"{part}.{key}: {before.get(key)!r} -> {now.get(key)!r}"
-                for key in sorted(now.keys() | before.keys())
-                if before.get(key) != now.get(key)
-            ]
-        raise ValueError(
-            f"the posterior beside {record} was trained with other hyperparameters than the "
-            f"task card now gives ({'; '.join(changed)}). Delete its files ({run_files}) to "
-            "retrain, or pass another --runs and --results"
-        )
 
 
 def evaluate(
@@ -316,8 +191,10 @@ def run(
             task_name, budget = unit_key[:2]
             observation = unit_key[2] if rounds > 1 else None
             unit = [c for c in todo if per_unit(c) == unit_key]
-            stem = run_stem(run_dir, task_name, budget, label, seed, observation)
-            saved = stem.with_suffix(".fmpe")
+            experiment = Run(
+                task_name, budget, estimator, variant, base_only, seed, rounds, observation
+            )
+            saved = experiment.stem(run_dir).with_suffix(".fmpe")
             expected = expected_unit_seconds(
                 store.rows(), task_name, budget, label, len(unit), saved.exists()
             )
@@ -328,10 +205,7 @@ def run(
                 continue
             task = get_task(task_name)
             bar.set_postfix_str(f"training {task_name} at {budget}")
-            posterior, train_seconds = train_for_task(
-                task, budget, seed, torch_device, run_dir, show_progress, estimator, variant,
-                base_only, rounds, observation,
-            )  # fmt: skip
+            posterior, train_seconds = experiment.train(run_dir, torch_device, show_progress)
             finished = store.completed()  # cells written meanwhile by a concurrent run
             bar.update(sum(c in finished for c in unit))
             observations = [c[3] for c in unit if c not in finished]
