@@ -170,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
         "observation; results name it e.g. fmpe@rounds3",
     )
     bench.add_argument("--quiet", action="store_true", help="no training progress bars")
+    _add_cards(bench)
     _add_stop_after(bench, "the posterior (training and scoring)")
 
     train = commands.add_parser(
@@ -187,6 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--checkpoints", type=Path, help="a folder to resume from if interrupted")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_cards(train)
 
     sample = commands.add_parser(
         "sample",
@@ -262,6 +264,7 @@ def _parser() -> argparse.ArgumentParser:
         "the epochs, beside the choice so far",
     )
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_cards(sweep)
     _add_stop_after(sweep, "the configuration")
 
     report = commands.add_parser("report", help="markdown tables and a figure of the results")
@@ -284,6 +287,27 @@ def _writable_folder(path: Path, what: str) -> None:
     _writable_file(path / "x", what)
 
 
+def _add_cards(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cards",
+        type=Path,
+        metavar="FOLDER",
+        help="read the task cards from FOLDER (defaults.toml and one TASK.toml each) instead "
+        "of the shipped ones",
+    )
+
+
+def _cards(args: argparse.Namespace):
+    """The CardStore of --cards, or None for the shipped cards."""
+    from fmpe.tasks import CardStore
+
+    if args.cards is None:
+        return None
+    if not (args.cards / "defaults.toml").is_file():
+        raise ValueError(f"--cards {args.cards}: expected a folder with defaults.toml in it")
+    return CardStore(args.cards)
+
+
 def _benchmark(args: argparse.Namespace) -> None:
     from fmpe.estimators import get_estimator
     from fmpe.tasks import available_tasks, get_task, load_card
@@ -300,8 +324,9 @@ def _benchmark(args: argparse.Namespace) -> None:
         raise ValueError(
             f"unknown task {', '.join(map(repr, unknown))}; known: {', '.join(available_tasks())}"
         )
+    cards = _cards(args)
     for name in tasks:
-        if args.variant is not None and args.variant not in load_card(name).variants(
+        if args.variant is not None and args.variant not in load_card(name, cards).variants(
             args.estimator
         ):
             raise ValueError(f"the card of {name} declares no variant {args.variant!r}")
@@ -336,6 +361,7 @@ def _benchmark(args: argparse.Namespace) -> None:
         deadline=deadline,
         scoring_workers=args.scoring_workers,
         rounds=args.rounds,
+        cards=cards,
     )
     labels = {"c2st": "C2ST {:.3f}", "mmd": "MMD {:.4f}", "nltp": "-log q(θ*) {:.2f}"}
     for row in rows:
@@ -362,14 +388,18 @@ def _train(args: argparse.Namespace) -> None:
     from fmpe.tasks import load_card
 
     get_estimator(args.estimator)
-    task_name = load_card(args.task).name
+    cards = _cards(args)
+    task_name = load_card(args.task, cards).name
     if args.output.suffix != ".fmpe":
         raise ValueError(f"-o {args.output}: name a .fmpe file")
     _writable_file(args.output, "-o")
     _check_device(args.device)
     run = Run(task_name, args.budget, args.estimator, seed=args.seed)
     posterior = run.fit(
-        resolve_device(args.device), checkpoint_dir=args.checkpoints, show_progress=not args.quiet
+        resolve_device(args.device),
+        checkpoint_dir=args.checkpoints,
+        show_progress=not args.quiet,
+        cards=cards,
     )
     posterior.save(args.output)
     print(f"trained {args.estimator} on {task_name} with {args.budget} simulations in "
@@ -509,8 +539,9 @@ def _sweep(args: argparse.Namespace) -> None:
         )
     searched_at = args.from_budget or args.budget
     deadline = Deadline.after(args.stop_after)
+    cards = _cards(args)
     if args.task == BASE_CARD:
-        chosen, _ = choose_defaults(args.results, searched_at, args.estimator)
+        chosen, _ = choose_defaults(args.results, searched_at, args.estimator, cards)
     elif args.from_budget is not None:
         chosen = search_choice(args.results, args.task, searched_at, args.estimator, args.capacity)
     else:
@@ -523,6 +554,7 @@ def _sweep(args: argparse.Namespace) -> None:
             show_progress=not args.quiet,
             deadline=deadline,
             capacity=args.capacity,
+            cards=cards,
         )
     print(f"wrote {write_table(args.results)}")
     if chosen is None:
@@ -531,8 +563,9 @@ def _sweep(args: argparse.Namespace) -> None:
     print(f"chosen for {args.task} at {args.budget} ({args.estimator}): {chosen}")
     if args.write_card:
         path = write_card_section(
-            args.task, args.budget, args.estimator, chosen, args.results, searched_at, args.capacity
-        )
+            args.task, args.budget, args.estimator, chosen, args.results, searched_at,
+            args.capacity, cards,
+        )  # fmt: skip
         print(f"wrote the generated section into {path}")
 
 

@@ -4,12 +4,13 @@ import csv
 import json
 import re
 import shlex
-from dataclasses import replace
+import shutil
 
 import pytest
 
 import fmpe
 from fmpe.cli import main
+from fmpe.tasks.cards import card_folder
 
 pytest.importorskip("sbibm")
 
@@ -76,7 +77,7 @@ def test_sequential_rounds_train_a_posterior_per_observation(tmp_path):
         assert saved.metadata["rounds"] == 2 and len(saved.metadata["acceptance_rates"]) == 1
 
 
-def test_posterior_of_another_card_is_refused(tmp_path, monkeypatch):
+def test_posterior_of_another_card_is_refused(tmp_path):
     results, runs = tmp_path / "results.csv", tmp_path / "runs"
     common = ["two_moons", "--budget", "300", "--samples", "500", "--device", "cpu", "--quiet",
               "--results", str(results), "--runs", str(runs)]  # fmt: skip
@@ -89,12 +90,13 @@ def test_posterior_of_another_card_is_refused(tmp_path, monkeypatch):
     record = json.loads((runs / "two_moons_300_fmpe_seed0.card.json").read_text())
     assert record == json.loads(json.dumps({"model": model, "train": train}))
 
-    own = card.estimators["fmpe"]
-    edited = replace(own, budgets={**own.budgets, 300: {"train": {"learning_rate": 5e-4}}})
-    edited_card = replace(card, estimators={**card.estimators, "fmpe": edited})
-    monkeypatch.setattr(fmpe.benchmark.experiment, "load_card", lambda name: edited_card)
+    # The same run with a copy of the cards in which two_moons trains at another rate.
+    edited = tmp_path / "cards"
+    shutil.copytree(card_folder(), edited)
+    with (edited / "two_moons.toml").open("a") as toml:
+        toml.write("\n[fmpe.selected.300.train]\nlearning_rate = 5e-4\n")
     with pytest.raises(SystemExit, match=r"train.learning_rate: 0.002 -> 0.0005"):
-        main(["benchmark", "--observations", "2", *common])
+        main(["benchmark", "--observations", "2", "--cards", str(edited), *common])
 
 
 def test_defaults_train_with_the_base_card_alone(tmp_path):

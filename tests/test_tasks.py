@@ -9,6 +9,7 @@ from torch.distributions import Binomial
 from fmpe.ode.dopri import solve_per_row
 from fmpe.tasks import (
     CardError,
+    CardStore,
     NoReferenceSamplesError,
     Task,
     TaskCard,
@@ -17,7 +18,6 @@ from fmpe.tasks import (
     get_task,
     load_card,
 )
-from fmpe.tasks import cards as cards_module
 
 SBIBM_TASKS = {
     "gaussian_linear": (10, 10),
@@ -319,13 +319,17 @@ def _write_card(folder, name, body, source="test"):
 
 
 @pytest.fixture
-def card_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(cards_module, "card_folder", lambda: tmp_path)
+def card_folder(tmp_path):
     (tmp_path / "defaults.toml").write_text("")
     return tmp_path
 
 
-def test_budget_overrides_merge_over_the_defaults(card_folder):
+@pytest.fixture
+def cards(card_folder):
+    return CardStore(card_folder)
+
+
+def test_budget_overrides_merge_over_the_defaults(card_folder, cards):
     _write_card(
         card_folder,
         "toy",
@@ -345,7 +349,7 @@ hidden_widths = [256, 256, 256]
 batch_size = 512
 """,
     )
-    card = load_card("toy")
+    card = cards.load("toy")
     assert isinstance(card, TaskCard)
     defaults = (
         {"network_options": {"hidden_widths": [64, 64]}, "sigma_min": 1e-4},
@@ -368,7 +372,7 @@ batch_size = 512
         card.hyperparameters(0)
 
 
-def test_task_cards_override_the_base_card_in_layers(card_folder):
+def test_task_cards_override_the_base_card_in_layers(card_folder, cards):
     (card_folder / "defaults.toml").write_text(
         """
 [fmpe.model.network_options]
@@ -392,7 +396,7 @@ theta_route = "gate"
 time_prior_exponent = 1.0
 """,
     )
-    card = load_card("toy")
+    card = cards.load("toy")
     base_and_task = {"hidden_widths": [32, 32], "activation": "gelu", "theta_route": "gate"}
     assert card.hyperparameters(100)[0] == {
         "network_options": base_and_task,
@@ -409,7 +413,7 @@ time_prior_exponent = 1.0
     assert card.budgets() == [1000, 10_000]
 
 
-def test_selected_tables_override_their_card_and_base_only_drops_the_task(card_folder):
+def test_selected_tables_override_their_card_and_base_only_drops_the_task(card_folder, cards):
     (card_folder / "defaults.toml").write_text(
         """
 [fmpe.train]
@@ -435,7 +439,7 @@ learning_rate = 5e-4
 """,
         source="sbibm",
     )
-    card = load_card("toy")
+    card = cards.load("toy")
     model, train = card.hyperparameters(1000)
     # The task's hand-written budget table beats the base card's selection; its own wins.
     assert model == {"time_prior_exponent": 4.0}
@@ -452,10 +456,10 @@ learning_rate = 5e-4
     )
     # The base card's selection was chosen over the sbibm tasks: another task keeps its own.
     _write_card(card_folder, "other", "")
-    assert load_card("other").hyperparameters(1000) == ({}, {"batch_size": 256, "max_epochs": 500})
+    assert cards.load("other").hyperparameters(1000) == ({}, {"batch_size": 256, "max_epochs": 500})
     # A budget declared only by a selected table still ends the overrides below it.
     _write_card(card_folder, "toy", "[fmpe.selected.5000.train]\nlearning_rate = 1e-4\n")
-    card = load_card("toy")
+    card = cards.load("toy")
     assert card.budgets() == [1000, 5000]
     assert card.hyperparameters(5000)[1] == {"batch_size": 256, "learning_rate": 1e-4}
 
@@ -485,26 +489,26 @@ learning_rate = 5e-4
         ("[npe.model.network_options]\nbin = 3\n", "unknown network option 'bin'; valid: bins"),
     ],
 )
-def test_malformed_cards_name_the_file(card_folder, body, message):
+def test_malformed_cards_name_the_file(card_folder, cards, body, message):
     _write_card(card_folder, "bad", body)
     with pytest.raises(CardError, match=message) as error:
-        load_card("bad")
+        cards.load("bad")
     assert "bad.toml" in str(error.value)
 
 
-def test_card_name_must_match_its_file(card_folder):
+def test_card_name_must_match_its_file(card_folder, cards):
     (card_folder / "renamed.toml").write_text('name = "other"\nsource = "x"\ndescription = "y"\n')
     with pytest.raises(CardError, match="renamed.toml.*named 'other'"):
-        load_card("renamed")
+        cards.load("renamed")
 
 
-def test_unknown_card_lists_the_known_ones(card_folder):
+def test_unknown_card_lists_the_known_ones(card_folder, cards):
     _write_card(card_folder, "toy", "")
     with pytest.raises(ValueError, match="no task card 'missing'; available: toy"):
-        load_card("missing")
+        cards.load("missing")
 
 
-def test_variants_override_last_and_must_be_declared(card_folder):
+def test_variants_override_last_and_must_be_declared(card_folder, cards):
     (card_folder / "defaults.toml").write_text(
         """
 [fmpe.variants.poet.model.network_options.linear]
@@ -524,7 +528,7 @@ block_size = 4
 batch_size = 32
 """,
     )
-    card = load_card("toy")
+    card = cards.load("toy")
     assert card.variants() == ["poet"]
     model, train = card.hyperparameters(1000, "fmpe", "poet")
     assert model["network_options"]["linear"] == {"name": "poet", "block_size": 4}
@@ -534,7 +538,7 @@ batch_size = 32
         card.hyperparameters(1000, "fmpe", "wide")
 
 
-def test_a_variants_learning_rate_factor_follows_each_cards_rate(card_folder):
+def test_a_variants_learning_rate_factor_follows_each_cards_rate(card_folder, cards):
     (card_folder / "defaults.toml").write_text(
         """
 [fmpe.train]
@@ -548,15 +552,15 @@ learning_rate_factor = 4.0
     _write_card(card_folder, "toy", "")
     _write_card(card_folder, "fast", "[fmpe.selected.10000.train]\nlearning_rate = 5e-3\n")
     rates = {
-        (name, budget): load_card(name).hyperparameters(budget, "fmpe", "poet")[1]
+        (name, budget): cards.load(name).hyperparameters(budget, "fmpe", "poet")[1]
         for name in ("toy", "fast")
         for budget in (1000, 10000)
     }
     assert rates[("toy", 1000)] == {"learning_rate": 4e-3}
     assert rates[("toy", 10000)] == {"learning_rate": 8e-3}
     assert rates[("fast", 10000)] == {"learning_rate": 2e-2}
-    assert load_card("toy").hyperparameters(10000) == ({}, {"learning_rate": 2e-3})
+    assert cards.load("toy").hyperparameters(10000) == ({}, {"learning_rate": 2e-3})
 
     _write_card(card_folder, "both", "[fmpe.variants.poet.train]\nlearning_rate = 1e-2\n")
     with pytest.raises(ValueError, match="learning_rate or learning_rate_factor, not both"):
-        load_card("both")
+        cards.load("both")

@@ -16,7 +16,7 @@ from fmpe.benchmark.rowlog import exclusive_lock
 from fmpe.estimators import get_estimator
 from fmpe.posteriors import Posterior
 from fmpe.posteriors.file import load
-from fmpe.tasks import get_task, load_card
+from fmpe.tasks import CardStore, get_task, load_card
 
 
 def trainer_kwargs(device: torch.device) -> dict:
@@ -77,9 +77,10 @@ class Run:
         stem = f"{self.task}_{self.budget}_{self.label}_seed{self.seed}"
         return run_dir / (stem if self.observation is None else f"{stem}_obs{self.observation}")
 
-    def hyperparameters(self) -> tuple[dict, dict]:
-        """The estimator's and the training's options, from the task's card."""
-        return load_card(self.task).hyperparameters(
+    def hyperparameters(self, cards: CardStore | None = None) -> tuple[dict, dict]:
+        """The estimator's and the training's options, from the task's card in `cards`
+        (default: the shipped cards)."""
+        return load_card(self.task, cards).hyperparameters(
             self.budget, self.estimator, self.variant, base_only=self.defaults
         )
 
@@ -89,11 +90,12 @@ class Run:
         *,
         checkpoint_dir: Path | None = None,
         show_progress: bool = True,
+        cards: CardStore | None = None,
     ) -> Posterior:
         """Trains the posterior on the task's simulations, drawn anew (resumed from
         `checkpoint_dir` where it holds a run), and writes what trained it into its metadata."""
         task = get_task(self.task)
-        model_options, train_options = self.hyperparameters()
+        model_options, train_options = self.hyperparameters(cards)
         torch.manual_seed(self.seed)
         estimator = get_estimator(self.estimator)(
             task.training_simulate, task.prior, **model_options
@@ -118,7 +120,11 @@ class Run:
         return posterior
 
     def train(
-        self, run_dir: Path, device: torch.device, show_progress: bool = True
+        self,
+        run_dir: Path,
+        device: torch.device,
+        show_progress: bool = True,
+        cards: CardStore | None = None,
     ) -> tuple[Posterior, float]:
         """The posterior, trained and saved under `run_dir` (checkpointed, so an interrupted
         run resumes), or reloaded if it was finished there, and its training seconds.
@@ -129,7 +135,7 @@ class Run:
         """
         stem = self.stem(run_dir)
         saved, record = stem.with_suffix(".fmpe"), stem.with_suffix(".card.json")
-        model_options, train_options = self.hyperparameters()
+        model_options, train_options = self.hyperparameters(cards)
         hyperparameters = {"model": model_options, "train": train_options}
         run_dir.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(stem.with_suffix(".lock")):
@@ -138,7 +144,9 @@ class Run:
                 posterior = load(saved, prior=get_task(self.task).prior, device=device)
                 return posterior, posterior.training_record.seconds
             checkpoints = None if self.rounds > 1 else stem.with_suffix(".checkpoints")
-            posterior = self.fit(device, checkpoint_dir=checkpoints, show_progress=show_progress)
+            posterior = self.fit(
+                device, checkpoint_dir=checkpoints, show_progress=show_progress, cards=cards
+            )
             _write_atomically(record, json.dumps(hyperparameters, indent=2, sort_keys=True))
             posterior.save(saved)
         return posterior.to(device), posterior.training_record.seconds

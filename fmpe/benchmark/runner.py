@@ -27,7 +27,7 @@ from fmpe.estimators import get_estimator
 from fmpe.posteriors import Posterior
 from fmpe.posteriors.file import load
 from fmpe.simulation import single_threaded_worker
-from fmpe.tasks import Task, get_task
+from fmpe.tasks import CardStore, Task, get_task
 
 NUM_SAMPLES = 10_000
 
@@ -152,6 +152,7 @@ def run(
     deadline: Deadline | None = None,
     scoring_workers: int = 1,
     rounds: int = 1,
+    cards: CardStore | None = None,
 ) -> list[dict]:
     """Runs every (task, budget, observation) cell of `estimator` (with the card's `variant`,
     if named; with the base card's settings alone if `base_only`) not yet in `results`.
@@ -162,6 +163,7 @@ def run(
     trained and scored (one unit) only if `expected_unit_seconds` fits in the time left; the
     units it refuses are in `deadline.left`. With `scoring_workers` > 1 on the CPU, a
     posterior's observations are scored in that many single-threaded worker processes.
+    Hyperparameters come from the task cards in `cards` (default: the shipped ones).
 
     Returns:
         the rows of the requested cells that are done, those found in `results` and those
@@ -205,7 +207,7 @@ def run(
                 continue
             task = get_task(task_name)
             bar.set_postfix_str(f"training {task_name} at {budget}")
-            posterior, train_seconds = experiment.train(run_dir, torch_device, show_progress)
+            posterior, train_seconds = experiment.train(run_dir, torch_device, show_progress, cards)
             finished = store.completed()  # cells written meanwhile by a concurrent run
             bar.update(sum(c in finished for c in unit))
             observations = [c[3] for c in unit if c not in finished]

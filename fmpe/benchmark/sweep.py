@@ -49,8 +49,8 @@ from fmpe.benchmark.rowlog import RowLog
 from fmpe.checks import as_count
 from fmpe.estimators import get_estimator
 from fmpe.simulation import simulate
-from fmpe.tasks import Task, get_task, load_card
-from fmpe.tasks.cards import BASE_CARD, SWEPT_SOURCE, _merge, available_cards, card_folder
+from fmpe.tasks import Task, get_task
+from fmpe.tasks.cards import BASE_CARD, SWEPT_SOURCE, CardStore, _merge, shipped_cards
 from fmpe.training.data import split_indices
 from fmpe.unbounded import support_bounds
 
@@ -178,6 +178,7 @@ def sweep(
     trainer_kwargs: dict | None = None,
     deadline: Deadline | None = None,
     capacity: bool = False,
+    cards: CardStore | None = None,
 ) -> Override | None:
     """Runs the search for one (task, budget, estimator) cell, with the capacity stage last
     if `capacity`; returns the chosen override of the card's hyperparameters. Configurations
@@ -190,7 +191,7 @@ def sweep(
     deadline = deadline or Deadline(None)
     budget = as_count(budget, "budget", minimum=1)
     task = get_task(task_name)
-    card = load_card(task_name)
+    card = (cards or shipped_cards()).load(task_name)
     cls = get_estimator(estimator)
     model, train = card.hyperparameters(budget, estimator, selected=False)
     done = {
@@ -241,9 +242,10 @@ def _includes(configuration: dict, change: dict) -> bool:
     return True
 
 
-def sbibm_tasks() -> list[str]:
+def sbibm_tasks(cards: CardStore | None = None) -> list[str]:
     """The tasks whose cards come from sbibm: those the base card's settings serve."""
-    return [name for name in available_cards() if load_card(name).source == SWEPT_SOURCE]
+    cards = cards or shipped_cards()
+    return [name for name in cards.names() if cards.load(name).source == SWEPT_SOURCE]
 
 
 def _cell_rows(rows: list[dict], task: str, budget: int, estimator: str) -> list[dict]:
@@ -285,7 +287,9 @@ def search_choice(
     return chosen
 
 
-def choose_defaults(results: Path, budget: int, estimator: str = "fmpe") -> tuple[Override, dict]:
+def choose_defaults(
+    results: Path, budget: int, estimator: str = "fmpe", cards: CardStore | None = None
+) -> tuple[Override, dict]:
     """One configuration for every sbibm task at `budget`, from their finished searches.
 
     Each stage's options are ranked within every task that searched them (by validation loss;
@@ -296,7 +300,7 @@ def choose_defaults(results: Path, budget: int, estimator: str = "fmpe") -> tupl
         the override of the base card, and per stage the mean rank of each option.
     """
     rows = sweep_log(results).rows()
-    plans = {name: stages(estimator, budget, get_task(name)) for name in sbibm_tasks()}
+    plans = {name: stages(estimator, budget, get_task(name)) for name in sbibm_tasks(cards)}
     missing = [
         name
         for name, planned in plans.items()
@@ -399,12 +403,14 @@ def write_card_section(
     results: Path,
     searched_at: int | None = None,
     capacity: bool = False,
+    cards: CardStore | None = None,
 ) -> Path:
     """Writes `chosen` into a card (a task's, or the base card "defaults") as its generated
     ``[estimator.selected.budget]`` section, replacing an earlier one. `searched_at` names the
     budget whose search chose it when that is not `budget` (a choice carried upwards);
     `capacity` says that the search had its capacity stage."""
-    path = Path(str(card_folder() / f"{card}.toml"))
+    cards = cards or shipped_cards()
+    path = Path(str(cards.path(card)))
     previous = path.read_text()
     marker = f"{GENERATED} {card} --budget {budget} --estimator {estimator}"
     lines = previous.splitlines()
@@ -436,8 +442,8 @@ def write_card_section(
         lines.pop()
     path.write_text("\n".join([*lines, "", *section]) + "\n")
     try:
-        for name in available_cards() if card == BASE_CARD else [card]:
-            load_card(name)
+        for name in cards.names() if card == BASE_CARD else [card]:
+            cards.load(name)
     except ValueError as error:
         path.write_text(previous)
         raise ValueError(f"{path} would not parse with the generated section ({error})") from None

@@ -6,12 +6,13 @@
 """
 
 from fmpe.tasks.base import NoReferenceSamplesError, Task
-from fmpe.tasks.cards import CardError, TaskCard, available_cards, load_card
+from fmpe.tasks.cards import CardError, CardStore, TaskCard, available_cards, load_card
 from fmpe.tasks.registry import TASKS, available_tasks, get_task, register_task
 
 __all__ = [
     "TASKS",
     "CardError",
+    "CardStore",
     "NoReferenceSamplesError",
     "Task",
     "TaskCard",

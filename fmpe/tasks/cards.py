@@ -184,48 +184,76 @@ def card_folder() -> Traversable:
     return Path(__file__).resolve().parents[2] / "tasks"
 
 
-def available_cards() -> list[str]:
-    """Names of the task cards (not the base card), sorted."""
-    folder = card_folder()
-    if not folder.is_dir():
-        return []
-    names = (f.name.removesuffix(".toml") for f in folder.iterdir() if f.name.endswith(".toml"))
-    return sorted(name for name in names if name != BASE_CARD)
+class CardStore:
+    """The task cards of one folder: the base card ``defaults.toml`` and a card per task.
+    Whatever reads cards takes one (`cards=`); without it, the shipped cards are read.
+
+        cards = CardStore("my_cards/")         # e.g. a copy of tasks/ with edits
+        cards.load("two_moons").hyperparameters(10_000)
+    """
+
+    def __init__(self, folder: str | Path | Traversable):
+        self.folder = Path(folder) if isinstance(folder, str) else folder
+
+    def path(self, name: str) -> Traversable:
+        """Where the card `name` is (or would be)."""
+        return self.folder / f"{name}.toml"
+
+    def names(self) -> list[str]:
+        """Names of the task cards (not the base card), sorted."""
+        if not self.folder.is_dir():
+            return []
+        entries = (f.name for f in self.folder.iterdir())
+        names = (name.removesuffix(".toml") for name in entries if name.endswith(".toml"))
+        return sorted(name for name in names if name != BASE_CARD)
+
+    def _read(self, path, name: str) -> Table:
+        if not path.is_file():
+            raise ValueError(f"no task card {name!r}; available: {', '.join(self.names())}")
+        try:
+            return tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as error:
+            raise CardError(f"{path}: not valid TOML: {error}") from error
+
+    def load(self, name: str | Path) -> TaskCard:
+        """Read and check the card of task ``name`` (or a card file at a path ending in
+        .toml), on top of this folder's base card."""
+        base_path = self.path(BASE_CARD)
+        base_data = self._read(base_path, BASE_CARD)
+        if str(name).endswith(".toml"):
+            path = Path(name)
+            data = self._read(path, str(name))
+            name = data.get("name", "")
+        else:
+            path = self.path(name)
+            data = self._read(path, name)
+        card = _parse(data, name, str(path), _parse_estimators(base_data, str(base_path)))
+        for estimator in {*card.base, *card.estimators}:
+            for budget in [0, *card.budgets(estimator)]:
+                for variant in [None, *card.variants(estimator)]:
+                    model, train = card.hyperparameters(max(budget, 1), estimator, variant)
+                    check_hyperparameters(estimator, model, train, f"{path} [{estimator}]")
+            if estimator in card.base:
+                for budget in [1, *card.budgets(estimator)]:
+                    model, train = card.hyperparameters(budget, estimator, base_only=True)
+                    check_hyperparameters(estimator, model, train, f"{base_path} [{estimator}]")
+        return card
 
 
-def _read(path, name: str) -> Table:
-    if not path.is_file():
-        raise ValueError(f"no task card {name!r}; available: {', '.join(available_cards())}")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
-        raise CardError(f"{path}: not valid TOML: {error}") from error
+def shipped_cards() -> CardStore:
+    """The cards fmpe ships (`card_folder`)."""
+    return CardStore(card_folder())
 
 
-def load_card(name: str | Path) -> TaskCard:
-    """Read and check the card of task ``name`` (or a card file at a path ending in .toml),
-    on top of the base card."""
-    folder = card_folder()
-    base_path = folder / f"{BASE_CARD}.toml"
-    base_data = _read(base_path, BASE_CARD)
-    if str(name).endswith(".toml"):
-        path = Path(name)
-        data = _read(path, str(name))
-        name = data.get("name", "")
-    else:
-        path = folder / f"{name}.toml"
-        data = _read(path, name)
-    card = _parse(data, name, str(path), _parse_estimators(base_data, str(base_path)))
-    for estimator in {*card.base, *card.estimators}:
-        for budget in [0, *card.budgets(estimator)]:
-            for variant in [None, *card.variants(estimator)]:
-                model, train = card.hyperparameters(max(budget, 1), estimator, variant)
-                check_hyperparameters(estimator, model, train, f"{path} [{estimator}]")
-        if estimator in card.base:
-            for budget in [1, *card.budgets(estimator)]:
-                model, train = card.hyperparameters(budget, estimator, base_only=True)
-                check_hyperparameters(estimator, model, train, f"{base_path} [{estimator}]")
-    return card
+def available_cards(cards: CardStore | None = None) -> list[str]:
+    """Names of the task cards of `cards` (default: the shipped ones), sorted."""
+    return (cards or shipped_cards()).names()
+
+
+def load_card(name: str | Path, cards: CardStore | None = None) -> TaskCard:
+    """The card of task ``name`` from `cards` (default: the shipped ones); see
+    `CardStore.load`."""
+    return (cards or shipped_cards()).load(name)
 
 
 def _parse(data: Table, name: str, where: str, base: dict[str, EstimatorCard]) -> TaskCard:
