@@ -223,7 +223,8 @@ def test_train_sample_and_diagnose(tmp_path, capsys):
         ),
     ],
 )
-def test_bad_user_commands_end_in_one_line(arguments, message, capsys):
+def test_bad_user_commands_end_in_one_line(arguments, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the relative paths (and a lock file) stay out of the checkout
     with pytest.raises(SystemExit) as exit_info:
         main(arguments)
     assert exit_info.value.code == 2
