@@ -128,16 +128,22 @@ IID_METHODS: Registry[PrecisionMethod] = Registry("iid method", "fmpe.posteriors
 def sampled_precisions(
     posterior, context: Tensor, prior: GaussianMoments, options: dict, samples: int = 1000
 ) -> Tensor:
-    """P_j from the covariance of `samples` draws of q(θ | x_j), all j in one solve. Every
+    """P_j from the covariance of `samples` draws of q(θ | x_j), solved for as many j at once
+    as the posterior's `chunk_size` allows. Every
     trial's draws start from the same base points, so that the estimates, and the composed
     posterior, do not depend on the order of the trials."""
     del prior
     z0 = torch.randn(samples, posterior.theta_dim, device=posterior.device, dtype=posterior.dtype)
-    field = posterior._field(context.repeat_interleave(samples, 0))
-    z = solve(field, z0.repeat(len(context), 1), 0.0, 1.0, posterior._settings(options)).theta
-    z = z.view(len(context), samples, -1)
-    centred = z - z.mean(1, keepdim=True)
-    return torch.linalg.inv(centred.mT @ centred / (samples - 1))
+    settings = posterior._settings(options)
+    trials_per_solve = max(1, posterior.chunk_size // samples)
+    covariances = []
+    for part in context.split(trials_per_solve):  # at most chunk_size rows a solve
+        field = posterior._field(part.repeat_interleave(samples, 0))
+        z = solve(field, z0.repeat(len(part), 1), 0.0, 1.0, settings).theta
+        centred = z.view(len(part), samples, -1)
+        centred = centred - centred.mean(1, keepdim=True)
+        covariances.append(centred.mT @ centred / (samples - 1))
+    return torch.linalg.inv(torch.cat(covariances))
 
 
 @IID_METHODS.register("gauss")
