@@ -80,7 +80,7 @@ class RunningMoments:
         """values: (m, *shape)"""
         values = values.double()
         present = ~torch.isnan(values)
-        values = values.nan_to_num()
+        values = torch.where(present, values, 0.0)
         count, total, squares = present.sum(0), values.sum(0), values.pow(2).sum(0)
         if self.count is None:
             self.count, self.total, self.total_squares = count, total, squares
