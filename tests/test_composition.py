@@ -11,6 +11,7 @@ from fmpe import FMPE
 from fmpe.ode import SolverSettings, solve
 from fmpe.posteriors import IID_METHODS
 from fmpe.posteriors.composition import (
+    CompositionWeights,
     GaussianMoments,
     at_least,
     compose_velocities,
@@ -59,8 +60,7 @@ def test_composed_velocities_of_gaussians_are_the_velocity_of_their_product(n):
         t,
         gaussian_velocity(t, z, prior, SIGMA_MIN),
         torch.stack([gaussian_velocity(t, z, g, SIGMA_MIN) for g in trials], 1),
-        prior.precision,
-        precisions,
+        CompositionWeights.of(prior.precision, precisions),
         SIGMA_MIN,
     )
     assert torch.allclose(composed, gaussian_velocity(t, z, product, SIGMA_MIN), atol=1e-9)
@@ -79,10 +79,10 @@ def test_trials_wider_than_the_prior_are_raised_to_it_and_then_give_back_the_pri
     t = torch.tensor([0.0, 0.5, 0.99], dtype=torch.float64)
     z = torch.randn(3, 3, generator=generator, dtype=torch.float64)
     velocity = gaussian_velocity(t, z, prior, SIGMA_MIN)
+    weights = CompositionWeights.of(prior.precision, wide.expand(5, 3, 3))
     composed = compose_velocities(
-        t, velocity, velocity[:, None].expand(3, 5, 3), prior.precision, wide.expand(5, 3, 3),
-        SIGMA_MIN,
-    )  # fmt: skip
+        t, velocity, velocity[:, None].expand(3, 5, 3), weights, SIGMA_MIN
+    )
     assert torch.allclose(composed, velocity, atol=1e-9)
 
 

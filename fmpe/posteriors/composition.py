@@ -87,33 +87,50 @@ def at_least(precisions: Tensor, floor: Tensor) -> Tensor:
     return root @ raised @ root.T
 
 
+@dataclass(frozen=True)
+class CompositionWeights:
+    """What the composed velocity's weights need of the precisions, computed once per solve:
+    the prior's precision P_λ (d, d), the trials' P_j raised to at least it (n, d, d), and the
+    eigendecomposition of Λ_0 = (1 − n) P_λ + Σ_j P_j, eigenvalues (d,) and basis (d, d)."""
+
+    prior_precision: Tensor
+    trial_precisions: Tensor
+    eigenvalues: Tensor
+    basis: Tensor
+
+    @classmethod
+    def of(cls, prior_precision: Tensor, trial_precisions: Tensor) -> "CompositionWeights":
+        """A trial's precision is first raised to at least the prior's, as it is for any
+        Gaussian model: then Λ_t ⪰ every P_j,t, so each trial's weight has eigenvalues in
+        [0, 1] and the prior's in [1 − n, 0], however wrong an estimate."""
+        n = len(trial_precisions)
+        raised = at_least(trial_precisions, prior_precision)
+        eigenvalues, basis = torch.linalg.eigh((1 - n) * prior_precision + raised.sum(0))
+        return cls(prior_precision, raised, eigenvalues, basis)
+
+
 def compose_velocities(
     t: Tensor,
     prior_velocity: Tensor,
     trial_velocities: Tensor,
-    prior_precision: Tensor,
-    trial_precisions: Tensor,
+    weights: CompositionWeights,
     sigma_min: float,
 ) -> Tensor:
     """The velocity of p(θ)^(1 − n) ∏_j p(θ | x_j), weighted by the denoising precisions (see
-    the module docstring). A trial's precision is first raised to at least the prior's, as it
-    is for any Gaussian model: then Λ_t ⪰ every P_j,t, so each trial's weight has eigenvalues
-    in [0, 1] and the prior's in [1 − n, 0], however wrong an estimate.
+    the module docstring and `CompositionWeights`).
 
-    t: (b,), prior_velocity: (b, d), trial_velocities: (b, n, d),
-    prior_precision: (d, d), trial_precisions: (n, d, d) -> (b, d)
+    t: (b,), prior_velocity: (b, d), trial_velocities: (b, n, d) -> (b, d)
     """
     n = trial_velocities.shape[1]
-    trial_precisions = at_least(trial_precisions, prior_precision)
     signal, noise = path_scales(t, sigma_min)
     path_precision = (signal / noise).pow(2)[:, None]  # t² / s_t², added to every P
-    eigenvalues, basis = torch.linalg.eigh((1 - n) * prior_precision + trial_precisions.sum(0))
-    weighted = (1 - n) * prior_velocity @ prior_precision + torch.einsum(
-        "bjd,jde->be", trial_velocities, trial_precisions
+    weighted = (1 - n) * prior_velocity @ weights.prior_precision + torch.einsum(
+        "bjd,jde->be", trial_velocities, weights.trial_precisions
     )
     unweighted = (1 - n) * prior_velocity + trial_velocities.sum(1)
     numerator = weighted + path_precision * unweighted
-    return ((numerator @ basis) / (eigenvalues + path_precision)) @ basis.T
+    basis = weights.basis
+    return ((numerator @ basis) / (weights.eigenvalues + path_precision)) @ basis.T
 
 
 PrecisionMethod = Callable[..., Tensor]
@@ -176,7 +193,7 @@ def composed_field(
     """The velocity field of the composed posterior given the n trials' `context` (n, ...)."""
     field = posterior._field(context)
     n = len(context)
-    prior_precision = prior.precision
+    weights = CompositionWeights.of(prior.precision, precisions)
 
     def velocity(t: Tensor, z: Tensor, rows: Tensor | None) -> Tensor:
         del rows  # every particle is conditioned on the same n trials
@@ -187,8 +204,7 @@ def composed_field(
             t,
             gaussian_velocity(t, z, prior, sigma_min),
             trial_velocities.view(len(z), n, -1),
-            prior_precision,
-            precisions,
+            weights,
             sigma_min,
         )
 
