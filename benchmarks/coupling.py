@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from fmpe.benchmark import RowLog, provenance, timed
+from fmpe.benchmark.experiment import Run
 from fmpe.cli import positive_numbers
-from fmpe.estimators import FMPE
 from fmpe.metrics import c2st
-from fmpe.tasks import get_task, load_card
+from fmpe.tasks import get_task
 
 RESULTS = Path(__file__).parent / "results"
 COUPLINGS = ("independent", "ot", "conditional_ot")
@@ -57,15 +57,13 @@ def run(
     log = RowLog(path, FIELDS, key=("coupling", "solver", "observation"))
     done = log.completed()
     task = get_task(task_name)
-    model, train = load_card(task_name).hyperparameters(budget)
-    train.update(train_overrides or {})
     for coupling in COUPLINGS:
         wanted = [(s, o) for s in SOLVERS for o in observations]
         if all((coupling, s, str(o)) in done for s, o in wanted):
             continue
-        torch.manual_seed(0)
-        estimator = FMPE(task.simulate, task.prior, **model, coupling=coupling)
-        posterior, seconds = timed(estimator.train, budget, seed=0, show_progress=False, **train)
+        changes = {"model": {"coupling": coupling}, "train": train_overrides or {}}
+        run = Run(task_name, budget, changes=changes)
+        posterior, seconds = timed(run.fit, torch.device("cpu"), show_progress=False)
         for solver, options in SOLVERS.items():
             for observation in observations:
                 if (coupling, solver, str(observation)) in done:

@@ -41,10 +41,9 @@ from fmpe.benchmark.report import published_c2st
 from fmpe.benchmark.results import ResultsStore
 from fmpe.benchmark.runner import expected_unit_seconds
 from fmpe.cli import duration
-from fmpe.estimators import FMPE
 from fmpe.metrics import c2st
 from fmpe.networks import network_builder
-from fmpe.tasks import get_task, load_card
+from fmpe.tasks import get_task
 
 RESULTS = Path(__file__).parent / "results"
 ABLATION_TASKS = ("two_moons", "slcp")
@@ -94,26 +93,23 @@ ABLATION_FIELDS = (
 )
 
 
-def configuration(task: str, budget: int, change: dict) -> tuple[dict, dict]:
-    """The card's poet variant for (task, budget) with `change` applied."""
-    card = load_card(task)
-    model, train = card.hyperparameters(budget, "fmpe", "poet")
-    model["network_options"]["linear"].update(change.get("linear", {}))
+def ablation_run(task: str, budget: int, change: dict, seed: int) -> Run:
+    """The card's poet variant for (task, budget) with `change` applied, trained with `seed`."""
+    changes: dict = {"model": {"network_options": {"linear": change.get("linear", {})}}}
     if "learning_rate_factor" in change:
-        ordinary_rate = card.hyperparameters(budget)[1]["learning_rate"]
-        train["learning_rate"] = ordinary_rate * change["learning_rate_factor"]
-    return model, train
+        ordinary_rate = Run(task, budget).hyperparameters()[1]["learning_rate"]
+        changes["train"] = {"learning_rate": ordinary_rate * change["learning_rate_factor"]}
+    return Run(task, budget, variant="poet", seed=seed, changes=changes)
 
 
-def train(task, budget: int, model: dict, train_options: dict, seed: int):
-    torch.manual_seed(seed)
-    estimator = FMPE(task.simulate, task.prior, **model)
-    return estimator.train(budget, seed=seed, show_progress=False, **train_options)
+def train(run: Run):
+    """The posterior of `run`, trained on this machine's CPU."""
+    return run.fit(torch.device("cpu"), show_progress=False)
 
 
 def ordinary_parameters(task, budget: int) -> int:
     """Trainable parameters of the ordinary network the card gives, built without training."""
-    model, _ = load_card(task.name).hyperparameters(budget)
+    model, _ = Run(task.name, budget).hyperparameters()
     builder = network_builder(model.get("network", "residual"))
     network = builder(task.theta_dim, task.x_shape, **model.get("network_options", {}))
     return sum(p.numel() for p in network.parameters())
@@ -156,7 +152,8 @@ def run_ablation(path: Path, deadline: Deadline) -> None:
     # both tasks and seeds.
     for name, change in ABLATION.items():
         for (task_name, task), seed in itertools.product(tasks.items(), ABLATION_SEEDS):
-            model, train_options = configuration(task_name, ABLATION_BUDGET, change)
+            run = ablation_run(task_name, ABLATION_BUDGET, change, seed)
+            model, train_options = run.hyperparameters()
             linear = model["network_options"]["linear"]
             setting = {
                 "task": task_name,
@@ -177,12 +174,9 @@ def run_ablation(path: Path, deadline: Deadline) -> None:
             if not deadline.allows(f"{task_name} {name} seed {seed}", expected):
                 continue
             if (task_name, seed) not in ordinary:
-                card_model, card_train = load_card(task_name).hyperparameters(ABLATION_BUDGET)
-                ordinary[task_name, seed] = train(
-                    task, ABLATION_BUDGET, card_model, card_train, seed
-                )
+                ordinary[task_name, seed] = train(Run(task_name, ABLATION_BUDGET, seed=seed))
             reference = ordinary[task_name, seed].training_record
-            posterior, seconds = timed(train, task, ABLATION_BUDGET, model, train_options, seed)
+            posterior, seconds = timed(train, run)
             try:
                 scores = []
                 for observation in ABLATION_OBSERVATIONS:

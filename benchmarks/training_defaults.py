@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 
 from fmpe.benchmark import RowLog, markdown_table
+from fmpe.benchmark.experiment import Run
+from fmpe.benchmark.measure import resolve_device
 from fmpe.benchmark.sweep import FIELDS, sbibm_tasks, train_and_score
-from fmpe.estimators import FMPE
 from fmpe.simulation import simulate
-from fmpe.tasks import get_task, load_card
+from fmpe.tasks import get_task
 
 RESULTS = Path(__file__).parent / "results"
 BUDGET = 10_000
@@ -39,7 +40,6 @@ def run(results: Path, show_progress: bool) -> None:
     done = {(r["task"], r["configuration"]) for r in rows}
     for name in sbibm_tasks():
         task = get_task(name)
-        model, train = load_card(name).hyperparameters(BUDGET, "fmpe", base_only=True)
         candidates = [
             {"train": {key: value}} for key, values in OPTIONS.items() for value in values
         ]
@@ -50,10 +50,10 @@ def run(results: Path, show_progress: bool) -> None:
         theta, x = simulate(task.training_simulate, task.prior, BUDGET, show_progress=show_progress)
         for candidate in todo:
             setting = next(iter(candidate["train"]))
+            run = Run(name, BUDGET, defaults=True, seed=SEED, changes=candidate)
             row = train_and_score(
-                task, BUDGET, FMPE, model, train, candidate, theta, x, SEED, setting, "fmpe",
-                None, show_progress,
-            )  # fmt: skip
+                run, (theta, x), setting, resolve_device("auto"), show_progress=show_progress
+            )
             RowLog(results, FIELDS).add(row)
             print(f"{name} {candidate}: validation loss {row['validation_loss']:.4f}")
 

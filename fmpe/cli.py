@@ -263,6 +263,7 @@ def _parser() -> argparse.ArgumentParser:
         help="fmpe only: after the grid, a stage of deeper and wider networks and three times "
         "the epochs, beside the choice so far",
     )
+    sweep.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_cards(sweep)
     _add_stop_after(sweep, "the configuration")
@@ -514,6 +515,7 @@ def _diagnose(args: argparse.Namespace) -> None:
 
 def _sweep(args: argparse.Namespace) -> None:
     from fmpe.benchmark.deadline import Deadline
+    from fmpe.benchmark.measure import resolve_device
     from fmpe.benchmark.sweep import (
         choose_defaults,
         search_choice,
@@ -532,6 +534,7 @@ def _sweep(args: argparse.Namespace) -> None:
         )
     get_estimator(args.estimator)
     _writable_file(args.results, "--results")
+    _check_device(args.device)
     if args.from_budget is not None and args.from_budget > args.budget:
         raise ValueError(
             f"--from-budget carries a choice upwards: expected at most --budget "
@@ -552,6 +555,7 @@ def _sweep(args: argparse.Namespace) -> None:
             seed=args.seed,
             results=args.results,
             show_progress=not args.quiet,
+            device=resolve_device(args.device),
             deadline=deadline,
             capacity=args.capacity,
             cards=cards,

@@ -12,7 +12,7 @@ from types import ModuleType, SimpleNamespace
 import pytest
 import torch
 
-from fmpe.benchmark import RowLog
+from fmpe.benchmark import RowLog, experiment
 from fmpe.benchmark.deadline import Deadline
 from fmpe.benchmark.results import ResultsStore
 from fmpe.diagnostics import ImportanceResult
@@ -61,7 +61,7 @@ def ablation(poet, monkeypatch) -> SimpleNamespace:
     state = SimpleNamespace(widths=[8, 8], trained=[], clock=Clock())
 
     class Card:
-        def hyperparameters(self, budget, estimator="fmpe", variant=None):
+        def hyperparameters(self, budget, estimator="fmpe", variant=None, **which):
             model = {"network_options": {"hidden_widths": list(state.widths)}}
             if variant is None:
                 return model, {"learning_rate": 2e-3}
@@ -69,8 +69,9 @@ def ablation(poet, monkeypatch) -> SimpleNamespace:
             model["network_options"]["linear"] = poet_layers | {"neumann_terms": "exact"}
             return model, {"learning_rate": 8e-3}
 
-    def train(task, budget, model, train_options, seed):
-        state.trained.append((model, train_options, seed))
+    def train(run):
+        model, train_options = run.hyperparameters()
+        state.trained.append((model, train_options, run.seed))
         state.clock.now += 100.0
         block = model["network_options"].get("linear", {}).get("block_size", 0)
         record = SimpleNamespace(
@@ -94,10 +95,10 @@ def ablation(poet, monkeypatch) -> SimpleNamespace:
             "learning rate x 2": {"learning_rate_factor": 2.0},
         },
     )
-    monkeypatch.setattr(poet, "load_card", lambda name: Card())
+    monkeypatch.setattr(experiment, "load_card", lambda name, cards=None: Card())
     monkeypatch.setattr(poet, "get_task", lambda name: task)
     monkeypatch.setattr(poet, "train", train)
-    monkeypatch.setattr(poet, "timed", lambda function, *args: (function(*args), 100.0))
+    monkeypatch.setattr(poet, "timed", lambda function, run: (function(run), 100.0))
     monkeypatch.setattr(poet, "c2st", lambda reference, samples: 0.6)
     return state
 

@@ -5,6 +5,7 @@ import csv
 import multiprocessing
 
 import pytest
+import torch
 
 from fmpe.benchmark.results import KEY, ResultsStore
 from fmpe.benchmark.rowlog import RowLog
@@ -192,3 +193,35 @@ def test_a_run_names_its_label_and_files_and_refuses_rounds_without_an_observati
         Run("sir", 10_000, rounds=2)
     with pytest.raises(ValueError, match="rounds=1 needs no observation"):
         Run("sir", 10_000, observation=3)
+
+
+def test_a_run_with_changes_trains_those_settings_under_files_of_its_own(tmp_path):
+    from fmpe.benchmark import Run
+    from fmpe.tasks import load_card
+
+    card = load_card("gaussian_linear")
+    plain = Run("gaussian_linear", 300)
+    changes = {"model": {"network_options": {"hidden_widths": [8]}}, "train": {"max_epochs": 2}}
+    changed = Run("gaussian_linear", 300, selected=False, changes=changes)
+    model, train = changed.hyperparameters()
+    base_model, base_train = card.hyperparameters(300, selected=False)
+    assert model["network_options"]["hidden_widths"] == [8] and train["max_epochs"] == 2
+    assert {k: v for k, v in train.items() if k != "max_epochs"} == {
+        k: v for k, v in base_train.items() if k != "max_epochs"
+    }
+    assert {k: v for k, v in model.items() if k != "network_options"} == {
+        k: v for k, v in base_model.items() if k != "network_options"
+    }
+    stems = {
+        r.stem(tmp_path) for r in (plain, changed, Run("gaussian_linear", 300, selected=False))
+    }
+    assert len(stems) == 3 and plain.stem(tmp_path).name == "gaussian_linear_300_fmpe_seed0"
+    # On simulations drawn once: the network and settings of the changes.
+    theta = torch.randn(300, 10)
+    posterior = changed.fit(torch.device("cpu"), show_progress=False, simulations=(theta, theta))
+    assert posterior.training_record.epochs <= 2
+    assert posterior.metadata["task"] == "gaussian_linear"
+    with pytest.raises(ValueError, match="rounds draw their own simulations"):
+        Run("sir", 300, rounds=2, observation=1).fit(
+            torch.device("cpu"), simulations=(theta, theta)
+        )

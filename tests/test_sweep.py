@@ -1,6 +1,7 @@
 """The hyperparameter sweep: chooses by validation loss alone, resumes, writes the card."""
 
 import csv
+import dataclasses
 import importlib.util
 import inspect
 import json
@@ -20,20 +21,14 @@ from fmpe.tasks import CardStore  # noqa: E402
 from fmpe.tasks import cards as cards_module  # noqa: E402
 from fmpe.training.settings import TrainingSettings  # noqa: E402
 
-TINY = {
-    300: [
-        [
-            {"model": {"network_options": {"hidden_widths": [8]}}, "train": {"max_epochs": 3}},
-            {"model": {"network_options": {"hidden_widths": [16, 16]}}, "train": {"max_epochs": 3}},
-        ],
-        [{"train": {"batch_size": 64}}, {"train": {"batch_size": 128}}],
-    ]
-}
-
-
-@pytest.fixture
-def tiny_grid(monkeypatch):
-    monkeypatch.setitem(sweep_module.STAGES, "fmpe", TINY)
+TINY_STAGES = [
+    [
+        {"model": {"network_options": {"hidden_widths": [8]}}, "train": {"max_epochs": 3}},
+        {"model": {"network_options": {"hidden_widths": [16, 16]}}, "train": {"max_epochs": 3}},
+    ],
+    [{"train": {"batch_size": 64}}, {"train": {"batch_size": 128}}],
+]
+TINY = sweep_module.SearchGrid({"fmpe": {300: TINY_STAGES}})
 
 
 @pytest.fixture
@@ -63,9 +58,9 @@ def rows(path):
         return list(csv.DictReader(f))
 
 
-def test_sweep_chooses_by_validation_loss_and_resumes(tmp_path, tiny_grid, blind, monkeypatch):
+def test_sweep_chooses_by_validation_loss_and_resumes(tmp_path, blind, monkeypatch):
     results = tmp_path / "sweep.csv"
-    options = {"results": results, "show_progress": False}
+    options = {"results": results, "show_progress": False, "grid": TINY}
     chosen = sweep_module.sweep("gaussian_linear", 300, **options)
     written = rows(results)
     assert len(written) == 4 and {r["stage"] for r in written} == {"0", "1"}
@@ -76,7 +71,7 @@ def test_sweep_chooses_by_validation_loss_and_resumes(tmp_path, tiny_grid, blind
     best_second = min(second, key=lambda r: float(r["validation_loss"]))
     assert json.loads(best_second["configuration"]) == chosen
     assert all(float(r["heldout_nll"]) < 50 for r in written)
-    table = sweep_module.write_table(results).read_text()
+    table = sweep_module.write_table(results, TINY).read_text()
     assert "| gaussian_linear | 300 | fmpe | 4 |" in table
     assert f"`{json.dumps(chosen, sort_keys=True)}`" in table
 
@@ -88,8 +83,8 @@ def test_sweep_chooses_by_validation_loss_and_resumes(tmp_path, tiny_grid, blind
     monkeypatch.setattr(fmpe.estimators.FMPE, "train", no_training)
     assert sweep_module.sweep("gaussian_linear", 300, **options) == chosen
     # With a third stage planned and not run, the choice is not final.
-    monkeypatch.setitem(sweep_module.STAGES, "fmpe", {300: [*TINY[300], [{"train": {}}]]})
-    assert "| `incomplete` |" in sweep_module.write_table(results).read_text()
+    longer = sweep_module.SearchGrid({"fmpe": {300: [*TINY_STAGES, [{"train": {}}]]}})
+    assert "| `incomplete` |" in sweep_module.write_table(results, longer).read_text()
 
 
 def test_the_choice_is_written_into_the_card(tmp_path, card_copy):
@@ -119,14 +114,15 @@ def test_the_choice_is_written_into_the_card(tmp_path, card_copy):
     assert card_copy.path("slcp").read_text() == before
 
 
-def _fake_search(path, task, budget, losses):
-    """Rows of a finished search of TINY (plus the map onto R where `losses` has a stage 2):
-    losses[stage][option] is the validation loss (stage 2: the held-out NLL)."""
+def _fake_search(path, task, budget, losses, stages=(*TINY_STAGES, TINY.unbounded)):
+    """Rows of a finished search of `stages` (by default TINY's, with the map onto R where
+    `losses` has a stage 2): losses[stage][option] is the validation loss (and the held-out
+    NLL)."""
     best: dict = {}
-    for index, stage in enumerate([*TINY[300], sweep_module.UNBOUNDED_STAGE][: len(losses)]):
+    for index, stage in enumerate(stages[: len(losses)]):
         scored = []
         for option, loss in zip(stage, losses[index], strict=True):
-            candidate = sweep_module._combined(best, option)
+            candidate = sweep_module.with_changes(best, option)
             mapped = candidate.get("model", {}).get("map_to_unbounded", False)
             row = {
                 "task": task, "budget": budget, "estimator": "fmpe", "stage": str(index),
@@ -140,9 +136,7 @@ def _fake_search(path, task, budget, losses):
         best = min(scored, key=lambda rc: rc[0]["validation_loss"])[1]
 
 
-def test_the_base_card_takes_the_best_mean_rank_over_the_tasks(
-    tmp_path, tiny_grid, monkeypatch, card_copy
-):
+def test_the_base_card_takes_the_best_mean_rank_over_the_tasks(tmp_path, monkeypatch, card_copy):
     monkeypatch.setattr(
         sweep_module, "sbibm_tasks", lambda cards=None: ["gaussian_linear", "two_moons", "slcp"]
     )
@@ -152,40 +146,44 @@ def test_the_base_card_takes_the_best_mean_rank_over_the_tasks(
     _fake_search(results, "gaussian_linear", 300, [[0.1, 0.9], [0.5, 0.6]])
     _fake_search(results, "two_moons", 300, [[1.0, 0.9], [0.5, 0.6], [2.0, 1.0]])
     with pytest.raises(ValueError, match="not finished in .*sweep.csv: slcp"):
-        sweep_module.choose_defaults(results, 300)
-    assert "| 300 | fmpe | 2 of 3 | `incomplete` |" in sweep_module.write_table(results).read_text()
+        sweep_module.choose_defaults(results, 300, grid=TINY)
+    table = sweep_module.write_table(results, TINY).read_text()
+    assert "| 300 | fmpe | 2 of 3 | `incomplete` |" in table
     _fake_search(results, "slcp", 300, [[1.0, 0.8], [0.5, 0.6], [3.0, 1.0]])
-    chosen, ranks = sweep_module.choose_defaults(results, 300)
+    chosen, ranks = sweep_module.choose_defaults(results, 300, grid=TINY)
     assert chosen == {
         "model": {"network_options": {"hidden_widths": [16, 16]}, "map_to_unbounded": True},
         "train": {"max_epochs": 3, "batch_size": 64},
     }
     assert sorted(ranks["0"].values()) == [4 / 3, 5 / 3]
-    assert "| 300 | fmpe | 3 of 3 | `" in sweep_module.write_table(results).read_text()
+    assert "| 300 | fmpe | 3 of 3 | `" in sweep_module.write_table(results, TINY).read_text()
     sweep_module.write_card_section("defaults", 300, "fmpe", chosen, results, cards=card_copy)
     model, train = card_copy.load("gaussian_linear").hyperparameters(300, base_only=True)
     assert model["network_options"]["hidden_widths"] == [16, 16] and train["batch_size"] == 64
 
 
-def test_a_finished_search_is_carried_to_a_larger_budget(
-    tmp_path, tiny_grid, monkeypatch, card_copy
-):
+def test_a_finished_search_is_carried_to_a_larger_budget(tmp_path, card_copy):
     from fmpe.cli import main
 
     results = tmp_path / "sweep.csv"
-    carry = ["sweep", "gaussian_linear", "--budget", "3000", "--from-budget", "300",
+    carry = ["sweep", "gaussian_linear", "--budget", "3000", "--from-budget", "1000",
              "--results", str(results), "--write-card",
              "--cards", str(card_copy.folder)]  # fmt: skip
-    with pytest.raises(ValueError, match="gaussian_linear at 300 .fmpe. is not finished"):
-        sweep_module.search_choice(results, "gaussian_linear", 300)
-    _fake_search(results, "gaussian_linear", 300, [[0.9, 0.1], [0.6, 0.5]])
+    with pytest.raises(ValueError, match="gaussian_linear at 1000 .fmpe. is not finished"):
+        sweep_module.search_choice(results, "gaussian_linear", 1000)
+    # The committed grid at 1000: stage 0's fifth option and stage 1's second have the lowest loss.
+    stages = sweep_module.GRID.plan("fmpe", 1000, sweep_module.get_task("gaussian_linear"))
+    losses = [[1.0 - 0.1 * (k == 4) for k in range(len(stage))] for stage in stages]
+    losses[1][1] = 0.5
+    _fake_search(results, "gaussian_linear", 1000, losses, stages)
     main(carry)
     main(carry)  # writing again replaces the carried section
     text = card_copy.path("gaussian_linear").read_text()
     marker = "generated by fmpe sweep gaussian_linear --budget 3000 --estimator fmpe"
-    assert text.count(marker) == 1 and f"{marker} --from-budget 300" in text
+    assert text.count(marker) == 1 and f"{marker} --from-budget 1000" in text
     model, train = card_copy.load("gaussian_linear").hyperparameters(3000)
-    assert model["network_options"]["hidden_widths"] == [16, 16] and train["batch_size"] == 128
+    assert model["network_options"]["hidden_widths"] == [128] * 4
+    assert model["time_prior_exponent"] == 1.0 and train["batch_size"] == 32
     # A search at the budget itself replaces the carried choice.
     sweep_module.write_card_section(
         "gaussian_linear", 3000, "fmpe", {"train": {}}, results, cards=card_copy
@@ -194,9 +192,7 @@ def test_a_finished_search_is_carried_to_a_larger_budget(
     assert text.count(marker) == 1 and f"{marker} --from-budget" not in text
 
 
-def test_a_search_starts_from_the_hand_written_settings(
-    tmp_path, tiny_grid, monkeypatch, card_copy
-):
+def test_a_search_starts_from_the_hand_written_settings(tmp_path, monkeypatch, card_copy):
     results = tmp_path / "sweep.csv"
     earlier = {"train": {"batch_size": 7, "learning_rate": 0.5}}
     sweep_module.write_card_section(
@@ -204,15 +200,15 @@ def test_a_search_starts_from_the_hand_written_settings(
     )
     seen = []
 
-    def record(task, budget, cls, model, train, candidate, *args):
-        seen.append(train)
-        return {"task": task.name, "budget": budget, "estimator": "fmpe", "stage": "0",
-                "configuration": sweep_module._name(candidate), "validation_loss": 1.0,
+    def record(run, simulations, stage, device, show_progress, cards):
+        seen.append(dataclasses.replace(run, changes=None).hyperparameters(cards)[1])
+        return {"task": run.task, "budget": run.budget, "estimator": "fmpe", "stage": "0",
+                "configuration": sweep_module._name(run.changes), "validation_loss": 1.0,
                 "map_to_unbounded": "False"}  # fmt: skip
 
     monkeypatch.setattr(sweep_module, "train_and_score", record)
     sweep_module.sweep(
-        "gaussian_linear", 300, results=results, show_progress=False, cards=card_copy
+        "gaussian_linear", 300, results=results, show_progress=False, cards=card_copy, grid=TINY
     )
     hand_written = card_copy.load("gaussian_linear").hyperparameters(300, selected=False)[1]
     assert seen and all(train == hand_written for train in seen)
@@ -258,17 +254,17 @@ def test_training_defaults_report_counts_each_options_wins(tmp_path):
     assert "Lower held-out −log q, tasks of 2: 0.999: 1, null: 1." in text
 
 
-def test_a_sweep_stopped_by_its_deadline_and_continued_gives_the_uninterrupted_rows(
-    tmp_path, tiny_grid
-):
+def test_a_sweep_stopped_by_its_deadline_and_continued_gives_the_uninterrupted_rows(tmp_path):
     from fmpe.benchmark.deadline import Deadline
 
     whole, split = tmp_path / "whole.csv", tmp_path / "split.csv"
-    chosen = sweep_module.sweep("gaussian_linear", 300, results=whole, show_progress=False)
+    chosen = sweep_module.sweep(
+        "gaussian_linear", 300, results=whole, show_progress=False, grid=TINY
+    )
     left = iter([1.0, 1.0, -1.0])  # two configurations start, the third would not fit
     deadline = Deadline(3600.0)
     deadline.remaining = lambda: next(left)
-    options = {"results": split, "show_progress": False}
+    options = {"results": split, "show_progress": False, "grid": TINY}
     assert sweep_module.sweep("gaussian_linear", 300, deadline=deadline, **options) is None
     assert deadline.left == ["2 configurations from stage 1, configuration 1"]
     assert len(rows(split)) == 2
@@ -280,13 +276,11 @@ def test_a_sweep_stopped_by_its_deadline_and_continued_gives_the_uninterrupted_r
     assert untimed(split) == untimed(whole) and len(set(untimed(split))) == 4
 
 
-def test_the_capacity_stage_runs_last_and_keeps_the_choice_unless_beaten(
-    tmp_path, tiny_grid, monkeypatch, card_copy
-):
+def test_the_capacity_stage_runs_last_and_keeps_the_choice_unless_beaten(tmp_path, card_copy):
     bigger = {"model": {"network_options": {"hidden_widths": [32, 32]}}}
-    monkeypatch.setattr(sweep_module, "CAPACITY_STAGE", [{}, bigger])
+    grid = dataclasses.replace(TINY, capacity=[{}, bigger])
     results = tmp_path / "sweep.csv"
-    options = {"results": results, "show_progress": False}
+    options = {"results": results, "show_progress": False, "grid": grid}
     plain = sweep_module.sweep("gaussian_linear", 300, **options)
     chosen = sweep_module.sweep("gaussian_linear", 300, capacity=True, **options)
     written = rows(results)
@@ -300,11 +294,11 @@ def test_the_capacity_stage_runs_last_and_keeps_the_choice_unless_beaten(
     )
     assert json.loads(extra[0]["configuration"]) == plain
     assert extra[0]["validation_loss"] == carried["validation_loss"]
-    assert sweep_module.search_choice(results, "gaussian_linear", 300) == plain
-    assert sweep_module.search_choice(results, "gaussian_linear", 300, capacity=True) == chosen
-    assert (
-        f"`{json.dumps(chosen, sort_keys=True)}`" in sweep_module.write_table(results).read_text()
-    )
+    assert sweep_module.search_choice(results, "gaussian_linear", 300, grid=grid) == plain
+    choice = sweep_module.search_choice(results, "gaussian_linear", 300, capacity=True, grid=grid)
+    assert choice == chosen
+    table = sweep_module.write_table(results, grid).read_text()
+    assert f"`{json.dumps(chosen, sort_keys=True)}`" in table
 
     sweep_module.write_card_section("gaussian_linear", 300, "fmpe", plain, results, cards=card_copy)
     sweep_module.write_card_section(
@@ -314,4 +308,4 @@ def test_the_capacity_stage_runs_last_and_keeps_the_choice_unless_beaten(
     marker = "generated by fmpe sweep gaussian_linear --budget 300 --estimator fmpe"
     assert text.count(marker) == 1 and f"{marker} --capacity" in text
     with pytest.raises(ValueError, match="capacity stage is defined for fmpe, not 'npe'"):
-        sweep_module.stages("npe", 1000, sweep_module.get_task("gaussian_linear"), capacity=True)
+        sweep_module.GRID.plan("npe", 1000, sweep_module.get_task("gaussian_linear"), capacity=True)

@@ -4,19 +4,41 @@ results, its files, its hyperparameters from the task's card and how it trains.
     run = Run("two_moons", 10_000, variant="poet", seed=1)
     run.label                                   # "fmpe+poet", the results' estimator column
     posterior, seconds = run.train(Path("benchmarks/runs"), torch.device("cpu"))
+
+A search or an ablation changes the card's settings for one run, and may train on
+simulations it drew once for all its runs:
+
+    run = Run("slcp", 10_000, selected=False, changes={"train": {"batch_size": 512}})
+    posterior = run.fit(torch.device("cpu"), simulations=(theta, x))
 """
 
+import copy
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from fmpe.benchmark.rowlog import exclusive_lock
 from fmpe.estimators import get_estimator
 from fmpe.posteriors import Posterior
 from fmpe.posteriors.file import load
 from fmpe.tasks import CardStore, get_task, load_card
+from fmpe.tasks.cards import merge_tables
+
+Override = dict[str, dict]
+"""{"model": {...}, "train": {...}}: changes to a card's hyperparameters."""
+
+
+def with_changes(base: Override, changes: Override) -> Override:
+    """`base` with the tables of `changes` merged in, key by key (neither is modified)."""
+    merged = copy.deepcopy(base)
+    for part in ("model", "train"):
+        merged.setdefault(part, {})
+        merge_tables(merged[part], changes.get(part, {}))
+    return merged
 
 
 def trainer_kwargs(device: torch.device) -> dict:
@@ -49,6 +71,10 @@ class Run:
         seed: of the simulations and the training.
         rounds: truncated sequential rounds that share the budget (1: one amortized round).
         observation: the observation sequential rounds train for (only with rounds > 1).
+        selected: with the card's generated ``selected`` sections (False: the hand-written
+            settings a search starts from).
+        changes: changes to the card's hyperparameters, for searches and ablations; a run
+            with changes or without the selections keeps its files under a stem of its own.
     """
 
     task: str
@@ -59,6 +85,8 @@ class Run:
     seed: int = 0
     rounds: int = 1
     observation: int | None = None
+    selected: bool = True
+    changes: Override | None = field(default=None, hash=False)
 
     def __post_init__(self):
         if (self.rounds > 1) != (self.observation is not None):
@@ -75,14 +103,23 @@ class Run:
     def stem(self, run_dir: Path) -> Path:
         """Its files' path without suffix (one posterior per observation for rounds)."""
         stem = f"{self.task}_{self.budget}_{self.label}_seed{self.seed}"
+        if self.changes or not self.selected:
+            what = json.dumps({"changes": self.changes, "selected": self.selected}, sort_keys=True)
+            stem += "_" + hashlib.sha1(what.encode()).hexdigest()[:10]
         return run_dir / (stem if self.observation is None else f"{stem}_obs{self.observation}")
 
     def hyperparameters(self, cards: CardStore | None = None) -> tuple[dict, dict]:
         """The estimator's and the training's options, from the task's card in `cards`
-        (default: the shipped cards)."""
-        return load_card(self.task, cards).hyperparameters(
-            self.budget, self.estimator, self.variant, base_only=self.defaults
+        (default: the shipped cards), with its `changes`."""
+        model, train = load_card(self.task, cards).hyperparameters(
+            self.budget,
+            self.estimator,
+            self.variant,
+            base_only=self.defaults,
+            selected=self.selected,
         )
+        changed = with_changes({"model": model, "train": train}, self.changes or {})
+        return changed["model"], changed["train"]
 
     def fit(
         self,
@@ -91,9 +128,14 @@ class Run:
         checkpoint_dir: Path | None = None,
         show_progress: bool = True,
         cards: CardStore | None = None,
+        simulations: tuple[Tensor, Tensor] | None = None,
     ) -> Posterior:
         """Trains the posterior on the task's simulations, drawn anew (resumed from
-        `checkpoint_dir` where it holds a run), and writes what trained it into its metadata."""
+        `checkpoint_dir` where it holds a run) or given as `simulations` (θ (n, d), x (n,
+        *x_shape), as the task's `training_simulate` draws them), and writes what trained it
+        into its metadata."""
+        if simulations is not None and self.rounds > 1:
+            raise ValueError("sequential rounds draw their own simulations: pass none")
         task = get_task(self.task)
         model_options, train_options = self.hyperparameters(cards)
         torch.manual_seed(self.seed)
@@ -112,6 +154,9 @@ class Run:
             posterior = estimator.train_rounds(
                 self.rounds, self.budget // self.rounds, x_obs, **options
             )
+        elif simulations is not None:
+            estimator.append_simulations(*simulations)
+            posterior = estimator.train(checkpoint_dir=checkpoint_dir, **options)
         else:
             posterior = estimator.train(self.budget, checkpoint_dir=checkpoint_dir, **options)
         posterior.metadata.update(

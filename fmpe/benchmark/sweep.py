@@ -39,23 +39,23 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from fmpe.benchmark.deadline import Deadline
-from fmpe.benchmark.measure import provenance
+from fmpe.benchmark.experiment import Override, Run, with_changes
+from fmpe.benchmark.measure import provenance, resolve_device
 from fmpe.benchmark.rowlog import RowLog
 from fmpe.checks import as_count
 from fmpe.estimators import get_estimator
 from fmpe.simulation import simulate
 from fmpe.tasks import Task, get_task
-from fmpe.tasks.cards import BASE_CARD, SWEPT_SOURCE, CardStore, _merge, shipped_cards
+from fmpe.tasks.cards import BASE_CARD, SWEPT_SOURCE, CardStore, shipped_cards
 from fmpe.training.data import split_indices
 from fmpe.unbounded import support_bounds
-
-Override = dict[str, dict]
-"""{"model": {...}, "train": {...}}: changes to the card's hyperparameters."""
 
 # Stages of the greedy search: each is a list of overrides tried on top of the best so far.
 FMPE_STAGES: dict[int, list[list[Override]]] = {
@@ -95,7 +95,6 @@ NPE_STAGES: dict[int, list[list[Override]]] = {
     ]
     for budget in (1000, 10000)
 }
-STAGES = {"fmpe": FMPE_STAGES, "npe": NPE_STAGES}
 UNBOUNDED_STAGE = [{"model": {"map_to_unbounded": flag}} for flag in (False, True)]
 CAPACITY_STAGE: list[Override] = [
     {"model": {"network_options": network}, "train": epochs}
@@ -122,35 +121,47 @@ FIELDS = (
 )
 
 
-def stages(estimator: str, budget: int, task: Task, capacity: bool = False) -> list[list[Override]]:
-    """The search stages for a cell: those of the closest budget at or below `budget`, the
-    map onto R where the prior has bounds, and with `capacity` the capacity stage last."""
-    table = STAGES[estimator]
-    below = [b for b in table if b <= budget] or [min(table)]
-    chosen = copy.deepcopy(table[max(below)])
-    low, high = support_bounds(task.prior, task.theta_dim)
-    if torch.isfinite(low).any() or torch.isfinite(high).any():
-        chosen.append(copy.deepcopy(UNBOUNDED_STAGE))
-    if capacity:
-        if estimator != "fmpe":
-            raise ValueError(f"the capacity stage is defined for fmpe, not {estimator!r}")
-        chosen.append(copy.deepcopy(CAPACITY_STAGE))
-    return chosen
+@dataclass(frozen=True)
+class SearchGrid:
+    """What a search tries: per estimator and budget, its stages of overrides; the map onto R,
+    a last stage for bounded priors; and the optional capacity stage.
+
+        grid = SearchGrid({"fmpe": {300: [[{"train": {"batch_size": 64}}, {}]]}})
+        sweep("gaussian_linear", 300, results=Path("sweep.csv"), grid=grid)
+    """
+
+    stages: Mapping[str, Mapping[int, list[list[Override]]]] = field(
+        default_factory=lambda: {"fmpe": FMPE_STAGES, "npe": NPE_STAGES}
+    )
+    unbounded: list[Override] = field(default_factory=lambda: UNBOUNDED_STAGE)
+    capacity: list[Override] = field(default_factory=lambda: CAPACITY_STAGE)
+
+    def plan(
+        self, estimator: str, budget: int, task: Task, capacity: bool = False
+    ) -> list[list[Override]]:
+        """The stages of a cell: those of the closest budget at or below `budget`, the map
+        onto R where the prior has bounds, and with `capacity` the capacity stage last."""
+        table = self.stages[estimator]
+        below = [b for b in table if b <= budget] or [min(table)]
+        chosen = copy.deepcopy(table[max(below)])
+        low, high = support_bounds(task.prior, task.theta_dim)
+        if torch.isfinite(low).any() or torch.isfinite(high).any():
+            chosen.append(copy.deepcopy(self.unbounded))
+        if capacity:
+            if estimator != "fmpe":
+                raise ValueError(f"the capacity stage is defined for fmpe, not {estimator!r}")
+            chosen.append(copy.deepcopy(self.capacity))
+        return chosen
+
+    def plan_run(self, mine: list[dict], estimator: str, budget: int, task: Task):
+        """The stages of a cell as its rows `mine` ran them: with the capacity stage where
+        they reach it."""
+        plain = self.plan(estimator, budget, task)
+        return self.plan(estimator, budget, task, any(int(r["stage"]) >= len(plain) for r in mine))
 
 
-def _stages_run(mine: list[dict], estimator: str, budget: int, task: Task) -> list[list[Override]]:
-    """The stages of a cell as its rows `mine` ran them: with the capacity stage where they
-    reach it."""
-    plain = stages(estimator, budget, task)
-    return stages(estimator, budget, task, any(int(r["stage"]) >= len(plain) for r in mine))
-
-
-def _combined(base: Override, change: Override) -> Override:
-    merged = copy.deepcopy(base)
-    for part in ("model", "train"):
-        merged.setdefault(part, {})
-        _merge(merged[part], change.get(part, {}))
-    return merged
+GRID = SearchGrid()
+"""The committed search (benchmarks/results/sweep.csv)."""
 
 
 def _name(override: Override) -> str:
@@ -175,14 +186,16 @@ def sweep(
     seed: int = 0,
     results: Path,
     show_progress: bool = True,
-    trainer_kwargs: dict | None = None,
+    device: torch.device | None = None,
     deadline: Deadline | None = None,
     capacity: bool = False,
     cards: CardStore | None = None,
+    grid: SearchGrid = GRID,
 ) -> Override | None:
     """Runs the search for one (task, budget, estimator) cell, with the capacity stage last
     if `capacity`; returns the chosen override of the card's hyperparameters. Configurations
-    already in `results` are not trained again.
+    already in `results` are not trained again. Each configuration is a `Run` without the
+    card's selections, trained on the same simulations (drawn once, with `seed`).
 
     With a `deadline`, a configuration is trained only if the median training seconds of the
     cell's recorded configurations fit in the time left; once one is refused, the search
@@ -190,10 +203,9 @@ def sweep(
     """
     deadline = deadline or Deadline(None)
     budget = as_count(budget, "budget", minimum=1)
+    device = device or resolve_device("auto")
     task = get_task(task_name)
-    card = (cards or shipped_cards()).load(task_name)
-    cls = get_estimator(estimator)
-    model, train = card.hyperparameters(budget, estimator, selected=False)
+    get_estimator(estimator)
     done = {
         (r["stage"], r["configuration"]): r
         for r in _cell_rows(sweep_log(results).rows(), task_name, budget, estimator)
@@ -201,11 +213,11 @@ def sweep(
     torch.manual_seed(seed)
     theta, x = simulate(task.training_simulate, task.prior, budget, show_progress=show_progress)
     best: Override = {}
-    planned = stages(estimator, budget, task, capacity)
+    planned = grid.plan(estimator, budget, task, capacity)
     for index, stage in enumerate(planned):
         scored = []
         for position, change in enumerate(stage):
-            candidate = _combined(best, change)
+            candidate = with_changes(best, change)
             key = (str(index), _name(candidate))
             if key not in done:
                 recorded = [
@@ -216,10 +228,12 @@ def sweep(
                 unit = f"{untried} configurations from stage {index}, configuration {position + 1}"
                 if not deadline.allows(unit, expected):
                     return None
+                run = Run(
+                    task_name, budget, estimator, seed=seed, selected=False, changes=candidate
+                )
                 done[key] = train_and_score(
-                    task, budget, cls, model, train, candidate, theta, x, seed, index,
-                    estimator, trainer_kwargs, show_progress,
-                )  # fmt: skip
+                    run, (theta, x), index, device, show_progress=show_progress, cards=cards
+                )
                 sweep_log(results).add(done[key])
             scored.append((done[key], candidate))
         best = _choose(scored)
@@ -270,13 +284,18 @@ def _finished_choice(mine: list[dict], planned: list[list[Override]]) -> Overrid
 
 
 def search_choice(
-    results: Path, task_name: str, budget: int, estimator: str = "fmpe", capacity: bool = False
+    results: Path,
+    task_name: str,
+    budget: int,
+    estimator: str = "fmpe",
+    capacity: bool = False,
+    grid: SearchGrid = GRID,
 ) -> Override:
     """The configuration that the finished search of (task, budget, estimator) in `results`
     chose (with its capacity stage if `capacity`), read without training; for carrying it to
     a budget too costly to search."""
     mine = _cell_rows(sweep_log(results).rows(), task_name, budget, estimator)
-    chosen = _finished_choice(mine, stages(estimator, budget, get_task(task_name), capacity))
+    chosen = _finished_choice(mine, grid.plan(estimator, budget, get_task(task_name), capacity))
     if chosen is None:
         flag = " --capacity" if capacity else ""
         raise ValueError(
@@ -288,7 +307,11 @@ def search_choice(
 
 
 def choose_defaults(
-    results: Path, budget: int, estimator: str = "fmpe", cards: CardStore | None = None
+    results: Path,
+    budget: int,
+    estimator: str = "fmpe",
+    cards: CardStore | None = None,
+    grid: SearchGrid = GRID,
 ) -> tuple[Override, dict]:
     """One configuration for every sbibm task at `budget`, from their finished searches.
 
@@ -300,7 +323,7 @@ def choose_defaults(
         the override of the base card, and per stage the mean rank of each option.
     """
     rows = sweep_log(results).rows()
-    plans = {name: stages(estimator, budget, get_task(name)) for name in sbibm_tasks(cards)}
+    plans = {name: grid.plan(estimator, budget, get_task(name)) for name in sbibm_tasks(cards)}
     missing = [
         name
         for name, planned in plans.items()
@@ -322,7 +345,7 @@ def choose_defaults(
             scored = [
                 r for r in _cell_rows(rows, name, budget, estimator) if r["stage"] == str(index)
             ]
-            column = "heldout_nll" if planned[index] == UNBOUNDED_STAGE else "validation_loss"
+            column = "heldout_nll" if planned[index] == grid.unbounded else "validation_loss"
             scored.sort(key=lambda r: float(r[column]))
             for option in planned[index]:
                 label = _name(option)
@@ -335,7 +358,7 @@ def choose_defaults(
                 per_option.setdefault(label, []).append(place + 1)
         mean_ranks = {label: sum(v) / len(v) for label, v in per_option.items()}
         best = min(mean_ranks, key=mean_ranks.get)  # dicts keep the grid's order for ties
-        chosen = _combined(chosen, options[best])
+        chosen = with_changes(chosen, options[best])
         ranks[str(index)] = mean_ranks
     return chosen, ranks
 
@@ -355,36 +378,33 @@ def _choose(scored: list[tuple[dict, Override]]) -> Override:
 
 
 def train_and_score(
-    task, budget, cls, model, train, candidate, theta, x, seed, stage, estimator,
-    trainer_kwargs, show_progress,
-) -> dict:  # fmt: skip
-    """Trains `cls` on simulations theta (n, d), x (n, *x_shape) with the card's settings
-    `model` and `train` changed by `candidate`; returns its row of `FIELDS` (best validation
-    loss, held-out −log q in θ's coordinates, parameters, seconds, machine)."""
-    options_model = copy.deepcopy(model)
-    options_train = copy.deepcopy(train)
-    _merge(options_model, candidate.get("model", {}))
-    _merge(options_train, candidate.get("train", {}))
+    run: Run,
+    simulations: tuple[torch.Tensor, torch.Tensor],
+    stage: int | str,
+    device: torch.device,
+    show_progress: bool = True,
+    cards: CardStore | None = None,
+) -> dict:
+    """Trains `run` on `simulations` θ (n, d), x (n, *x_shape); returns its row of `FIELDS`
+    (best validation loss, held-out −log q in θ's coordinates, parameters, seconds, machine)."""
     start = time.perf_counter()
-    posterior = (
-        cls(prior=task.prior, **options_model)
-        .append_simulations(theta, x)
-        .train(
-            seed=seed, trainer_kwargs=trainer_kwargs, show_progress=show_progress, **options_train
-        )
-    )
+    posterior = run.fit(device, show_progress=show_progress, cards=cards, simulations=simulations)
     seconds = time.perf_counter() - start
-    fraction = options_train.get("validation_fraction", cls.training_defaults.validation_fraction)
-    _, held_out = split_indices(len(theta), fraction, seed)
+    model, train = run.hyperparameters(cards)
+    fraction = train.get(
+        "validation_fraction", get_estimator(run.estimator).training_defaults.validation_fraction
+    )
+    theta, x = simulations
+    _, held_out = split_indices(len(theta), fraction, run.seed)
     return {
-        "task": task.name,
-        "budget": budget,
-        "estimator": estimator,
+        "task": run.task,
+        "budget": run.budget,
+        "estimator": run.estimator,
         "stage": str(stage),
-        "configuration": _name(candidate),
+        "configuration": _name(run.changes),
         "validation_loss": posterior.training_record.best_validation_loss,
         "heldout_nll": heldout_nll(posterior, theta[held_out], x[held_out]),
-        "map_to_unbounded": str(bool(options_model.get("map_to_unbounded", False))),
+        "map_to_unbounded": str(bool(model.get("map_to_unbounded", False))),
         "trainable_parameters": posterior.training_record.trainable_parameters,
         "train_seconds": round(seconds, 1),
         **provenance(posterior.device),
@@ -471,7 +491,7 @@ def _toml_value(value) -> str:
     return json.dumps(value)
 
 
-def write_table(results: Path) -> Path:
+def write_table(results: Path, grid: SearchGrid = GRID) -> Path:
     """Renders the search in `results` as a markdown table beside it (same name, .md): per
     cell, the configurations trained, their training hours, the lowest validation loss and
     the configuration the search chose (or "incomplete" while stages are missing); then, per
@@ -493,7 +513,7 @@ def write_table(results: Path) -> Path:
     ]
     tasks = {name: get_task(name) for name in {*sbibm_tasks(), *(t for t, _, _ in cells)}}
     for (task, budget, estimator), mine in sorted(cells.items()):
-        choice = _finished_choice(mine, _stages_run(mine, estimator, budget, tasks[task]))
+        choice = _finished_choice(mine, grid.plan_run(mine, estimator, budget, tasks[task]))
         chosen = "incomplete" if choice is None else _name(choice)
         hours = sum(float(r["train_seconds"]) for r in mine) / 3600
         best = min(float(r["validation_loss"]) for r in mine)
@@ -520,7 +540,7 @@ def write_table(results: Path) -> Path:
     names = sbibm_tasks()
     for budget, estimator in sorted({(b, e) for _, b, e in cells}):
         searched = sum(
-            _complete(cells.get((t, budget, estimator), []), stages(estimator, budget, tasks[t]))
+            _complete(cells.get((t, budget, estimator), []), grid.plan(estimator, budget, tasks[t]))
             for t in names
         )
         if searched < len(names):
@@ -528,7 +548,7 @@ def write_table(results: Path) -> Path:
                 f"| {budget} | {estimator} | {searched} of {len(names)} | `incomplete` | – |"
             )
             continue
-        chosen, ranks = choose_defaults(results, budget, estimator)
+        chosen, ranks = choose_defaults(results, budget, estimator, grid=grid)
         best = "; ".join(f"stage {k}: {min(v.values()):.1f}" for k, v in ranks.items())
         lines.append(
             f"| {budget} | {estimator} | {searched} of {len(names)} | `{_name(chosen)}` | {best} |"

@@ -130,8 +130,8 @@ class TaskCard:
                 if part is layer.budgets or self._selections_apply(layer, estimator, selected)
             ),
         ):
-            _merge(model, tables.get("model", {}))
-            _merge(train, tables.get("train", {}))
+            merge_tables(model, tables.get("model", {}))
+            merge_tables(train, tables.get("train", {}))
         if variant is not None:
             if variant not in self.variants(estimator):
                 raise ValueError(
@@ -141,8 +141,8 @@ class TaskCard:
             ordinary_learning_rate = train.get("learning_rate")
             for layer in layers:
                 overrides = layer.variants.get(variant, {})
-                _merge(model, overrides.get("model", {}))
-                _merge(train, overrides.get("train", {}))
+                merge_tables(model, overrides.get("model", {}))
+                merge_tables(train, overrides.get("train", {}))
             if "learning_rate_factor" in train:
                 train["learning_rate"] = _scaled_learning_rate(
                     ordinary_learning_rate, train, f"{self.name} [{estimator}.variants.{variant}]"
@@ -167,11 +167,11 @@ def _scaled_learning_rate(ordinary: float | None, train: Table, where: str) -> f
     return ordinary * factor
 
 
-def _merge(into: Table, table: Table) -> None:
+def merge_tables(into: Table, table: Table) -> None:
     """Merges `table` into `into`, nested tables key by key."""
     for key, value in table.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
+            merge_tables(into[key], value)
         else:
             into[key] = copy.deepcopy(value)
 
