@@ -149,7 +149,7 @@ def test_own_solver_is_one_registry_entry(gaussian_posterior, registered):
     def euler(field, y0, start, end, *, rtol, atol, steps):
         y, h = y0, (end - start) / steps
         for k in range(steps):
-            y = y + h * field(torch.tensor(start + k * h), y, None)
+            y = y + h * field(torch.tensor(start + k * h), y)
         return y
 
     fmpe.register_solver("my_euler", euler, adaptive=False)

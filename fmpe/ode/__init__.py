@@ -2,6 +2,8 @@
 
 from fmpe.ode.solvers import (
     SOLVERS,
+    BatchField,
+    Field,
     RowField,
     Solution,
     Solver,
@@ -13,6 +15,8 @@ from fmpe.ode.solvers import (
 
 __all__ = [
     "SOLVERS",
+    "BatchField",
+    "Field",
     "RowField",
     "Solution",
     "Solver",

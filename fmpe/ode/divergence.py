@@ -36,13 +36,15 @@ def exact_divergence(field: VectorField, theta: Tensor) -> tuple[Tensor, Tensor]
 
 def differentiable_divergence(field: VectorField, theta: Tensor) -> tuple[Tensor, Tensor]:
     """Field value and its exact divergence, both differentiable with respect to theta (a
-    second-order graph), for optimizing through a density; theta (n, d) must be part of the
-    graph already, e.g. require grad.
+    second-order graph), for optimizing through a density; theta (n, d) is made a leaf that
+    requires grad if it is not part of a graph.
 
     Returns:
         value: (n, d), divergence: (n,)
     """
     with torch.enable_grad():
+        if not theta.requires_grad:
+            theta = theta.detach().requires_grad_(True)
         value = field(theta)
         divergence = torch.zeros(theta.shape[:-1], dtype=theta.dtype, device=theta.device)
         for i in range(theta.shape[-1]):

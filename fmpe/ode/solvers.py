@@ -1,15 +1,19 @@
 """One entry point, `solve`, for the flow's ODE, with the solvers in a table.
 
 A solver is a function ``solve(field, y0, start, end, *, rtol, atol, steps) -> y_end`` that
-integrates dy/dt = field(t, y, rows) from `start` to `end`; `SOLVERS` holds them by name:
+integrates dy/dt = field(t, y) from `start` to `end`; `SOLVERS` holds them by name:
 
 >>> def euler(field, y0, start, end, *, rtol, atol, steps):
 ...     y, h = y0, (end - start) / steps
 ...     for k in range(steps):
-...         y = y + h * field(torch.tensor(start + k * h), y, None)
+...         y = y + h * field(torch.tensor(start + k * h), y)
 ...     return y
 >>> SOLVERS.register("my_euler", Solver(euler, adaptive=False))
 >>> posterior.sample(1000, x, method="my_euler", steps=20)
+
+The field that `solve` integrates takes each row's condition, ``v(t, y, condition)``; `solve`
+hands every evaluation the conditions of the rows it evaluates, so neither the field nor the
+solver handles row indices.
 """
 
 import math
@@ -21,17 +25,25 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from fmpe.ode.divergence import exact_divergence, hutchinson_divergence
+from fmpe.ode.divergence import differentiable_divergence, exact_divergence, hutchinson_divergence
 from fmpe.ode.dopri import DORMAND_PRINCE_5, TSITOURAS_5, Tableau, solve_per_row
 from fmpe.registry import Registry
 
-RowField = Callable[[Tensor, Tensor, Tensor | None], Tensor]
-"""f(t, y, rows): t a scalar tensor or (b,), y (b, m), and rows (b,) the indices of y's rows in
-the batch the solve started with, or None when y is that whole batch -> (b, m)."""
+Field = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+"""v(t, y, condition): t a scalar tensor or (b,), y (b, m), and condition (b, ...) the
+conditions of y's rows (None for a solve without conditions) -> (b, m)."""
+
+BatchField = Callable[[Tensor, Tensor], Tensor]
+"""f(t, y): the right-hand side a solver integrates, for the rows of y0 -> (b, m)."""
+
+RowField = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""f(t, y, rows): the right-hand side a per-row solver integrates; rows (b,) are the indices
+of y's rows in y0, so that the solver may drop finished rows -> (b, m)."""
 
 
 class SolveFunction(Protocol):
-    """Integrates dy/dt = field(t, y, rows) from `start` to `end`.
+    """Integrates dy/dt = field(t, y) from `start` to `end` (field(t, y, rows) for a per-row
+    solver).
 
     y0: (n, m) the state at `start` -> (n, m) the state at `end`. Adaptive solvers control
     their error by `rtol` and `atol`; fixed-step solvers take `steps` equal steps.
@@ -39,7 +51,7 @@ class SolveFunction(Protocol):
 
     def __call__(
         self,
-        field: RowField,
+        field: BatchField | RowField,
         y0: Tensor,
         start: float,
         end: float,
@@ -57,19 +69,23 @@ class Solver:
     Attributes:
         solve: the solve function.
         adaptive: whether it controls its error by `rtol`/`atol` (else it takes `steps`).
+        per_row: whether it is given ``field(t, y, rows)``, to drop rows as they finish.
     """
 
     solve: SolveFunction
     adaptive: bool
+    per_row: bool = False
 
 
 SOLVERS: Registry[Solver] = Registry("ODE method", "fmpe.ode.SOLVERS")
 
 
-def register_solver(name: str, solve: SolveFunction, *, adaptive: bool) -> None:
+def register_solver(
+    name: str, solve: SolveFunction, *, adaptive: bool, per_row: bool = False
+) -> None:
     """Makes `solve` available as `SolverSettings(method=name)`; the same as
-    ``SOLVERS.register(name, Solver(solve, adaptive))``."""
-    SOLVERS.register(name, Solver(solve, adaptive))
+    ``SOLVERS.register(name, Solver(solve, adaptive, per_row))``."""
+    SOLVERS.register(name, Solver(solve, adaptive, per_row))
 
 
 def _per_row(tableau: Tableau) -> SolveFunction:
@@ -107,18 +123,22 @@ def _torchdiffeq(method: str, adaptive: bool) -> SolveFunction:
             options = {"rtol": rtol, "atol": atol, "options": {"norm": _row_max_rms}}
         else:
             options = {"options": {"step_size": abs(end - start) / steps}}
-        return odeint(lambda t, y: field(t, y, None), y0, times, method=method, **options)[-1]
+        return odeint(field, y0, times, method=method, **options)[-1]
 
     return solve
 
 
 PER_ROW_METHOD = "dopri5_per_row"
-register_solver(PER_ROW_METHOD, _per_row(DORMAND_PRINCE_5), adaptive=True)
-register_solver("tsit5_per_row", _per_row(TSITOURAS_5), adaptive=True)
+register_solver(PER_ROW_METHOD, _per_row(DORMAND_PRINCE_5), adaptive=True, per_row=True)
+register_solver("tsit5_per_row", _per_row(TSITOURAS_5), adaptive=True, per_row=True)
 for _method in ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"):
     register_solver(_method, _torchdiffeq(_method, adaptive=True), adaptive=True)
 for _method in ("euler", "midpoint", "heun3", "rk4"):
     register_solver(_method, _torchdiffeq(_method, adaptive=False), adaptive=False)
+
+
+_RowsOrAll = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+"""f(t, y, rows), rows None for all of y0's rows: what `solve` builds before the solver."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +162,7 @@ TIME_GRIDS: dict[str, TimeChange | None] = {
 }
 
 
-def _in_changed_time(right_hand_side: RowField, change: TimeChange) -> RowField:
+def _in_changed_time(right_hand_side: _RowsOrAll, change: TimeChange) -> _RowsOrAll:
     """The right-hand side in s: dy/ds = dt/ds · f(t(s), y)."""
 
     def in_s(s: Tensor, y: Tensor, rows: Tensor | None) -> Tensor:
@@ -220,16 +240,18 @@ class Solution:
 
 
 def solve(
-    field: RowField,
+    field: Field,
     theta: Tensor,
     start: float,
     end: float,
     settings: SolverSettings,
     *,
+    condition: Tensor | None = None,
     track_log_density: bool = False,
+    differentiable: bool = False,
     generator: torch.Generator | None = None,
 ) -> Solution:
-    """Integrates dθ/dt = v(t, θ) from `start` to `end` with `settings.method`.
+    """Integrates dθ/dt = v(t, θ, condition) from `start` to `end` with `settings.method`.
 
     With `track_log_density`, also integrates dℓ/dt = -div v(t, θ) with ℓ(start) = 0, so that
     log q_end(θ_end) = log q_start(θ_start) + ℓ(end).
@@ -237,52 +259,63 @@ def solve(
     Args:
         field: the velocity field; it must treat rows independently.
         theta: (n, d) the state at `start`.
+        condition: (n, ...) what row i is conditioned on (e.g. its embedded observation),
+            sliced to the rows of each evaluation; None: the field gets None.
+        differentiable: keep the graph, so that gradients flow to `theta` and the field's
+            parameters (meant for a fixed-step method; the divergence is then exact to second
+            order).
         generator: draws the Hutchinson probes, once per solve.
     """
     d = theta.shape[-1]
     evaluations = 0
 
-    def counted(t: Tensor, y: Tensor, rows: Tensor | None) -> Tensor:
+    def velocity(t: Tensor, y: Tensor, rows: Tensor | None) -> Tensor:
         nonlocal evaluations
         evaluations += 1
-        return field(t, y, rows)
+        return field(t, y, condition if condition is None or rows is None else condition[rows])
 
     if track_log_density and settings.divergence == "hutchinson":
         probes = torch.randn(
             settings.probes, *theta.shape, generator=generator, dtype=theta.dtype
         ).to(theta.device)
+    exact = differentiable_divergence if differentiable else exact_divergence
 
     def with_divergence(t: Tensor, state: Tensor, rows: Tensor | None) -> Tensor:
         """state: (b, d + 1), θ and ℓ."""
 
         def field_at_t(y: Tensor) -> Tensor:
-            return counted(t, y, rows)
+            return velocity(t, y, rows)
 
         if settings.divergence == "exact":
-            velocity, div = exact_divergence(field_at_t, state[:, :d])
+            value, div = exact(field_at_t, state[:, :d])
         else:
             row_probes = probes if rows is None else probes[:, rows]
-            velocity, div = hutchinson_divergence(field_at_t, state[:, :d], row_probes)
-        return torch.cat([velocity, -div.unsqueeze(-1)], dim=-1)
+            value, div = hutchinson_divergence(field_at_t, state[:, :d], row_probes)
+        return torch.cat([value, -div.unsqueeze(-1)], dim=-1)
 
     solver = SOLVERS.get(settings.method)
     if track_log_density:
         rtol, atol, right_hand_side = settings.rtol, settings.atol, with_divergence
         state = torch.cat([theta, theta.new_zeros(theta.shape[0], 1)], dim=-1)
     else:
-        rtol, atol, right_hand_side = settings.sample_rtol, settings.sample_atol, counted
+        rtol, atol, right_hand_side = settings.sample_rtol, settings.sample_atol, velocity
         state = theta
     change = TIME_GRIDS[settings.time_grid]
     if change is not None:
         right_hand_side = _in_changed_time(right_hand_side, change)
         start, end = change.inverse(start), change.inverse(end)
-    with torch.no_grad():
+    given = right_hand_side if solver.per_row else _all_rows(right_hand_side)
+    with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
         end_state = solver.solve(
-            right_hand_side, state, start, end, rtol=rtol, atol=atol, steps=settings.steps
+            given, state, start, end, rtol=rtol, atol=atol, steps=settings.steps
         )
     if not track_log_density:
         return Solution(end_state, None, evaluations)
     return Solution(end_state[:, :d], end_state[:, d], evaluations)
+
+
+def _all_rows(right_hand_side: _RowsOrAll) -> BatchField:
+    return lambda t, y: right_hand_side(t, y, None)
 
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:

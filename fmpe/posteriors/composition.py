@@ -155,8 +155,14 @@ def sampled_precisions(
     trials_per_solve = max(1, posterior.chunk_size // samples)
     covariances = []
     for part in context.split(trials_per_solve):  # at most chunk_size rows a solve
-        field = posterior._field(part.repeat_interleave(samples, 0))
-        z = solve(field, z0.repeat(len(part), 1), 0.0, 1.0, settings).theta
+        z = solve(
+            posterior._velocity,
+            z0.repeat(len(part), 1),
+            0.0,
+            1.0,
+            settings,
+            condition=part.repeat_interleave(samples, 0),
+        ).theta
         centred = z.view(len(part), samples, -1)
         centred = centred - centred.mean(1, keepdim=True)
         covariances.append(centred.mT @ centred / (samples - 1))
@@ -190,16 +196,17 @@ def composed_field(
     precisions: Tensor,
     sigma_min: float,
 ):
-    """The velocity field of the composed posterior given the n trials' `context` (n, ...)."""
-    field = posterior._field(context)
+    """The velocity field of the composed posterior given the n trials' `context` (n, ...);
+    every particle is conditioned on all n trials, so it takes no condition of its own."""
     n = len(context)
     weights = CompositionWeights.of(prior.precision, precisions)
 
-    def velocity(t: Tensor, z: Tensor, rows: Tensor | None) -> Tensor:
-        del rows  # every particle is conditioned on the same n trials
+    def velocity(t: Tensor, z: Tensor, condition: None) -> Tensor:
         t = t.to(z.dtype).expand(len(z)) if t.dim() == 0 else t.to(z.dtype)
-        trials = torch.arange(n, device=z.device).repeat(len(z))
-        trial_velocities = field(t.repeat_interleave(n), z.repeat_interleave(n, 0), trials)
+        trials = context[torch.arange(n, device=z.device).repeat(len(z))]
+        trial_velocities = posterior._velocity(
+            t.repeat_interleave(n), z.repeat_interleave(n, 0), trials
+        )
         return compose_velocities(
             t,
             gaussian_velocity(t, z, prior, sigma_min),

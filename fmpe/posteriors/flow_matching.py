@@ -5,16 +5,14 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
-from torchdiffeq import odeint
 
 from fmpe.ode import SolverSettings, solve, standard_normal_log_prob
-from fmpe.ode.divergence import differentiable_divergence
 from fmpe.posteriors.base import Posterior
 from fmpe.posteriors.composition import sample_iid
 from fmpe.standardize import Standardizer
 from fmpe.unbounded import UnboundedTransform
 
-MAP_STEPS = 20  # RK4 steps of the density that `map` climbs
+MAP_SOLVER = SolverSettings(method="rk4", steps=20)  # the density that `map` climbs
 
 
 class FlowMatchingPosterior(Posterior):
@@ -45,6 +43,7 @@ class FlowMatchingPosterior(Posterior):
         super().__init__(theta_standardizer, x_standardizer, prior, theta_transform, chunk_size)
         self.network = network.eval()
         self.solver = solver or SolverSettings()
+        self._embeds = hasattr(network, "forward_embedded")
 
     def _file_options(self) -> dict:
         return {"solver": self.solver.to_dict()}
@@ -57,27 +56,27 @@ class FlowMatchingPosterior(Posterior):
         return replace(self.solver, **overrides) if overrides else self.solver
 
     def _context(self, x_z: Tensor) -> Tensor:
-        return self.network.embed(x_z) if hasattr(self.network, "forward_embedded") else x_z
+        return self.network.embed(x_z) if self._embeds else x_z
 
-    def _field(self, context: Tensor):
-        """The velocity field v(t, z, rows) given the context of every row of the solve."""
-        embedded = hasattr(self.network, "forward_embedded")
-        velocity = self.network.forward_embedded if embedded else self.network
-
-        def field(t: Tensor, z: Tensor, rows: Tensor | None) -> Tensor:
-            c = context if rows is None else context[rows]
-            t = t.to(z.dtype).expand(len(z)) if t.dim() == 0 else t.to(z.dtype)
-            return velocity(t, z, c)
-
-        return field
+    def _velocity(self, t: Tensor, z: Tensor, context: Tensor) -> Tensor:
+        """v(t, z, context): t a scalar tensor or (b,), z (b, d), context (b, ...) -> (b, d)."""
+        t = t.to(z.dtype).expand(len(z)) if t.dim() == 0 else t.to(z.dtype)
+        if self._embeds:
+            return self.network.forward_embedded(t, z, context)
+        return self.network(t, z, context)
 
     def _sample_z(
         self, context: Tensor, with_log_prob: bool, options: dict
     ) -> tuple[Tensor, Tensor | None, int]:
         z0 = torch.randn(len(context), self.theta_dim, device=self.device, dtype=self.dtype)
-        settings = self._settings(options)
         solution = solve(
-            self._field(context), z0, 0.0, 1.0, settings, track_log_density=with_log_prob
+            self._velocity,
+            z0,
+            0.0,
+            1.0,
+            self._settings(options),
+            condition=context,
+            track_log_density=with_log_prob,
         )
         if not with_log_prob:
             return solution.theta, None, solution.evaluations
@@ -86,26 +85,26 @@ class FlowMatchingPosterior(Posterior):
 
     def _log_prob_z(self, z: Tensor, context: Tensor, options: dict) -> tuple[Tensor, int]:
         settings = self._settings(options)
-        solution = solve(self._field(context), z, 1.0, 0.0, settings, track_log_density=True)
+        solution = solve(
+            self._velocity, z, 1.0, 0.0, settings, condition=context, track_log_density=True
+        )
         log_q = standard_normal_log_prob(solution.theta) - solution.log_density_change
         return log_q, solution.evaluations
 
     def _differentiable_log_prob_z(self, z: Tensor, context: Tensor) -> Tensor:
         # A fixed-step RK4 through which gradients flow: the mode of its density is the mode
         # of the exact one up to the solve's error, at a fixed, small cost per gradient.
-        field = self._field(context)
-
-        def right_hand_side(t: Tensor, state: Tensor) -> Tensor:
-            velocity, divergence = differentiable_divergence(
-                lambda y: field(t, y, None), state[:, :-1]
-            )
-            return torch.cat([velocity, -divergence.unsqueeze(-1)], dim=-1)
-
-        state = torch.cat([z, z.new_zeros(len(z), 1)], dim=-1)
-        times = torch.tensor([1.0, 0.0], dtype=z.dtype, device=z.device)
-        options = {"step_size": 1.0 / MAP_STEPS}
-        end = odeint(right_hand_side, state, times, method="rk4", options=options)[-1]
-        return standard_normal_log_prob(end[:, :-1]) - end[:, -1]
+        solution = solve(
+            self._velocity,
+            z,
+            1.0,
+            0.0,
+            MAP_SOLVER,
+            condition=context,
+            track_log_density=True,
+            differentiable=True,
+        )
+        return standard_normal_log_prob(solution.theta) - solution.log_density_change
 
     def sample_iid(
         self,
