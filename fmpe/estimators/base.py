@@ -12,7 +12,7 @@ its LightningModule (an `EstimatorModule`: the loss) and its posterior class, wh
         posterior_class = MyPosterior      # a `Posterior` with its own `kind`
 
         def _posterior(self, network, data):
-            return self.posterior_class(network, data.theta_standardizer, data.x_standardizer, ...)
+            return self.posterior_class(network, data.theta_coordinates, data.x_standardizer, ...)
 """
 
 import dataclasses

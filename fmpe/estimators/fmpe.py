@@ -92,9 +92,8 @@ class FMPE(Estimator):
     def _posterior(self, network: nn.Module, data) -> FlowMatchingPosterior:
         return self.posterior_class(
             network,
-            data.theta_standardizer,
+            data.theta_coordinates,
             data.x_standardizer,
             prior=self.prior,
             solver=self.solver,
-            theta_transform=self.theta_transform,
         )

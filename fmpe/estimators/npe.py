@@ -73,8 +73,7 @@ class NPE(Estimator):
     def _posterior(self, network: nn.Module, data) -> NPEPosterior:
         return self.posterior_class(
             network,
-            data.theta_standardizer,
+            data.theta_coordinates,
             data.x_standardizer,
             prior=self.prior,
-            theta_transform=self.theta_transform,
         )

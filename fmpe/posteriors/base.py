@@ -25,7 +25,7 @@ from fmpe.coordinates import ThetaCoordinates
 from fmpe.networks.registry import accepts_nan
 from fmpe.posteriors.record import TrainingRecord
 from fmpe.standardize import Standardizer
-from fmpe.unbounded import UnboundedTransform, in_support
+from fmpe.unbounded import in_support
 
 LOW_ACCEPTANCE = 0.1
 FAILED_ACCEPTANCE = 1e-3  # after 10,000 draws of one observation, below this is an error
@@ -59,9 +59,9 @@ class Posterior(nn.Module):
     batched calls of up to `chunk_size` rows over all observations together.
 
     Args:
-        theta_standardizer, x_standardizer: the z-scorings fitted on the training data.
+        theta_coordinates: θ ↔ z, the map onto R and the z-scoring the training data fitted.
+        x_standardizer: the z-scoring of x fitted on the training data.
         prior: the prior (samples outside its support are rejected); may be None.
-        theta_transform: T, applied to θ before the z-scoring; None for the identity.
         chunk_size: rows per batched call.
 
     Attributes:
@@ -73,16 +73,16 @@ class Posterior(nn.Module):
 
     def __init__(
         self,
-        theta_standardizer: Standardizer,
+        theta_coordinates: ThetaCoordinates,
         x_standardizer: Standardizer,
         prior: Distribution | None = None,
-        theta_transform: UnboundedTransform | None = None,
         chunk_size: int = 10_000,
     ):
         super().__init__()
-        self.theta_standardizer = theta_standardizer
+        # Its two maps are submodules, so that they move with the posterior and are saved.
+        self.theta_standardizer = theta_coordinates.standardizer
+        self.theta_transform = theta_coordinates.transform
         self.x_standardizer = x_standardizer
-        self.theta_transform = theta_transform or UnboundedTransform.identity(self.theta_dim)
         self.prior = prior
         self.chunk_size = as_count(chunk_size, "chunk_size", minimum=1)
         self.network_spec: dict | None = None

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from fmpe._version import __version__
+from fmpe.coordinates import ThetaCoordinates
 from fmpe.io.prior_codec import is_serializable, prior_from_dict, prior_to_dict
 from fmpe.networks import build_embedding, network_builder
 from fmpe.posteriors import POSTERIORS, Posterior
@@ -272,13 +273,15 @@ def load(
         )
     except (KeyError, ValueError) as error:
         raise ValueError(f"{path} holds no valid bounds of θ: {error}") from error
+    theta_standardizer = Standardizer(
+        tensors["theta_standardizer.mean"], tensors["theta_standardizer.std"]
+    )
     posterior = cls(
         network,
-        Standardizer(tensors["theta_standardizer.mean"], tensors["theta_standardizer.std"]),
+        ThetaCoordinates(theta_transform, theta_standardizer),
         Standardizer(tensors["x_standardizer.mean"], tensors["x_standardizer.std"]),
         prior=prior,
         chunk_size=config["chunk_size"],
-        theta_transform=theta_transform,
         **cls._init_options(config["options"]),
     )
     state = {k: v for k, v in tensors.items() if not k.startswith("prior.")}

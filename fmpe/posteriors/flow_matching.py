@@ -6,11 +6,11 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from fmpe.coordinates import ThetaCoordinates
 from fmpe.ode import SolverSettings, solve, standard_normal_log_prob
 from fmpe.posteriors.base import Posterior
 from fmpe.posteriors.composition import sample_iid
 from fmpe.standardize import Standardizer
-from fmpe.unbounded import UnboundedTransform
 
 MAP_SOLVER = SolverSettings(method="rk4", steps=20)  # the density that `map` climbs
 
@@ -33,14 +33,13 @@ class FlowMatchingPosterior(Posterior):
     def __init__(
         self,
         network: nn.Module,
-        theta_standardizer: Standardizer,
+        theta_coordinates: ThetaCoordinates,
         x_standardizer: Standardizer,
         prior: Distribution | None = None,
         solver: SolverSettings | None = None,
         chunk_size: int = 10_000,
-        theta_transform: UnboundedTransform | None = None,
     ):
-        super().__init__(theta_standardizer, x_standardizer, prior, theta_transform, chunk_size)
+        super().__init__(theta_coordinates, x_standardizer, prior, chunk_size)
         self.network = network.eval()
         self.solver = solver or SolverSettings()
         self._embeds = hasattr(network, "forward_embedded")

@@ -3,9 +3,9 @@
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from fmpe.coordinates import ThetaCoordinates
 from fmpe.posteriors.base import Posterior
 from fmpe.standardize import Standardizer
-from fmpe.unbounded import UnboundedTransform
 
 
 class NPEPosterior(Posterior):
@@ -20,26 +20,26 @@ class NPEPosterior(Posterior):
     def __init__(
         self,
         network: nn.Module,
-        theta_standardizer: Standardizer,
+        theta_coordinates: ThetaCoordinates,
         x_standardizer: Standardizer,
         prior: Distribution | None = None,
         chunk_size: int = 10_000,
-        theta_transform: UnboundedTransform | None = None,
     ):
-        super().__init__(theta_standardizer, x_standardizer, prior, theta_transform, chunk_size)
+        super().__init__(theta_coordinates, x_standardizer, prior, chunk_size)
         self.network = network.eval()
+        self._has_distribution = hasattr(network, "distribution")
 
     def _distribution(self, context: Tensor, options: dict) -> Distribution:
         if options:
             raise ValueError(
                 f"an NPE posterior takes no solver options, got {', '.join(sorted(options))}"
             )
-        if hasattr(self.network, "distribution"):
+        if self._has_distribution:
             return self.network.distribution(context)
         return self.network(context)
 
     def _context(self, x_z: Tensor) -> Tensor:
-        return self.network.embed(x_z) if hasattr(self.network, "distribution") else x_z
+        return self.network.embed(x_z) if self._has_distribution else x_z
 
     def _sample_z(
         self, context: Tensor, with_log_prob: bool, options: dict

@@ -16,6 +16,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from fmpe.coordinates import ThetaCoordinates
 from fmpe.io.store import SimulationStore
 from fmpe.standardize import RunningMoments, Standardizer
 from fmpe.unbounded import UnboundedTransform
@@ -123,13 +124,21 @@ class _TrainingData(L.LightningDataModule):
     """What both data modules share: the validation loader, and x augmented and standardized
     on the device for training batches when there is an augmentation.
 
-    Attributes set by subclasses: batch_size, validation_set, x_standardizer, augment_x.
+    Attributes set by subclasses: batch_size, validation_set, theta_transform,
+    theta_standardizer, x_standardizer, augment_x.
     """
 
     batch_size: int
     validation_set: TensorBatches
+    theta_transform: UnboundedTransform
+    theta_standardizer: Standardizer
     x_standardizer: Standardizer
     augment_x: Augmentation | None
+
+    @property
+    def theta_coordinates(self) -> ThetaCoordinates:
+        """θ ↔ z as fitted here, handed whole to the posterior."""
+        return ThetaCoordinates(self.theta_transform, self.theta_standardizer)
 
     def val_dataloader(self) -> DataLoader:
         sampler = BatchSampler(
@@ -233,8 +242,7 @@ class ShardBatches(IterableDataset):
         self,
         store: SimulationStore,
         train_rows: list[Tensor],
-        theta_transform: UnboundedTransform,
-        theta_standardizer: Standardizer,
+        theta_coordinates: ThetaCoordinates,
         x_standardizer: Standardizer | None,
         batch_size: int,
         seed: int,
@@ -242,8 +250,7 @@ class ShardBatches(IterableDataset):
     ):
         self.store = store
         self.train_rows = train_rows
-        self.theta_transform = theta_transform
-        self.theta_standardizer = theta_standardizer
+        self.theta_coordinates = theta_coordinates
         self.x_standardizer = x_standardizer
         self.batch_size = batch_size
         self.seed = seed
@@ -267,7 +274,6 @@ class ShardBatches(IterableDataset):
         for group, num_batches in zip(groups, batches_per_group):
             loaded = [self.store.load_shard(s) for s in group]
             theta = torch.cat([t[self.train_rows[s]] for (t, _), s in zip(loaded, group)])
-            theta = self.theta_transform(theta)
             x = torch.cat([x[self.train_rows[s]] for (_, x), s in zip(loaded, group)])
             permutation = torch.randperm(len(theta), generator=generator)
             for b in range(num_batches):
@@ -278,7 +284,7 @@ class ShardBatches(IterableDataset):
                     x_batch = x[index]
                     if self.x_standardizer is not None:
                         x_batch = self.x_standardizer(x_batch)
-                    yield self.theta_standardizer(theta[index]), x_batch
+                    yield self.theta_coordinates.to_z(theta[index]), x_batch
                 k += 1
 
 
@@ -340,8 +346,7 @@ class StreamingDataModule(_TrainingData):
         self.train_set = ShardBatches(
             store,
             train_rows,
-            self.theta_transform,
-            self.theta_standardizer,
+            self.theta_coordinates,
             self.x_standardizer if augment_x is None else None,
             batch_size,
             seed,
