@@ -33,8 +33,8 @@ import torch
 
 import fmpe
 from fmpe.benchmark import RowLog, markdown_table, provenance
+from fmpe.benchmark.cards import load_card
 from fmpe.gw import GWSimulator
-from fmpe.tasks import load_card
 
 RESULTS = Path(__file__).parent / "results" / "gw_scale_up.csv"
 BANDS = {

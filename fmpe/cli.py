@@ -300,7 +300,7 @@ def _add_cards(parser: argparse.ArgumentParser) -> None:
 
 def _cards(args: argparse.Namespace):
     """The CardStore of --cards, or None for the shipped cards."""
-    from fmpe.tasks import CardStore
+    from fmpe.benchmark.cards import CardStore
 
     if args.cards is None:
         return None
@@ -310,8 +310,9 @@ def _cards(args: argparse.Namespace):
 
 
 def _benchmark(args: argparse.Namespace) -> None:
+    from fmpe.benchmark.cards import load_card
     from fmpe.estimators import get_estimator
-    from fmpe.tasks import available_tasks, get_task, load_card
+    from fmpe.tasks import available_tasks, get_task
 
     if args.all == bool(args.tasks):
         raise ValueError("name one or more TASKs or pass --all")
@@ -383,10 +384,10 @@ def _check_device(device: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from fmpe.benchmark.cards import load_card
     from fmpe.benchmark.experiment import Run
     from fmpe.benchmark.measure import resolve_device
     from fmpe.estimators import get_estimator
-    from fmpe.tasks import load_card
 
     get_estimator(args.estimator)
     cards = _cards(args)
@@ -514,6 +515,7 @@ def _diagnose(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
+    from fmpe.benchmark.cards import BASE_CARD
     from fmpe.benchmark.deadline import Deadline
     from fmpe.benchmark.measure import resolve_device
     from fmpe.benchmark.sweep import (
@@ -525,7 +527,6 @@ def _sweep(args: argparse.Namespace) -> None:
     )
     from fmpe.estimators import get_estimator
     from fmpe.tasks import available_tasks
-    from fmpe.tasks.cards import BASE_CARD
 
     if args.task not in [BASE_CARD, *available_tasks()]:
         raise ValueError(
@@ -596,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     args.command_line = shlex.join(["fmpe", *argv])
-    from fmpe.tasks import CardError
+    from fmpe.benchmark.cards import CardError
 
     try:
         COMMANDS[args.command](args)

@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 import fmpe
+from fmpe.benchmark.cards import card_folder
 from fmpe.cli import main
-from fmpe.tasks.cards import card_folder
 
 pytest.importorskip("sbibm")
 

@@ -14,10 +14,11 @@ from scipy import stats
 import fmpe
 import fmpe.gw as gw
 from fmpe.benchmark import RowLog
+from fmpe.benchmark.cards import load_card
 from fmpe.gw import GWSimulator
 from fmpe.networks.embeddings import EXACT_SVD_FEATURES, SVDEmbedding
 from fmpe.standardize import Standardizer
-from fmpe.tasks import get_task, load_card
+from fmpe.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 # The reference's prior (shared/reference/gw.md), in the parameter order.

@@ -196,8 +196,7 @@ def test_a_run_names_its_label_and_files_and_refuses_rounds_without_an_observati
 
 
 def test_a_run_with_changes_trains_those_settings_under_files_of_its_own(tmp_path):
-    from fmpe.benchmark import Run
-    from fmpe.tasks import load_card
+    from fmpe.benchmark import Run, load_card
 
     card = load_card("gaussian_linear")
     plain = Run("gaussian_linear", 300)

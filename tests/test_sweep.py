@@ -16,9 +16,9 @@ pytest.importorskip("sbibm")
 import fmpe.benchmark.sweep as sweep_module  # noqa: E402
 from fmpe import FMPE  # noqa: E402
 from fmpe.benchmark import RowLog  # noqa: E402
+from fmpe.benchmark import cards as cards_module  # noqa: E402
+from fmpe.benchmark.cards import CardStore  # noqa: E402
 from fmpe.networks import VelocityNetwork  # noqa: E402
-from fmpe.tasks import CardStore  # noqa: E402
-from fmpe.tasks import cards as cards_module  # noqa: E402
 from fmpe.training.settings import TrainingSettings  # noqa: E402
 
 TINY_STAGES = [

@@ -6,18 +6,9 @@ import pytest
 import torch
 from torch.distributions import Binomial
 
+from fmpe.benchmark.cards import CardError, CardStore, TaskCard, available_cards, load_card
 from fmpe.ode.dopri import solve_per_row
-from fmpe.tasks import (
-    CardError,
-    CardStore,
-    NoReferenceSamplesError,
-    Task,
-    TaskCard,
-    available_cards,
-    available_tasks,
-    get_task,
-    load_card,
-)
+from fmpe.tasks import NoReferenceSamplesError, Task, available_tasks, get_task
 
 SBIBM_TASKS = {
     "gaussian_linear": (10, 10),

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from fmpe.benchmark.cards import CardStore, load_card, merge_tables
 from fmpe.benchmark.rowlog import exclusive_lock
 from fmpe.estimators import get_estimator
 from fmpe.posteriors import Posterior
 from fmpe.posteriors.file import load
-from fmpe.tasks import CardStore, get_task, load_card
-from fmpe.tasks.cards import merge_tables
+from fmpe.tasks import get_task
 
 Override = dict[str, dict]
 """{"model": {...}, "train": {...}}: changes to a card's hyperparameters."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from fmpe.benchmark.cards import CardStore
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
 from fmpe.benchmark.experiment import Run, method_label
 from fmpe.benchmark.measure import provenance, resolve_device
@@ -27,7 +28,7 @@ from fmpe.estimators import get_estimator
 from fmpe.posteriors import Posterior
 from fmpe.posteriors.file import load
 from fmpe.simulation import single_threaded_worker
-from fmpe.tasks import CardStore, Task, get_task
+from fmpe.tasks import Task, get_task
 
 NUM_SAMPLES = 10_000
 

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import torch
 
+from fmpe.benchmark.cards import BASE_CARD, SWEPT_SOURCE, CardStore, shipped_cards
 from fmpe.benchmark.deadline import Deadline
 from fmpe.benchmark.experiment import Override, Run, with_changes
 from fmpe.benchmark.measure import provenance, resolve_device
@@ -53,7 +54,6 @@ from fmpe.checks import as_count
 from fmpe.estimators import get_estimator
 from fmpe.simulation import simulate
 from fmpe.tasks import Task, get_task
-from fmpe.tasks.cards import BASE_CARD, SWEPT_SOURCE, CardStore, shipped_cards
 from fmpe.training.data import split_indices
 from fmpe.unbounded import support_bounds
 

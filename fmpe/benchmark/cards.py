@@ -34,15 +34,19 @@ from __future__ import annotations
 
 import copy
 import inspect
+import tomllib
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fmpe.estimators import ESTIMATORS, get_estimator
+from fmpe.networks import network_builder
+from fmpe.ode import SolverSettings
+from fmpe.training import TrainingSettings
+
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
-
-import tomllib
 
 Table = dict[str, Any]
 
@@ -257,8 +261,6 @@ def load_card(name: str | Path, cards: CardStore | None = None) -> TaskCard:
 
 
 def _parse(data: Table, name: str, where: str, base: dict[str, EstimatorCard]) -> TaskCard:
-    from fmpe.estimators import ESTIMATORS
-
     unknown = set(data) - {"name", "source", "description", *ESTIMATORS}
     if unknown:
         raise CardError(
@@ -280,8 +282,6 @@ def _parse(data: Table, name: str, where: str, base: dict[str, EstimatorCard]) -
 
 
 def _parse_estimators(data: Table, where: str) -> dict[str, EstimatorCard]:
-    from fmpe.estimators import ESTIMATORS
-
     parsed = {}
     for estimator in ESTIMATORS:
         if estimator not in data:
@@ -351,11 +351,6 @@ def _check_keys(given: Table, valid: set[str], what: str, where: str) -> None:
 def check_hyperparameters(estimator: str, model: Table, train: Table, where: str) -> None:
     """Raises `CardError` for a key that the estimator, its network, its solver or its
     training settings do not take."""
-    from fmpe.estimators import get_estimator
-    from fmpe.networks import network_builder
-    from fmpe.ode import SolverSettings
-    from fmpe.training import TrainingSettings
-
     cls = get_estimator(estimator)
     _check_keys(model, _keywords(cls.__init__) - {"self", "simulator", "prior"}, "model key", where)
     builder = network_builder(model.get("network") or cls.default_network)
