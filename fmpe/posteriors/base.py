@@ -213,7 +213,38 @@ class Posterior(nn.Module):
         n = as_count(n, "the number of samples")
         x, batched = self._observations(x)
         context = self._embed(x)
-        b = len(x)
+
+        def draw(rows: Tensor) -> tuple[Tensor, Tensor | None, int]:
+            with torch.no_grad():
+                z, log_q_z, evaluations = self._sample_z(
+                    context[rows.to(context.device)], with_log_prob, options
+                )
+            return *self._from_z(z, log_q_z), evaluations
+
+        theta, log_prob, cost = self._accepted(
+            n, len(x), draw, with_log_prob, reject_outside_prior, show_progress
+        )
+        if not batched:
+            theta = theta[:, 0]
+            log_prob = log_prob[:, 0] if with_log_prob else None
+        return theta, log_prob, cost
+
+    def _accepted(
+        self,
+        n: int,
+        b: int,
+        draw: Callable[[Tensor], tuple[Tensor, Tensor | None, int]],
+        with_log_prob: bool,
+        reject_outside_prior: bool,
+        show_progress: bool,
+        draws_per_call: int | None = None,
+    ) -> tuple[Tensor, Tensor | None, Cost]:
+        """n samples θ (n, b, d), with log q (n, b) if `with_log_prob`, for each of b
+        observations: ``draw(rows)`` returns θ (k, d), log q (k,) or None, and its network
+        evaluations, for rows (k,) the observation of each draw. Draws outside the prior's
+        support are rejected (with `reject_outside_prior`) and drawn again, in calls of at
+        most `draws_per_call` rows (default `chunk_size`)."""
+        draws_per_call = draws_per_call or self.chunk_size
         kept: list[list[tuple[Tensor, Tensor | None]]] = [[] for _ in range(b)]
         missing = torch.full((b,), n, dtype=torch.long)
         drawn = torch.zeros(b, dtype=torch.long)
@@ -221,15 +252,11 @@ class Posterior(nn.Module):
         evaluations = 0
         with tqdm(total=n * b, desc="sampling", disable=not show_progress, leave=False) as bar:
             while missing.sum() > 0:
-                counts = self._draws_needed(missing, drawn, inside)
+                counts = self._draws_needed(missing, drawn, inside, draws_per_call)
                 rows_of = torch.arange(b).repeat_interleave(counts)
-                for rows in rows_of.split(self.chunk_size):
-                    with torch.no_grad():
-                        z, log_q_z, cost = self._sample_z(
-                            context[rows.to(context.device)], with_log_prob, options
-                        )
+                for rows in rows_of.split(draws_per_call):
+                    theta, log_prob, cost = draw(rows)
                     evaluations += cost
-                    theta, log_prob = self._from_z(z, log_q_z)
                     ok = self._inside(theta) if reject_outside_prior else None
                     observations, sizes = torch.unique_consecutive(rows, return_counts=True)
                     start = 0
@@ -254,15 +281,12 @@ class Posterior(nn.Module):
             warnings.warn(
                 f"only {cost.acceptance_rate:.1%} of the samples fell inside the prior's "
                 "support; the posterior may be poorly trained for this x",
-                stacklevel=4,
+                stacklevel=5,
             )
         theta = torch.stack([self._joined(pieces, 0, n) for pieces in kept], dim=1)  # (n, b, d)
         log_prob = None
         if with_log_prob:
             log_prob = torch.stack([self._joined(pieces, 1, n) for pieces in kept], dim=1)
-        if not batched:
-            theta = theta[:, 0]
-            log_prob = log_prob[:, 0] if with_log_prob else None
         return theta, log_prob, cost
 
     def _joined(self, pieces: list[tuple], index: int, n: int) -> Tensor:
@@ -272,9 +296,9 @@ class Posterior(nn.Module):
         shape = (n, self.theta_dim) if index == 0 else (n,)
         return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
-    def _draws_needed(self, missing: Tensor, drawn: Tensor, inside: Tensor) -> Tensor:
+    def _draws_needed(self, missing: Tensor, drawn: Tensor, inside: Tensor, most: int) -> Tensor:
         """(b,) draws per observation for the next round: what is missing, scaled by the
-        acceptance rate seen so far, at most `chunk_size`."""
+        acceptance rate seen so far, at most `most`."""
         counts = missing.clone()
         seen = (drawn > 0) & (missing > 0)
         rate = inside[seen] / drawn[seen]
@@ -287,7 +311,7 @@ class Posterior(nn.Module):
             )
         scaled = (missing[seen] / rate.clamp(min=FAILED_ACCEPTANCE) * 1.1).ceil().long()
         counts[seen] = scaled
-        return counts.clamp(max=self.chunk_size)
+        return counts.clamp(max=most)
 
     def sample(
         self,

@@ -20,7 +20,6 @@ Gaussian prior); an iid method (`IID_METHODS`) says where each P_j comes from:
 Only samples: the composed flow has a density, but not that of the posterior it stands for.
 """
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -227,7 +226,7 @@ def sample_iid(
     prior: Distribution | None = None,
     sigma_min: float = 1e-4,
     iid_options: dict | None = None,
-    max_draws: int = 1_000_000,
+    show_progress: bool = False,
     **solver_options,
 ) -> Tensor:
     """Samples the composed posterior of θ given iid `trials`, for `posterior` trained on one
@@ -245,20 +244,22 @@ def sample_iid(
             posterior, context, moments, solver_options, **(iid_options or {})
         )
     field = composed_field(posterior, context, moments, precisions, sigma_min)
-    kept, drawn, accepted = [], 0, 0
-    rows = max(1, posterior.chunk_size // len(context))
-    while accepted < num_samples:
-        if drawn >= max_draws:
-            raise RuntimeError(
-                f"only {accepted} of {drawn} composed samples fell inside the prior's support"
-            )
-        rate = accepted / drawn if drawn else 1.0
-        size = min(rows, math.ceil((num_samples - accepted) / max(rate, 1e-3) * 1.1))
-        z0 = torch.randn(size, posterior.theta_dim, device=posterior.device, dtype=posterior.dtype)
-        with torch.no_grad():
-            z = solve(field, z0, 0.0, 1.0, settings).theta
-        theta, _ = posterior._from_z(z, None)
-        theta = theta[posterior._inside(theta)]
-        kept.append(theta)
-        drawn, accepted = drawn + size, accepted + len(theta)
-    return torch.cat(kept)[:num_samples]
+
+    def draw(rows: Tensor) -> tuple[Tensor, None, int]:
+        z0 = torch.randn(
+            len(rows), posterior.theta_dim, device=posterior.device, dtype=posterior.dtype
+        )
+        solution = solve(field, z0, 0.0, 1.0, settings)
+        theta, _ = posterior._from_z(solution.theta, None)
+        return theta, None, solution.evaluations
+
+    theta, _, _ = posterior._accepted(
+        num_samples,
+        1,
+        draw,
+        with_log_prob=False,
+        reject_outside_prior=True,
+        show_progress=show_progress,
+        draws_per_call=max(1, posterior.chunk_size // len(context)),  # n trials per draw
+    )
+    return theta[:, 0]

@@ -114,6 +114,7 @@ class FlowMatchingPosterior(Posterior):
         prior: Distribution | None = None,
         sigma_min: float = 1e-4,
         iid_options: dict | None = None,
+        show_progress: bool = False,
         **solver_options,
     ) -> Tensor:
         """Draws n samples of θ given iid `trials`, composing this posterior of one trial
@@ -126,6 +127,7 @@ class FlowMatchingPosterior(Posterior):
             prior: the prior; default this posterior's.
             sigma_min: the training path's width at t = 1 (FMPE's default).
             iid_options: keywords of the iid method, e.g. {"samples": 4000}.
+            show_progress: a progress bar over the samples.
 
         Returns:
             θ (n, d), inside the prior's support.
@@ -138,6 +140,7 @@ class FlowMatchingPosterior(Posterior):
             prior=prior,
             sigma_min=sigma_min,
             iid_options=iid_options,
+            show_progress=show_progress,
             **solver_options,
         )
 
