@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from fmpe.benchmark import RowLog, provenance, timed
+from fmpe.benchmark import RowLog, provenance, resolve_device, timed
 from fmpe.benchmark.experiment import Run
 from fmpe.cli import positive_numbers
 from fmpe.metrics import c2st
@@ -63,7 +63,7 @@ def run(
             continue
         changes = {"model": {"coupling": coupling}, "train": train_overrides or {}}
         run = Run(task_name, budget, changes=changes)
-        posterior, seconds = timed(run.fit, torch.device("cpu"), show_progress=False)
+        posterior, seconds = timed(run.fit, resolve_device("auto"), show_progress=False)
         for solver, options in SOLVERS.items():
             for observation in observations:
                 if (coupling, solver, str(observation)) in done:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from fmpe.benchmark import RowLog, provenance, timed
+from fmpe.benchmark import RowLog, provenance, resolve_device, timed
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
 from fmpe.benchmark.experiment import Run, method_label
 from fmpe.benchmark.report import published_c2st
@@ -103,8 +103,8 @@ def ablation_run(task: str, budget: int, change: dict, seed: int) -> Run:
 
 
 def train(run: Run):
-    """The posterior of `run`, trained on this machine's CPU."""
-    return run.fit(torch.device("cpu"), show_progress=False)
+    """The posterior of `run`, trained on this machine's GPU if it has one, else its CPU."""
+    return run.fit(resolve_device("auto"), show_progress=False)
 
 
 def ordinary_parameters(task, budget: int) -> int:

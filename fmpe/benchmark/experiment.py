@@ -34,6 +34,9 @@ Override = dict[str, dict]
 
 def with_changes(base: Override, changes: Override) -> Override:
     """`base` with the tables of `changes` merged in, key by key (neither is modified)."""
+    unknown = set(changes) - {"model", "train"}
+    if unknown:
+        raise ValueError(f"changes hold tables 'model' and 'train', got {sorted(unknown)}")
     merged = copy.deepcopy(base)
     for part in ("model", "train"):
         merged.setdefault(part, {})
@@ -104,7 +107,9 @@ class Run:
         """Its files' path without suffix (one posterior per observation for rounds)."""
         stem = f"{self.task}_{self.budget}_{self.label}_seed{self.seed}"
         if self.changes or not self.selected:
-            what = json.dumps({"changes": self.changes, "selected": self.selected}, sort_keys=True)
+            what = json.dumps(
+                {"changes": self.changes, "selected": self.selected}, sort_keys=True, default=repr
+            )
             stem += "_" + hashlib.sha1(what.encode()).hexdigest()[:10]
         return run_dir / (stem if self.observation is None else f"{stem}_obs{self.observation}")
 

@@ -153,7 +153,9 @@ class SearchGrid:
             chosen.append(copy.deepcopy(self.capacity))
         return chosen
 
-    def plan_run(self, mine: list[dict], estimator: str, budget: int, task: Task):
+    def plan_run(
+        self, mine: list[dict], estimator: str, budget: int, task: Task
+    ) -> list[list[Override]]:
         """The stages of a cell as its rows `mine` ran them: with the capacity stage where
         they reach it."""
         plain = self.plan(estimator, budget, task)
@@ -396,6 +398,9 @@ def train_and_score(
     )
     theta, x = simulations
     _, held_out = split_indices(len(theta), fraction, run.seed)
+    x_held_out, augment = x[held_out], get_task(run.task).augment_x
+    if augment is not None:  # as the training saw x: e.g. gw's noise, drawn once, fixed
+        x_held_out = augment(x_held_out, generator=torch.Generator().manual_seed(run.seed))
     return {
         "task": run.task,
         "budget": run.budget,
@@ -403,7 +408,7 @@ def train_and_score(
         "stage": str(stage),
         "configuration": _name(run.changes),
         "validation_loss": posterior.training_record.best_validation_loss,
-        "heldout_nll": heldout_nll(posterior, theta[held_out], x[held_out]),
+        "heldout_nll": heldout_nll(posterior, theta[held_out], x_held_out),
         "map_to_unbounded": str(bool(model.get("map_to_unbounded", False))),
         "trainable_parameters": posterior.training_record.trainable_parameters,
         "train_seconds": round(seconds, 1),

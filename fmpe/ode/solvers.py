@@ -263,7 +263,7 @@ def solve(
             sliced to the rows of each evaluation; None: the field gets None.
         differentiable: keep the graph, so that gradients flow to `theta` and the field's
             parameters (meant for a fixed-step method; the divergence is then exact to second
-            order).
+            order). Under an outer `torch.no_grad()` no graph is kept.
         generator: draws the Hutchinson probes, once per solve.
     """
     d = theta.shape[-1]

@@ -281,7 +281,7 @@ class Posterior(nn.Module):
             warnings.warn(
                 f"only {cost.acceptance_rate:.1%} of the samples fell inside the prior's "
                 "support; the posterior may be poorly trained for this x",
-                stacklevel=5,
+                stacklevel=4,  # _accepted, _sample, sample: the caller of sample
             )
         theta = torch.stack([self._joined(pieces, 0, n) for pieces in kept], dim=1)  # (n, b, d)
         log_prob = None
@@ -459,7 +459,7 @@ class Posterior(nn.Module):
             warnings.warn(
                 f"the density of {int(failed.sum())} of {len(rows)} points could not be "
                 "computed (the ODE solve failed); they get NaN",
-                stacklevel=4,
+                stacklevel=3,  # _log_prob_of_rows, log_prob: the caller of log_prob
             )
         log_prob = torch.where(solved, log_prob, -math.inf)
         return torch.where(nan | failed, math.nan, log_prob), evaluations
