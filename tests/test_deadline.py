@@ -53,3 +53,8 @@ def test_recorded_durations_give_a_units_expected_seconds():
     # Another task's rows at the budget stand in where this task has none; none at all: None.
     assert expected_unit_seconds(rows, "two_moons", 1000, "fmpe", 1, False) == 110.0
     assert expected_unit_seconds(rows, "two_moons", 10000, "fmpe", 1, False) is None
+    # A label with rows on another task only: the slower of those and this task's kin.
+    slow = row("fmpe@defaults", "0", 0, train=500.0, task="two_moons")
+    assert expected_unit_seconds([*rows, slow], "slcp", 1000, "fmpe@defaults", 1, False) == 510.0
+    fast = row("fmpe@defaults", "0", 0, train=50.0, task="two_moons")
+    assert expected_unit_seconds([*rows, fast], "slcp", 1000, "fmpe@defaults", 1, False) == 110.0

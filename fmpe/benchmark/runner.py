@@ -112,9 +112,11 @@ def expected_unit_seconds(
 ) -> float | None:
     """Seconds that training a posterior (unless it is `trained` already) and scoring it on
     `observations` are expected to take, from the finished rows of the same budget: this
-    task's and label's where there are any, else this task's of the same estimator under
-    another label (fmpe's for fmpe@rounds2), else this task's, else the slowest task's at
-    that budget; None without rows at that budget.
+    task's and label's where there are any; else the slowest of this task's rows of the same
+    estimator under another label (fmpe's for fmpe@defaults) and this label's rows on the
+    other tasks, since a label may train another network than the task's card (the base
+    card's for fmpe@defaults); else this task's; else the slowest task's at that budget; None
+    without rows at that budget.
 
     A row records its training seconds; an observation's scoring is the median gap between
     the finish times of a posterior's consecutive rows.
@@ -122,7 +124,8 @@ def expected_unit_seconds(
     at_budget = [r for r in rows if int(r["budget"]) == budget]
     same = [r for r in at_budget if r["task"] == task]
     kin = [r for r in same if _estimator_of(r["estimator"]) == _estimator_of(label)]
-    mine = [r for r in same if r["estimator"] == label] or kin or same or at_budget
+    elsewhere = [r for r in at_budget if r["estimator"] == label]
+    mine = [r for r in same if r["estimator"] == label] or kin + elsewhere or same or at_budget
     if not mine:
         return None
     by_posterior: dict[tuple[str, str, str], list[dict]] = {}
