@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from torch.distributions import MultivariateNormal
+from torch.distributions import Independent, MultivariateNormal, Uniform
 
 from fmpe import FMPE
 from fmpe.ode import SolverSettings, solve
@@ -144,6 +144,20 @@ def test_the_iid_methods_are_registered_and_a_bad_one_is_named(one_trial_posteri
         one_trial_posterior.sample_iid(10, torch.zeros(3, 2), iid_method="fnpe")
     with pytest.raises(ValueError, match=r"x \(a batch of observations\)"):
         one_trial_posterior.sample_iid(10, torch.zeros(3, 4))
+
+
+def test_a_prior_passed_to_sample_iid_bounds_its_samples(one_trial_posterior):
+    # Three trials near (1, 1) put a few percent of the composed posterior below 0 in each
+    # coordinate; a prior passed in (a box standing in for a bounded prior) decides what is
+    # kept, not the posterior's own Gaussian.
+    box = Independent(Uniform(torch.zeros(2), 3 * torch.ones(2)), 1)
+    trials = torch.ones(3, 2) + 0.3 * torch.randn(3, 2, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(5)
+    unbounded = one_trial_posterior.sample_iid(2000, trials)
+    torch.manual_seed(5)
+    bounded = one_trial_posterior.sample_iid(2000, trials, prior=box)
+    assert (unbounded < 0).any()
+    assert ((bounded > 0) & (bounded < 3)).all()
 
 
 def test_composition_needs_a_prior(one_trial_posterior):

@@ -183,12 +183,14 @@ class Posterior(nn.Module):
         with torch.no_grad():
             return self._context(self.x_standardizer(x))
 
-    def _inside(self, theta: Tensor) -> Tensor:
-        """theta: (n, d) -> (n,) bool: strictly inside the prior's support and the bounds of
-        `theta_transform` (where float rounding can put a sample on a bound)."""
+    def _inside(self, theta: Tensor, prior: Distribution | None = None) -> Tensor:
+        """theta: (n, d) -> (n,) bool: strictly inside the support of `prior` (default this
+        posterior's) and the bounds of `theta_transform` (where float rounding can put a sample
+        on a bound)."""
+        prior = prior if prior is not None else self.prior
         inside = self.theta_transform.inside(theta)
-        if self.prior is not None:
-            inside &= in_support(self.prior, theta)
+        if prior is not None:
+            inside &= in_support(prior, theta)
         return inside
 
     def _from_z(self, z: Tensor, log_q_z: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -238,12 +240,14 @@ class Posterior(nn.Module):
         reject_outside_prior: bool,
         show_progress: bool,
         draws_per_call: int | None = None,
+        prior: Distribution | None = None,
     ) -> tuple[Tensor, Tensor | None, Cost]:
         """n samples θ (n, b, d), with log q (n, b) if `with_log_prob`, for each of b
         observations: ``draw(rows)`` returns θ (k, d), log q (k,) or None, and its network
         evaluations, for rows (k,) the observation of each draw. Draws outside the prior's
-        support are rejected (with `reject_outside_prior`) and drawn again, in calls of at
-        most `draws_per_call` rows (default `chunk_size`)."""
+        support of `prior` (default this posterior's) are rejected (with
+        `reject_outside_prior`) and drawn again, in calls of at most `draws_per_call` rows
+        (default `chunk_size`)."""
         draws_per_call = draws_per_call or self.chunk_size
         kept: list[list[tuple[Tensor, Tensor | None]]] = [[] for _ in range(b)]
         missing = torch.full((b,), n, dtype=torch.long)
@@ -257,7 +261,7 @@ class Posterior(nn.Module):
                 for rows in rows_of.split(draws_per_call):
                     theta, log_prob, cost = draw(rows)
                     evaluations += cost
-                    ok = self._inside(theta) if reject_outside_prior else None
+                    ok = self._inside(theta, prior) if reject_outside_prior else None
                     observations, sizes = torch.unique_consecutive(rows, return_counts=True)
                     start = 0
                     for j, size in zip(observations.tolist(), sizes.tolist()):

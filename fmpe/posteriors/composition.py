@@ -182,7 +182,7 @@ def standardized_prior(posterior, prior: Distribution, num_samples: int = PRIOR_
     """The moments of `prior` in the posterior's standardized coordinates z."""
     with torch.no_grad():
         theta = prior.sample((num_samples,)).to(posterior.device, posterior.dtype)
-        theta = theta[posterior._inside(theta)]
+        theta = theta[posterior._inside(theta, prior)]
         z = posterior.theta_coordinates.to_z(theta)
     moments = GaussianMoments.of(z.double())
     return GaussianMoments(moments.mean.to(z.dtype), moments.covariance.to(z.dtype))
@@ -261,5 +261,6 @@ def sample_iid(
         reject_outside_prior=True,
         show_progress=show_progress,
         draws_per_call=max(1, posterior.chunk_size // len(context)),  # n trials per draw
+        prior=prior,
     )
     return theta[:, 0]
