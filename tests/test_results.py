@@ -220,6 +220,8 @@ def test_a_run_with_changes_trains_those_settings_under_files_of_its_own(tmp_pat
     posterior = changed.fit(torch.device("cpu"), show_progress=False, simulations=(theta, theta))
     assert posterior.training_record.epochs <= 2
     assert posterior.metadata["task"] == "gaussian_linear"
+    with pytest.raises(ValueError, match="budget is 300 simulations, but 299"):
+        changed.fit(torch.device("cpu"), simulations=(theta[:299], theta[:299]))
     with pytest.raises(ValueError, match="rounds draw their own simulations"):
         Run("sir", 300, rounds=2, observation=1).fit(
             torch.device("cpu"), simulations=(theta, theta)

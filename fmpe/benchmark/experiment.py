@@ -141,6 +141,11 @@ class Run:
         into its metadata."""
         if simulations is not None and self.rounds > 1:
             raise ValueError("sequential rounds draw their own simulations: pass none")
+        if simulations is not None and len(simulations[0]) != self.budget:
+            raise ValueError(
+                f"the run's budget is {self.budget} simulations, but {len(simulations[0])} "
+                "were given: the metadata would name the wrong budget"
+            )
         task = get_task(self.task)
         model_options, train_options = self.hyperparameters(cards)
         torch.manual_seed(self.seed)
