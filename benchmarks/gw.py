@@ -5,6 +5,7 @@
     uv run python benchmarks/gw.py --score-only       # steps 1 and 5 only: training, scores,
                                                       # P–P and efficiency figures, summary
     uv run python benchmarks/gw.py --stop-after 2h    # stop between units; print how to go on
+    uv run python benchmarks/gw.py --coordinates      # only: box or R for the bounded parameters
 
 Both estimators train with the `gw` card's hyperparameters on the same waveforms (the same
 budget, seed and epochs); every step is resumable, and a finished one is skipped when the
@@ -21,6 +22,12 @@ script runs again:
 4. the reference checked against dynesty's nested sampling: log evidence and JSD per
    parameter (gw_dynesty.csv);
 5. figures (gw_pp.png, gw_corner.png, gw_is_efficiency.png) and the summary gw_summary.md.
+
+`--coordinates` runs only the measurement that decides how the card treats the bounded and
+periodic parameters: each estimator trained with the card's settings on the prior's box
+(samples outside it rejected) and on R (`map_to_unbounded`), compared by the held-out −log q in
+θ's own coordinates (`fmpe sweep`'s map-onto-R stage on its own, rows in gw_coordinates.csv,
+the table in gw_coordinates.md).
 
 Every row names the machine it was measured on. With --stop-after, a run finishes the unit in
 progress (an estimator's training and scoring, one injection's reference, JSDs or dynesty
@@ -53,6 +60,7 @@ from fmpe.benchmark import (
     timestamp,
 )
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
+from fmpe.benchmark.sweep import SearchGrid, sweep, sweep_log
 from fmpe.cli import duration
 from fmpe.diagnostics import ImportanceResult, defensive_importance_sample, ks_uniform
 from fmpe.plot import pairplot, pp_plot
@@ -68,6 +76,9 @@ PERIODIC = (4, 6, 7)  # φ_c, ψ and ra: the likelihood is periodic over each on
 JSD_GRID = 400
 REFERENCE_PRIOR_FRACTION = 0.05
 NOT_RUN = "Not run yet (`--score-only` skips this step)."
+COORDINATES = SearchGrid(stages={name: {0: []} for name in ESTIMATORS})
+"""The sweep's map-onto-R stage alone (the prior is a box): the card's settings on the box and
+on R."""
 
 
 @dataclass(frozen=True)
@@ -585,6 +596,51 @@ def train_and_score(task, name: str, args, scale, device, deadline: Deadline) ->
     return posterior
 
 
+def run_coordinates(args, scale, device, deadline: Deadline) -> None:
+    """`--coordinates`: per estimator, the card's settings on the box and on R, trained on the
+    same waveforms and compared by held-out −log q (one configuration a unit of `deadline`);
+    the rows go to gw_coordinates.csv and the table to gw_coordinates.md."""
+    results = args.out / "gw_coordinates.csv"
+    chosen = {}
+    for name in ESTIMATORS:
+        chosen[name] = sweep(
+            "gw",
+            scale.budget,
+            estimator=name,
+            seed=args.seed,
+            results=results,
+            show_progress=not args.quiet,
+            device=device,
+            deadline=deadline,
+            grid=COORDINATES,
+        )
+        if chosen[name] is None:
+            break
+    lines = [
+        "# The gw task's bounded parameters: the prior's box or R",
+        "",
+        "`python benchmarks/gw.py --coordinates` (`fmpe sweep`'s map-onto-R stage on its own):",
+        "each estimator with the `gw` card's settings, trained on the same waveforms on the",
+        "prior's box (samples outside it rejected) and on R (`map_to_unbounded`). Validation",
+        "losses live in different coordinates, so the held-out −log q in θ's own coordinates",
+        "decides.",
+        "",
+        "| estimator | budget | map onto R | best validation loss | held-out −log q | "
+        "training s | chosen | machine |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sweep_log(results).rows():
+        choice = chosen.get(r["estimator"])
+        unbounded = r["map_to_unbounded"] == "True"
+        picked = choice is not None and bool(choice["model"]["map_to_unbounded"]) == unbounded
+        lines.append(
+            f"| {NAMES[r['estimator']]} | {r['budget']} | {'yes' if unbounded else 'no'} | "
+            f"{float(r['validation_loss']):.4f} | {float(r['heldout_nll']):.3f} | "
+            f"{float(r['train_seconds']):.0f} | {'yes' if picked else ''} | {r['machine']} |"
+        )
+    results.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
 def analyse(task, posteriors, args, scale, machine, command: str, deadline: Deadline) -> None:
     """Steps 2-5 (2-4 unless --score-only), with both estimators' posteriors."""
     references = {}
@@ -620,6 +676,12 @@ def main(argv: list[str] | None = None) -> None:
         "reference posteriors, JSDs, dynesty or corner plot (the costly steps)",
     )
     parser.add_argument(
+        "--coordinates",
+        action="store_true",
+        help="only the measurement of the bounded parameters' coordinates: each estimator on "
+        "the prior's box and on R, chosen by held-out −log q (gw_coordinates.csv and .md)",
+    )
+    parser.add_argument(
         "--stop-after",
         type=duration,
         metavar="DURATION",
@@ -648,9 +710,14 @@ def main(argv: list[str] | None = None) -> None:
     if scale.injections > task.num_observations:
         raise SystemExit(f"the gw task has {task.num_observations} injections")
 
-    posteriors = {n: train_and_score(task, n, args, scale, device, deadline) for n in ESTIMATORS}
-    if None not in posteriors.values():
-        analyse(task, posteriors, args, scale, machine, command, deadline)
+    if args.coordinates:
+        run_coordinates(args, scale, device, deadline)
+    else:
+        posteriors = {
+            name: train_and_score(task, name, args, scale, device, deadline) for name in ESTIMATORS
+        }
+        if None not in posteriors.values():
+            analyse(task, posteriors, args, scale, machine, command, deadline)
     print(f"results in {args.out}")
     if deadline.left:
         continuation = sys.argv[1:] if argv is None else argv

@@ -278,6 +278,29 @@ def test_the_smoke_run_of_the_comparison_writes_every_result(tmp_path):
         assert name in names
 
 
+def test_the_coordinates_measurement_trains_box_and_r_once_per_estimator(tmp_path):
+    out = tmp_path / "results"
+    command = [sys.executable, str(ROOT / "benchmarks" / "gw.py"), "--smoke", "--coordinates"]
+    command += ["--out", str(out), "--runs", str(tmp_path / "runs"), "--quiet"]
+    subprocess.run(command, check=True, cwd=tmp_path, timeout=600)
+    rows = RowLog(out / "gw_coordinates.csv").rows()
+    assert sorted((r["estimator"], r["map_to_unbounded"]) for r in rows) == [
+        ("fmpe", "False"), ("fmpe", "True"), ("npe", "False"), ("npe", "True"),
+    ]  # fmt: skip
+    assert all(math.isfinite(float(r["heldout_nll"])) for r in rows)
+    chosen = {}  # estimator: whether its chosen row maps onto R
+    for line in (out / "gw_coordinates.md").read_text().splitlines()[-4:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if cells[6] == "yes":
+            chosen[cells[0].lower()] = cells[2] == "yes"
+    for name in ("fmpe", "npe"):  # the lower held-out −log q decides
+        mine = [r for r in rows if r["estimator"] == name]
+        best = min(mine, key=lambda r: float(r["heldout_nll"]))
+        assert chosen[name] == (best["map_to_unbounded"] == "True")
+    subprocess.run(command, check=True, cwd=tmp_path, timeout=600)  # resumes: trains nothing
+    assert RowLog(out / "gw_coordinates.csv").rows() == rows
+
+
 def test_the_scale_up_benchmark_measures_both_bands(tmp_path):
     results = tmp_path / "gw_scale_up.csv"
     script = ROOT / "benchmarks" / "gw_scale_up.py"
