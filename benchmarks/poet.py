@@ -9,7 +9,8 @@
 time: learning rate as a multiple of the card's ordinary rate, block size, merge interval,
 Neumann terms) on the benchmark's own simulations, with training seeds 0 and 1, and records,
 per configuration and seed, the best validation loss (uniform t, so configurations compare)
-beside that of ordinary training on the same seed, the trainable parameters, the training
+beside that of ordinary training on the same seed (the benchmark's own posterior under --runs,
+trained and saved there where it is missing), the trainable parameters, the training
 time and the C2ST over observations 1-3. The configuration the `poet` variant uses is the one
 with the lowest validation loss relative to ordinary training, averaged over the two tasks and
 both seeds, among those with at most 40% of the ordinary trainable parameters: `report` says
@@ -107,6 +108,13 @@ def train(run: Run):
     return run.fit(resolve_device("auto"), show_progress=False)
 
 
+def train_saved(run: Run, runs: Path):
+    """The posterior of `run` as the benchmark saved it under `runs` (the same simulations,
+    split and seed as `train`), trained and saved there first where it is missing."""
+    posterior, _ = run.train(runs, resolve_device("auto"), show_progress=False)
+    return posterior
+
+
 def ordinary_parameters(task, budget: int) -> int:
     """Trainable parameters of the ordinary network the card gives, built without training."""
     model, _ = Run(task.name, budget).hyperparameters()
@@ -140,14 +148,15 @@ def expected_seconds(rows: list[dict], task: str, ordinary_count: int) -> float 
     return gap
 
 
-def run_ablation(path: Path, deadline: Deadline) -> None:
-    """Trains and scores the configurations not yet in `path`, one per unit of `deadline`."""
+def run_ablation(path: Path, runs: Path, deadline: Deadline) -> None:
+    """Trains and scores the configurations not yet in `path`, one per unit of `deadline`,
+    against the ordinary posteriors of the benchmark under `runs` (trained there if missing)."""
     # A row is identified by its settings, not its name: the names are relative to the card's
     # variant, which the ablation's result changes.
     done = {resume_key(r) for r in RowLog(path).rows()}
     tasks = {name: get_task(name) for name in ABLATION_TASKS}
     counts = {name: ordinary_parameters(task, ABLATION_BUDGET) for name, task in tasks.items()}
-    ordinary = {}  # (task, seed): the ordinary posterior, trained when first needed
+    ordinary = {}  # (task, seed): the ordinary posterior, loaded or trained when first needed
     # Configurations outermost, so that a run stopped early has compared its first ones on
     # both tasks and seeds.
     for name, change in ABLATION.items():
@@ -174,7 +183,9 @@ def run_ablation(path: Path, deadline: Deadline) -> None:
             if not deadline.allows(f"{task_name} {name} seed {seed}", expected):
                 continue
             if (task_name, seed) not in ordinary:
-                ordinary[task_name, seed] = train(Run(task_name, ABLATION_BUDGET, seed=seed))
+                ordinary[task_name, seed] = train_saved(
+                    Run(task_name, ABLATION_BUDGET, seed=seed), runs
+                )
             reference = ordinary[task_name, seed].training_record
             posterior, seconds = timed(train, run)
             try:
@@ -384,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     deadline = Deadline.after(args.stop_after)
     ablation = RESULTS / "poet_ablation.csv"
     if args.step == "ablation":
-        run_ablation(ablation, deadline)
+        run_ablation(ablation, args.runs, deadline)
     elif args.step == "table":
         run_table(args.results, args.runs, args.threads, deadline)
     write_report(ablation, args.results, RESULTS)

@@ -98,6 +98,7 @@ def ablation(poet, monkeypatch) -> SimpleNamespace:
     monkeypatch.setattr(experiment, "load_card", lambda name, cards=None: Card())
     monkeypatch.setattr(poet, "get_task", lambda name: task)
     monkeypatch.setattr(poet, "train", train)
+    monkeypatch.setattr(poet, "train_saved", lambda run, runs: train(run))
     monkeypatch.setattr(poet, "timed", lambda function, run: (function(run), 100.0))
     monkeypatch.setattr(poet, "c2st", lambda reference, samples: 0.6)
     return state
@@ -105,7 +106,7 @@ def ablation(poet, monkeypatch) -> SimpleNamespace:
 
 def test_finished_rows_are_not_redone_unless_the_card_changed(poet, ablation, tmp_path):
     path = tmp_path / "poet_ablation.csv"
-    poet.run_ablation(path, Deadline(None))
+    poet.run_ablation(path, tmp_path / "runs", Deadline(None))
     rows = RowLog(path).rows()
     configurations = ["exact cayley", "block 4", "learning rate x 2"]
     assert [r["configuration"] for r in rows] == [c for c in configurations for _ in "01"]
@@ -117,11 +118,11 @@ def test_finished_rows_are_not_redone_unless_the_card_changed(poet, ablation, tm
     assert [seed for _, _, seed in ablation.trained] == [0, 0, 1, 1, 0, 1, 0, 1]
 
     ablation.trained.clear()
-    poet.run_ablation(path, Deadline(None))
+    poet.run_ablation(path, tmp_path / "runs", Deadline(None))
     assert ablation.trained == [] and len(RowLog(path).rows()) == 6
 
     ablation.widths = [16, 16]  # a changed card: its rows are not those of the old one
-    poet.run_ablation(path, Deadline(None))
+    poet.run_ablation(path, tmp_path / "runs", Deadline(None))
     rows = RowLog(path).rows()
     assert len(ablation.trained) == 8 and len(rows) == 12
     assert len({r["ordinary_parameters"] for r in rows}) == 2
