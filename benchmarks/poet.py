@@ -7,7 +7,8 @@
 
 `ablation` trains POET networks (the cards' `poet` variant with one setting changed at a
 time: learning rate as a multiple of the card's ordinary rate, block size, merge interval,
-Neumann terms) on the benchmark's own simulations, with training seeds 0 and 1, and records,
+Neumann terms, residual blocks left as POET draws them instead of started near the identity)
+on the benchmark's own simulations, with training seeds 0 and 1, and records,
 per configuration and seed, the best validation loss (uniform t, so configurations compare)
 beside that of ordinary training on the same seed (the benchmark's own posterior under --runs,
 trained and saved there where it is missing), the trainable parameters, the training
@@ -57,6 +58,7 @@ MAX_PARAMETER_SHARE = 0.4  # of the ordinary network's trainable parameters (the
 # that gives the variant's own settings is not trained twice.
 ABLATION = {
     "variant": {},
+    "blocks not near identity": {"network": {"near_identity_blocks": False}},
     "learning rate x 1": {"learning_rate_factor": 1.0},
     "learning rate x 2": {"learning_rate_factor": 2.0},
     "learning rate x 4": {"learning_rate_factor": 4.0},
@@ -68,7 +70,14 @@ ABLATION = {
     "neumann 3 (odd)": {"linear": {"neumann_terms": 3}},
     "exact cayley": {"linear": {"neumann_terms": None}},
 }
-SETTING_FIELDS = ("task", "block_size", "merge_every", "neumann_terms", "learning_rate")
+SETTING_FIELDS = (
+    "task",
+    "block_size",
+    "merge_every",
+    "neumann_terms",
+    "learning_rate",
+    "near_identity_blocks",
+)
 TABLE_BUDGETS = (1000, 10_000)
 TABLE_OBSERVATIONS = range(1, 11)
 POET = method_label("fmpe", "poet")
@@ -81,6 +90,7 @@ ABLATION_FIELDS = (
     "merge_every",
     "neumann_terms",
     "learning_rate",
+    "near_identity_blocks",
     "validation_loss",
     "ordinary_validation_loss",
     "c2st_mean",
@@ -96,7 +106,8 @@ ABLATION_FIELDS = (
 
 def ablation_run(task: str, budget: int, change: dict, seed: int) -> Run:
     """The card's poet variant for (task, budget) with `change` applied, trained with `seed`."""
-    changes: dict = {"model": {"network_options": {"linear": change.get("linear", {})}}}
+    network_options = {"linear": change.get("linear", {}), **change.get("network", {})}
+    changes: dict = {"model": {"network_options": network_options}}
     if "learning_rate_factor" in change:
         ordinary_rate = Run(task, budget).hyperparameters()[1]["learning_rate"]
         changes["train"] = {"learning_rate": ordinary_rate * change["learning_rate_factor"]}
@@ -125,9 +136,12 @@ def ordinary_parameters(task, budget: int) -> int:
 
 def settings(row: dict) -> tuple[str, ...]:
     """A configuration's SETTING_FIELDS as the CSV holds them (None as ""); Neumann terms None
-    and "exact" are both "exact", the exact Cayley transform."""
-    cells = {k: "" if row[k] is None else str(row[k]) for k in SETTING_FIELDS}
+    and "exact" are both "exact", the exact Cayley transform. A row from before the
+    near_identity_blocks column counts as the default, True: those on today's cards (the only
+    rows a resume or the choice reads) did start their blocks near the identity."""
+    cells = {k: "" if row.get(k) is None else str(row[k]) for k in SETTING_FIELDS}
     cells["neumann_terms"] = cells["neumann_terms"] or "exact"
+    cells["near_identity_blocks"] = cells["near_identity_blocks"] or "True"
     return tuple(cells.values())
 
 
@@ -173,6 +187,7 @@ def run_ablation(path: Path, runs: Path, deadline: Deadline) -> None:
                 "merge_every": linear.get("merge_every"),
                 "neumann_terms": linear.get("neumann_terms"),
                 "learning_rate": train_options.get("learning_rate"),
+                "near_identity_blocks": model["network_options"].get("near_identity_blocks", True),
                 "ordinary_parameters": counts[task_name],
             }
             key = resume_key(setting)
@@ -240,9 +255,10 @@ def run_table(results: Path, runs: Path, threads: int, deadline: Deadline) -> No
 
 def _ablation_table(rows: list[dict]) -> list[str]:
     lines = [
-        "| task | configuration | seed | block | merge every | Neumann k | lr "
-        "| val loss / ordinary | C2ST (obs 1-3) | trainable / ordinary parameters | train s |",
-        "|---" * 11 + "|",
+        "| task | configuration | seed | block | merge every | Neumann k | lr | blocks start "
+        "near identity | val loss / ordinary | C2ST (obs 1-3) | trainable / ordinary parameters "
+        "| train s |",
+        "|---" * 12 + "|",
     ]
     # Configurations are compared by their settings (names are relative to the card's variant
     # when the row was run), each task on the card of its latest row, among those within the
@@ -255,7 +271,8 @@ def _ablation_table(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {r['task']} | {r['configuration']} | {r['seed']} | {r['block_size']} | "
             f"{r['merge_every']} | {r['neumann_terms'] or 'exact'} | "
-            f"{float(r['learning_rate']):.0e} | {ratio:.3f} | "
+            f"{float(r['learning_rate']):.0e} | {_yes_no(r.get('near_identity_blocks', ''))} | "
+            f"{ratio:.3f} | "
             f"{float(r['c2st_mean']):.3f} ({r['c2st_observations']}) | {share:.1%} | "
             f"{r['train_seconds']} |"
         )
@@ -290,8 +307,17 @@ def _ablation_table(rows: list[dict]) -> list[str]:
 
 
 def _settings(key: tuple) -> str:
-    block, merge, terms, learning_rate = key
-    return f"block {block}, merge every {merge}, Neumann k {terms}, lr {float(learning_rate):.0e}"
+    block, merge, terms, learning_rate, near_identity = key
+    blocks = "" if near_identity == "True" else ", blocks not started near the identity"
+    return (
+        f"block {block}, merge every {merge}, Neumann k {terms}, lr {float(learning_rate):.0e}"
+        + blocks
+    )
+
+
+def _yes_no(flag: str) -> str:
+    """A recorded flag as yes or no, and "–" where the row predates its column."""
+    return {"True": "yes", "False": "no"}.get(flag, "–")
 
 
 def _comparison(results: Path) -> tuple[list[str], dict]:

@@ -407,6 +407,22 @@ def test_residual_blocks_start_near_the_identity(linear):
         assert not any(type(m) is nn.Linear for m in network.modules())
 
 
+@pytest.mark.parametrize("linear", [None, POET(block_size=4)], ids=["linear", "poet"])
+def test_blocks_can_be_left_as_their_layers_are_drawn(linear):
+    """near_identity_blocks=False: no gain, and each block's last layer as the factory draws
+    it (POET's unit-norm rows), so no block starts near the identity."""
+    torch.manual_seed(0)
+    network = VelocityNetwork(
+        2, (3,), hidden_widths=(16, 32), linear=linear, near_identity_blocks=False
+    )
+    for block in network.net.blocks:
+        z = torch.randn(64, block.linear1.in_features)
+        with torch.no_grad():
+            change = block(z) - z
+        assert change.norm() > 0.1 * z.norm()
+    assert not [name for name, _ in network.named_parameters() if name.endswith("gain")]
+
+
 def test_seeded_merges_are_reproducible():
     torch.manual_seed(0)
     layer = POETLinear(16, 16, block_size=4)

@@ -29,12 +29,26 @@ def make_activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+def start_near_zero(layer: nn.Module) -> None:
+    """Draws `layer` within about `NEAR_ZERO` of the zero map. A reparameterized layer that
+    offers `start_near_zero` does it its own way: POET fixes W0's singular values, so shrinking
+    its weight here would keep the layer near zero for good."""
+    if isinstance(layer, nn.Linear):
+        nn.init.uniform_(layer.weight, -NEAR_ZERO, NEAR_ZERO)
+        nn.init.uniform_(layer.bias, -NEAR_ZERO, NEAR_ZERO)
+    elif hasattr(layer, "start_near_zero"):
+        layer.start_near_zero(NEAR_ZERO)
+
+
 class ResidualBlock(nn.Module):
     """Pre-activation residual block with an optional gated linear unit (GLU) for a context.
 
     h = Linear(Dropout(act(BN(Linear(act(BN(z)))))))
     h = h * sigmoid(W c + b)      if a context c is given
     out = z + h
+
+    With `near_identity` (the default) the last linear layer starts within `NEAR_ZERO` of the
+    zero map, so that the block starts near the identity.
     """
 
     def __init__(
@@ -45,6 +59,7 @@ class ResidualBlock(nn.Module):
         dropout: float,
         batch_norm: bool,
         linear: LinearFactory = nn.Linear,
+        near_identity: bool = True,
     ):
         super().__init__()
         self.norm1 = nn.BatchNorm1d(width) if batch_norm else nn.Identity()
@@ -53,14 +68,8 @@ class ResidualBlock(nn.Module):
         self.linear1 = linear(width, width)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = linear(width, width)
-        # Blocks start close to the identity. A reparameterized layer that offers it starts
-        # near zero its own way: POET fixes W0's singular values, so shrinking its weight here
-        # would keep the block near the identity for good.
-        if isinstance(self.linear2, nn.Linear):
-            nn.init.uniform_(self.linear2.weight, -NEAR_ZERO, NEAR_ZERO)
-            nn.init.uniform_(self.linear2.bias, -NEAR_ZERO, NEAR_ZERO)
-        elif hasattr(self.linear2, "start_near_zero"):
-            self.linear2.start_near_zero(NEAR_ZERO)
+        if near_identity:
+            start_near_zero(self.linear2)
         self.gate = linear(context_dim, width) if context_dim > 0 else None
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
@@ -82,6 +91,7 @@ class DenseResidualNet(nn.Module):
         hidden_widths: one residual block per entry.
         context_dim: width of the context that gates every block (0 for no gating).
         linear: builds every linear layer, `linear(in_features, out_features)`.
+        near_identity_blocks: start every block near the identity (`ResidualBlock`).
     """
 
     def __init__(
@@ -94,6 +104,7 @@ class DenseResidualNet(nn.Module):
         dropout: float = 0.0,
         batch_norm: bool = False,
         linear: LinearFactory = nn.Linear,
+        near_identity_blocks: bool = True,
     ):
         super().__init__()
         if len(hidden_widths) == 0:
@@ -101,7 +112,10 @@ class DenseResidualNet(nn.Module):
         widths = list(hidden_widths)
         self.input_layer = linear(input_dim, widths[0])
         self.blocks = nn.ModuleList(
-            ResidualBlock(w, context_dim, activation, dropout, batch_norm, linear) for w in widths
+            ResidualBlock(
+                w, context_dim, activation, dropout, batch_norm, linear, near_identity_blocks
+            )
+            for w in widths
         )
         self.resizes = nn.ModuleList(
             linear(w, w_next) if w != w_next else nn.Identity()
@@ -134,6 +148,8 @@ class VelocityNetwork(nn.Module):
         embedding_net: maps x (n, *x_shape) to (n, k); None flattens x.
         linear: builds every linear layer: a factory `linear(in_features, out_features)`,
             or the name of a registered one ("linear", "poet") or {"name": ..., **options}.
+        near_identity_blocks: start every residual block near the identity (the default);
+            False leaves each block's last layer as its `linear` factory initializes it.
     """
 
     def __init__(
@@ -148,6 +164,7 @@ class VelocityNetwork(nn.Module):
         dropout: float = 0.0,
         batch_norm: bool = False,
         linear: LinearFactory | LinearSpec | None = None,
+        near_identity_blocks: bool = True,
     ):
         super().__init__()
         for name, route in (("theta_route", theta_route), ("x_route", x_route)):
@@ -177,6 +194,7 @@ class VelocityNetwork(nn.Module):
             dropout=dropout,
             batch_norm=batch_norm,
             linear=self.linear,
+            near_identity_blocks=near_identity_blocks,
         )
 
     def _embedding_dim(self) -> int:
