@@ -74,6 +74,11 @@ def test_sweep_chooses_by_validation_loss_and_resumes(tmp_path, blind, monkeypat
     table = sweep_module.write_table(results, TINY).read_text()
     assert "| gaussian_linear | 300 | fmpe | 4 |" in table
     assert f"`{json.dumps(chosen, sort_keys=True)}`" in table
+    # The choice's held-out −log q beside the search's lowest, which the choice does not use.
+    nll = [float(r["heldout_nll"]) for r in written]
+    own = nll[written.index(best_second)]
+    assert f"| {own:.3f} / {min(nll):.3f} |" in table
+    assert f"fmpe {int(own > min(nll))} of 1." in table
 
     import fmpe.estimators
 

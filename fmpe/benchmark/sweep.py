@@ -498,9 +498,10 @@ def _toml_value(value) -> str:
 
 def write_table(results: Path, grid: SearchGrid = GRID) -> Path:
     """Renders the search in `results` as a markdown table beside it (same name, .md): per
-    cell, the configurations trained, their training hours, the lowest validation loss and
-    the configuration the search chose (or "incomplete" while stages are missing); then, per
-    budget and estimator, the base card's one configuration (`choose_defaults`)."""
+    cell, the configurations trained, their training hours, the lowest validation loss, the
+    configuration the search chose (or "incomplete" while stages are missing), and the
+    held-out −log q of the choice beside the lowest of the search, which the choice does not
+    use; then, per budget and estimator, the base card's one configuration (`choose_defaults`)."""
     rows = sweep_log(results).rows()
     cells: dict[tuple[str, int, str], list[dict]] = {}
     for row in rows:
@@ -513,25 +514,37 @@ def write_table(results: Path, grid: SearchGrid = GRID) -> Path:
         "override of the card's settings with the lowest validation loss of the last stage.",
         "",
         "| task | budget | estimator | configurations | training hours | best validation loss "
-        "| chosen | machine |",
-        "|---|---|---|---|---|---|---|---|",
+        "| chosen | held-out −log q: chosen / lowest | machine |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    # Per estimator: finished searches, and those whose lowest held-out −log q is not the choice's.
+    finished: dict[str, list[bool]] = {}
     tasks = {name: get_task(name) for name in {*sbibm_tasks(), *(t for t, _, _ in cells)}}
     for (task, budget, estimator), mine in sorted(cells.items()):
         choice = _finished_choice(mine, grid.plan_run(mine, estimator, budget, tasks[task]))
         chosen = "incomplete" if choice is None else _name(choice)
         hours = sum(float(r["train_seconds"]) for r in mine) / 3600
         best = min(float(r["validation_loss"]) for r in mine)
+        lowest = min(float(r["heldout_nll"]) for r in mine)
+        nll = "–"
+        if choice is not None:
+            own = min(float(r["heldout_nll"]) for r in mine if r["configuration"] == chosen)
+            nll = f"{own:.3f} / {lowest:.3f}"
+            finished.setdefault(estimator, []).append(own > lowest)
         machines = "; ".join(sorted({r["machine"] for r in mine}))
         lines.append(
             f"| {task} | {budget} | {estimator} | {len(mine)} | {hours:.2f} | {best:.4f} | "
-            f"`{chosen}` | {machines} |"
+            f"`{chosen}` | {nll} | {machines} |"
         )
     total = sum(float(r["train_seconds"]) for r in rows) / 3600
     lines += [
         "",
         f"In all: {len(rows)} configurations, {total:.2f} training hours (simulating the",
-        "training sets and the held-out densities are not timed).",
+        "training sets and the held-out densities are not timed). Held-out −log q(θ | x) is in",
+        "θ's own coordinates, on the same held-out split as the validation loss. Finished",
+        "searches in which another configuration had a lower one than the choice: "
+        + ", ".join(f"{estimator} {sum(v)} of {len(v)}" for estimator, v in finished.items())
+        + ".",
         "",
         "## The base card's settings, one per budget for every task",
         "",
