@@ -1,4 +1,4 @@
-"""benchmarks/poet.py and benchmarks/gw.py with fakes for training: what they resume, the
+"""benchmarks/poet.py, gw.py and fast_sampling.py with fakes for training: what they resume, the
 threads of their processes, the parameter share, and --stop-after."""
 
 import argparse
@@ -6,6 +6,7 @@ import importlib.util
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -16,6 +17,7 @@ from fmpe.benchmark import RowLog, experiment
 from fmpe.benchmark.deadline import Deadline
 from fmpe.benchmark.results import ResultsStore
 from fmpe.diagnostics import ImportanceResult
+from fmpe.posteriors.base import Cost
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 PROVENANCE = ("machine", "fmpe_version", "finished_at")
@@ -293,3 +295,71 @@ def test_the_iid_benchmark_writes_each_row_once_and_its_table(tmp_path, monkeypa
     monkeypatch.setattr(iid, "train", lambda *args: pytest.fail("trained again"))
     iid.main([])
     assert len(RowLog(tmp_path / "iid.csv").rows()) == expected
+
+
+@pytest.fixture
+def fast_sampling(monkeypatch) -> SimpleNamespace:
+    """benchmarks/fast_sampling.py on two fake tasks: a sample call takes 100 s (`clock`), its
+    evaluations are 4 per fixed step (80 adaptive), and its C2ST is 0.6 + evaluations / 10^4."""
+    script = load_script("fast_sampling")
+    state = SimpleNamespace(script=script, trained=[], clock=Clock())
+
+    class Posterior:
+        def sample(self, n, x, return_cost, **options):
+            state.clock.now += 100.0
+            evaluations = 4 * options["steps"] if options else 80
+            return torch.full((n, 2), evaluations / 1e4), Cost(evaluations=evaluations)
+
+    class FakeRun:
+        def __init__(self, task, budget, defaults):
+            assert (budget, defaults) == (10_000, True)
+            self.task = task
+
+        def train(self, runs, device, show_progress):
+            state.trained.append(self.task)
+            return Posterior(), 1.0
+
+    def provenance():
+        finished = datetime.fromtimestamp(state.clock.now, UTC).isoformat()
+        return {"machine": "test", "fmpe_version": "0", "finished_at": finished}
+
+    task = SimpleNamespace(observation=lambda i: torch.zeros(2), reference_samples=str)
+    monkeypatch.setattr(script, "sbibm_tasks", lambda: ["slcp", "two_moons"])
+    monkeypatch.setattr(script, "get_task", lambda name: task)
+    monkeypatch.setattr(script, "Run", FakeRun)
+    monkeypatch.setattr(script, "provenance", provenance)
+    monkeypatch.setattr(script, "c2st", lambda reference, samples: 0.6 + samples[0, 0].item())
+    return state
+
+
+def test_fast_sampling_scores_every_setting_once_and_reports_the_differences(
+    fast_sampling, tmp_path
+):
+    script = fast_sampling.script
+    script.main(["--results", str(tmp_path)])
+    rows = RowLog(tmp_path / "fast_sampling.csv").rows()
+    assert len(rows) == 2 * 3 * 3 and fast_sampling.trained == ["slcp", "two_moons"]
+    script.main(["--results", str(tmp_path)])
+    assert len(RowLog(tmp_path / "fast_sampling.csv").rows()) == 18
+    assert fast_sampling.trained == ["slcp", "two_moons"]  # nothing trained or scored again
+    report = (tmp_path / "fast_sampling.md").read_text()
+    # 6 steps: 24 evaluations, C2ST 0.6024 against the default's 0.6080; 10 steps: 0.6040.
+    assert "| slcp | 1 2 3 | 0.608 | 80 | 0.602 (-0.006) | 24 | 0.604 (-0.004) | 40 |" in report
+    assert "- rk4, 6 late steps: within 0.005 C2ST of the default on 0 of 2 tasks." in report
+    assert "- rk4, 10 late steps: within 0.005 C2ST of the default on 2 of 2 tasks." in report
+
+
+def test_a_stopped_fast_sampling_run_continues_to_the_rows_of_an_uninterrupted_one(
+    fast_sampling, tmp_path, monkeypatch, capsys
+):
+    script = fast_sampling.script
+    script.run_checks(tmp_path / "whole.csv", tmp_path, 1, Deadline(None))
+    whole = RowLog(tmp_path / "whole.csv").rows()
+    fast_sampling.clock.now = 0.0
+    deadline = Deadline(250.0, clock=fast_sampling.clock)
+    script.run_checks(tmp_path / "parts.csv", tmp_path, 1, deadline)
+    # Two rows start with no duration recorded or 100 s expected of 250 left, the third not.
+    assert len(RowLog(tmp_path / "parts.csv").rows()) == 2
+    assert deadline.left[0] == "slcp 1 rk4, 10 late steps"
+    script.run_checks(tmp_path / "parts.csv", tmp_path, 1, Deadline(None))
+    assert measured(RowLog(tmp_path / "parts.csv").rows()) == measured(whole)

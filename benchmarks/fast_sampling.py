@@ -1,0 +1,162 @@
+"""Fixed-step sampling against fmpe's default adaptive solver, on every sbibm task.
+
+    uv run python benchmarks/fast_sampling.py --stop-after 1h     # resumable
+    uv run python benchmarks/fast_sampling.py report              # fast_sampling.md only
+
+`benchmarks/solvers.py` found RK4 with 6 steps on the late time grid as accurate as the
+default solver on one task and one observation (two_moons, observation 1), with a quarter of
+the network evaluations. This checks it where it would have to hold to become the default:
+the `fmpe@defaults` posterior of each sbibm task at 1e4 simulations (the benchmark's own under
+--runs, trained there where it is missing), observations 1-3, 10,000 samples per setting,
+C2ST against sbibm's reference, and the network evaluations of the call. No times: on one
+posterior the evaluations are the cost, and `solvers.py` and `cpu_peers.py` time them.
+
+Rows go to fast_sampling.csv, one per task, observation and setting; a run skips the rows
+there, and with --stop-after finishes the row in progress, starts none that is not expected
+to fit (by the durations of the task's rows so far, else of all rows) and prints the command
+that continues.
+fast_sampling.md gives per task each setting's mean C2ST and its difference from the
+default's, and on how many tasks each setting is within 0.005 of it (issue #15's bound).
+"""
+
+import argparse
+import shlex
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from fmpe.benchmark import RowLog, Run, provenance, resolve_device
+from fmpe.benchmark.deadline import Deadline, median_gap_seconds
+from fmpe.benchmark.sweep import sbibm_tasks
+from fmpe.cli import duration
+from fmpe.metrics import c2st
+from fmpe.tasks import get_task
+
+RESULTS = Path(__file__).parent / "results"
+BUDGET = 10_000
+OBSERVATIONS = (1, 2, 3)
+NUM_SAMPLES = 10_000
+BOUND = 0.005  # largest C2ST difference from the default that counts as unchanged accuracy
+SETTINGS = {  # the first is fmpe's default
+    "default": {},
+    "rk4, 6 late steps": {"method": "rk4", "steps": 6, "time_grid": "late"},
+    "rk4, 10 late steps": {"method": "rk4", "steps": 10, "time_grid": "late"},
+}
+FIELDS = ("task", "budget", "observation", "setting", "c2st", "evaluations", "threads")
+KEY = ("task", "observation", "setting")
+
+
+def run_checks(path: Path, runs: Path, threads: int, deadline: Deadline) -> None:
+    """Samples and scores every (task, observation, setting) not yet in `path`."""
+    log = RowLog(path, FIELDS, KEY)
+    for task_name in sbibm_tasks():
+        task, posterior = get_task(task_name), None
+        for observation in OBSERVATIONS:
+            for setting, options in SETTINGS.items():
+                row = {"task": task_name, "observation": observation, "setting": setting}
+                if log.key_of(row) in log.completed():
+                    continue
+                rows = log.rows()
+                mine = [r for r in rows if r["task"] == task_name]
+                # A task's first rows are expected to take as long as the other tasks' rows.
+                expected = median_gap_seconds(r["finished_at"] for r in mine)
+                if expected is None:
+                    expected = median_gap_seconds(r["finished_at"] for r in rows)
+                if not deadline.allows(f"{task_name} {observation} {setting}", expected):
+                    continue
+                if posterior is None:
+                    run = Run(task_name, BUDGET, defaults=True)
+                    posterior, _ = run.train(runs, resolve_device("cpu"), show_progress=False)
+                torch.manual_seed(observation)
+                samples, cost = posterior.sample(
+                    NUM_SAMPLES, task.observation(observation), return_cost=True, **options
+                )
+                score = c2st(task.reference_samples(observation), samples)
+                row |= {
+                    "budget": BUDGET,
+                    "c2st": f"{score:.4f}",
+                    "evaluations": cost.evaluations,
+                    "threads": threads,
+                    **provenance(),
+                }
+                print({k: row[k] for k in FIELDS}, flush=True)
+                log.add(row)
+
+
+def write_report(path: Path, out: Path) -> None:
+    """fast_sampling.md from the rows at `path`: per task, each setting's mean C2ST over the
+    observations every setting has, its difference from the default, and its evaluations."""
+    rows = RowLog(path).rows() if path.exists() else []
+    scores: dict[tuple[str, str], dict[str, tuple[float, int]]] = {}
+    for r in rows:
+        cell = (float(r["c2st"]), int(r["evaluations"]))
+        scores.setdefault((r["task"], r["observation"]), {})[r["setting"]] = cell
+    complete = {k: v for k, v in scores.items() if set(v) == set(SETTINGS)}
+    names = list(SETTINGS)
+    lines = [
+        "# Fixed-step sampling against the default solver, on every sbibm task",
+        "",
+        "Produced by `uv run python benchmarks/fast_sampling.py`; see its docstring. Each task's",
+        f"`fmpe@defaults` posterior at {BUDGET:.0e} simulations, {NUM_SAMPLES:,} samples per",
+        "setting, C2ST against sbibm's reference (mean over the observations listed) and network",
+        "evaluations per call (mean); in brackets, the difference from the default's C2ST.",
+        "",
+        "| task | observations | "
+        + " | ".join(f"{n}: C2ST | {n}: evaluations" for n in names)
+        + " |",
+        "|---|---|" + "---|---|" * len(names),
+    ]
+    within = {name: [] for name in names[1:]}
+    for task in sorted({t for t, _ in complete}):
+        mine = [v for (t, _), v in complete.items() if t == task]
+        observed = sorted(o for t, o in complete if t == task)
+        mean = {n: statistics.fmean(v[n][0] for v in mine) for n in names}
+        cells = []
+        for n in names:
+            evaluations = statistics.fmean(v[n][1] for v in mine)
+            difference = "" if n == names[0] else f" ({mean[n] - mean[names[0]]:+.3f})"
+            cells.append(f"{mean[n]:.3f}{difference} | {evaluations:.0f}")
+            if n != names[0]:
+                within[n].append(abs(mean[n] - mean[names[0]]) <= BOUND)
+        lines.append(f"| {task} | {' '.join(observed)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for name, hits in within.items():
+        lines.append(
+            f"- {name}: within {BOUND} C2ST of the default on {sum(hits)} of {len(hits)} tasks."
+        )
+    machines = sorted({r["machine"] for r in rows})
+    lines += ["", "Machines: " + ("; ".join(machines) or "–")]
+    (out / "fast_sampling.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("step", nargs="?", choices=("check", "report"), default="check")
+    parser.add_argument("--runs", type=Path, default=Path(__file__).parent / "runs")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--stop-after",
+        type=duration,
+        metavar="DURATION",
+        help="e.g. 90m or 2h: finish the row in progress, start none that is not expected "
+        "to fit, and print the command that continues",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    deadline = Deadline.after(args.stop_after)
+    path = args.results / "fast_sampling.csv"
+    if args.step == "check":
+        run_checks(path, args.runs, args.threads, deadline)
+    write_report(path, args.results)
+    if deadline.left:
+        command = sys.argv[1:] if argv is None else argv
+        print(deadline.summary("uv run python benchmarks/fast_sampling.py " + shlex.join(command)))
+
+
+if __name__ == "__main__":
+    main()
