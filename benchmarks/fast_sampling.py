@@ -30,7 +30,7 @@ import torch
 from fmpe.benchmark import RowLog, Run, provenance, resolve_device
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
 from fmpe.benchmark.sweep import sbibm_tasks
-from fmpe.cli import duration
+from fmpe.cli import add_stop_after
 from fmpe.metrics import c2st
 from fmpe.tasks import get_task
 
@@ -139,13 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=Path(__file__).parent / "runs")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument(
-        "--stop-after",
-        type=duration,
-        metavar="DURATION",
-        help="e.g. 90m or 2h: finish the row in progress, start none that is not expected "
-        "to fit, and print the command that continues",
-    )
+    add_stop_after(parser, "the row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     deadline = Deadline.after(args.stop_after)

@@ -61,7 +61,7 @@ from fmpe.benchmark import (
 )
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
 from fmpe.benchmark.sweep import SearchGrid, sweep, sweep_log
-from fmpe.cli import duration
+from fmpe.cli import add_stop_after
 from fmpe.diagnostics import ImportanceResult, defensive_importance_sample, ks_uniform
 from fmpe.plot import pairplot, pp_plot
 from fmpe.posteriors import Posterior
@@ -681,13 +681,7 @@ def main(argv: list[str] | None = None) -> None:
         help="only the measurement of the bounded parameters' coordinates: each estimator on "
         "the prior's box and on R, chosen by held-out −log q (gw_coordinates.csv and .md)",
     )
-    parser.add_argument(
-        "--stop-after",
-        type=duration,
-        metavar="DURATION",
-        help="e.g. 90m or 2h: finish the unit in progress, start none that is not expected to "
-        "fit, and print the command that continues",
-    )
+    add_stop_after(parser, "the unit")
     args = parser.parse_args(argv)
     deadline = Deadline.after(args.stop_after)
     scale = SMOKE if args.smoke else Scale()

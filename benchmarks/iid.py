@@ -39,7 +39,7 @@ import fmpe
 from fmpe import FMPE
 from fmpe.benchmark import RowLog, markdown_table, provenance, timed
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
-from fmpe.cli import duration
+from fmpe.cli import add_stop_after
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = Path(__file__).parent / "runs" / "iid"
@@ -206,7 +206,7 @@ def write_table(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--stop-after", type=duration, metavar="DURATION", help="e.g. 30m")
+    add_stop_after(parser, "the route")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     deadline = Deadline.after(args.stop_after)

@@ -42,7 +42,7 @@ from fmpe.benchmark.experiment import Run, method_label
 from fmpe.benchmark.report import published_c2st
 from fmpe.benchmark.results import ResultsStore
 from fmpe.benchmark.runner import expected_unit_seconds
-from fmpe.cli import duration
+from fmpe.cli import add_stop_after
 from fmpe.metrics import c2st
 from fmpe.networks import network_builder
 from fmpe.tasks import get_task
@@ -409,13 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads, also of the table's processes"
     )
-    parser.add_argument(
-        "--stop-after",
-        type=duration,
-        metavar="DURATION",
-        help="e.g. 90m or 2h: finish the configuration or table cell in progress, start none "
-        "that is not expected to fit, and print the command that continues",
-    )
+    add_stop_after(parser, "the configuration or table cell")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     deadline = Deadline.after(args.stop_after)

@@ -98,7 +98,9 @@ def duration(text: str) -> str:
     return text
 
 
-def _add_stop_after(parser: argparse.ArgumentParser, unit: str) -> None:
+def add_stop_after(parser: argparse.ArgumentParser, unit: str) -> None:
+    """Adds --stop-after DURATION to `parser` (the CLI's and the benchmark scripts'); `unit`
+    names what a stopped run finishes, e.g. "the configuration"."""
     parser.add_argument(
         "--stop-after",
         type=duration,
@@ -171,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quiet", action="store_true", help="no training progress bars")
     _add_cards(bench)
-    _add_stop_after(bench, "the posterior (training and scoring)")
+    add_stop_after(bench, "the posterior (training and scoring)")
 
     train = commands.add_parser(
         "train",
@@ -266,7 +268,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     sweep.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_cards(sweep)
-    _add_stop_after(sweep, "the configuration")
+    add_stop_after(sweep, "the configuration")
 
     report = commands.add_parser("report", help="markdown tables and a figure of the results")
     report.add_argument("--results", type=Path, default=RESULTS)
