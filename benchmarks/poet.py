@@ -109,9 +109,14 @@ def ablation_run(task: str, budget: int, change: dict, seed: int) -> Run:
     network_options = {"linear": change.get("linear", {}), **change.get("network", {})}
     changes: dict = {"model": {"network_options": network_options}}
     if "learning_rate_factor" in change:
-        ordinary_rate = Run(task, budget).hyperparameters()[1]["learning_rate"]
-        changes["train"] = {"learning_rate": ordinary_rate * change["learning_rate_factor"]}
+        rate = ordinary_rate(task, budget) * change["learning_rate_factor"]
+        changes["train"] = {"learning_rate": rate}
     return Run(task, budget, variant="poet", seed=seed, changes=changes)
+
+
+def ordinary_rate(task: str, budget: int) -> float:
+    """The learning rate of ordinary training on the card of (task, budget)."""
+    return Run(task, budget).hyperparameters()[1]["learning_rate"]
 
 
 def train(run: Run):
@@ -278,7 +283,7 @@ def _ablation_table(rows: list[dict]) -> list[str]:
         )
         current = r["ordinary_parameters"] == latest_card[r["task"]]
         if current and math.isfinite(ratio) and share <= MAX_PARAMETER_SHARE:
-            by_seed.setdefault(settings(r)[1:], {}).setdefault(r["task"], []).append(ratio)
+            by_seed.setdefault(relative_settings(r), {}).setdefault(r["task"], []).append(ratio)
     ratios = {
         k: {task: statistics.fmean(v) for task, v in tasks.items() if len(v) == len(ABLATION_SEEDS)}
         for k, tasks in by_seed.items()
@@ -306,12 +311,20 @@ def _ablation_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def relative_settings(row: dict) -> tuple[str, ...]:
+    """A row's settings without its task, its learning rate as a multiple of the rate of
+    ordinary training on the task's card (today's), so that one configuration is the same
+    across tasks whose cards train at different rates."""
+    _, block, merge, terms, learning_rate, near_identity = settings(row)
+    factor = float(learning_rate) / ordinary_rate(row["task"], ABLATION_BUDGET)
+    return block, merge, terms, f"{factor:.3g}", near_identity
+
+
 def _settings(key: tuple) -> str:
-    block, merge, terms, learning_rate, near_identity = key
+    block, merge, terms, factor, near_identity = key
     blocks = "" if near_identity == "True" else ", blocks not started near the identity"
     return (
-        f"block {block}, merge every {merge}, Neumann k {terms}, lr {float(learning_rate):.0e}"
-        + blocks
+        f"block {block}, merge every {merge}, Neumann k {terms}, lr {factor} × the card's" + blocks
     )
 
 

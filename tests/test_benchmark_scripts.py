@@ -273,6 +273,33 @@ def test_the_ablation_chooses_only_among_configurations_trained_on_every_seed(po
     assert "Lowest mean" not in text and "Lowest on slcp" not in text
     text = "\n".join(poet._ablation_table([*rows, row("slcp", 1, 1.0)]))
     assert "Lowest mean validation loss" in text and "(0.850); the cards'" in text
+    assert "lr 2 × the card's" in text  # 0.004 against the cards' 0.002
+
+
+def test_the_ablation_compares_learning_rates_relative_to_each_card(poet, monkeypatch):
+    """One configuration is the same multiple of each card's rate, not the same absolute rate:
+    with cards that train at 1e-3 (two_moons) and 4e-3 (slcp), 4e-3 on two_moons and 1.6e-2 on
+    slcp are both ×4, and 4e-3 on slcp is ×1."""
+    rates = {"two_moons": 1e-3, "slcp": 4e-3}
+    monkeypatch.setattr(poet, "ordinary_rate", lambda task, budget: rates[task])
+
+    def row(task, seed, loss, learning_rate):
+        return {
+            "task": task, "configuration": "c", "seed": str(seed), "block_size": "8",
+            "merge_every": "200", "neumann_terms": "exact", "learning_rate": learning_rate,
+            "validation_loss": str(loss), "ordinary_validation_loss": "1.0",
+            "c2st_mean": "0.6", "c2st_observations": "0.6", "trainable_parameters": "10",
+            "ordinary_parameters": "100", "train_seconds": "1.0",
+        }  # fmt: skip
+
+    rows = [
+        *(row("two_moons", seed, 0.9, "0.004") for seed in (0, 1)),
+        *(row("slcp", seed, 1.1, "0.016") for seed in (0, 1)),
+        *(row("slcp", seed, 0.5, "0.004") for seed in (0, 1)),
+    ]
+    text = "\n".join(poet._ablation_table(rows))
+    assert "lr 4 × the card's" in text and "(1.000); the cards'" in text
+    assert "Lowest on slcp alone (2 configurations" in text
 
 
 def test_the_iid_benchmark_writes_each_row_once_and_its_table(tmp_path, monkeypatch):
