@@ -6,6 +6,7 @@
                                                       # P–P and efficiency figures, summary
     uv run python benchmarks/gw.py --stop-after 2h    # stop between units; print how to go on
     uv run python benchmarks/gw.py --coordinates      # only: box or R for the bounded parameters
+    uv run python benchmarks/gw.py --t-theta-embedding  # only: FMPE's (t, θ) as is or embedded
 
 Both estimators train with the `gw` card's hyperparameters on the same waveforms (the same
 budget, seed and epochs); every step is resumable, and a finished one is skipped when the
@@ -27,7 +28,9 @@ script runs again:
 periodic parameters: each estimator trained with the card's settings on the prior's box
 (samples outside it rejected) and on R (`map_to_unbounded`), compared by the held-out −log q in
 θ's own coordinates (`fmpe sweep`'s map-onto-R stage on its own, rows in gw_coordinates.csv,
-the table in gw_coordinates.md).
+the table in gw_coordinates.md). `--t-theta-embedding` likewise decides whether FMPE's (t, θ)
+gates the residual blocks as it is or through a residual network of its own, by validation
+loss (gw_t_theta_embedding.csv and .md).
 
 Every row names the machine it was measured on. With --stop-after, a run finishes the unit in
 progress (an estimator's training and scoring, one injection's reference, JSDs or dynesty
@@ -36,11 +39,13 @@ steps that need what it left undone, and prints the command that continues it.
 """
 
 import argparse
+import json
 import math
 import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -76,9 +81,6 @@ PERIODIC = (4, 6, 7)  # φ_c, ψ and ra: the likelihood is periodic over each on
 JSD_GRID = 400
 REFERENCE_PRIOR_FRACTION = 0.05
 NOT_RUN = "Not run yet (`--score-only` skips this step)."
-COORDINATES = SearchGrid(stages={name: {0: []} for name in ESTIMATORS})
-"""The sweep's map-onto-R stage alone (the prior is a box): the card's settings on the box and
-on R."""
 
 
 @dataclass(frozen=True)
@@ -596,13 +598,67 @@ def train_and_score(task, name: str, args, scale, device, deadline: Deadline) ->
     return posterior
 
 
-def run_coordinates(args, scale, device, deadline: Deadline) -> None:
-    """`--coordinates`: per estimator, the card's settings on the box and on R, trained on the
-    same waveforms and compared by held-out −log q (one configuration a unit of `deadline`);
-    the rows go to gw_coordinates.csv and the table to gw_coordinates.md."""
-    results = args.out / "gw_coordinates.csv"
+@dataclass(frozen=True)
+class Search:
+    """A measurement that decides one setting of the `gw` card: `fmpe sweep`'s search with
+    `grid` for each of `estimators`, rows in gw_<file>.csv, the table in gw_<file>.md."""
+
+    file: str
+    estimators: tuple[str, ...]
+    grid: SearchGrid
+    column: str  # the table's name for the setting the search varies
+    describe: Callable[[dict], str]  # a row's value of that setting
+    text: tuple[str, ...]  # the table's title and what it measures
+
+
+T_THETA_WIDTHS = [64, 128, 256]
+T_THETA_EMBEDDED = {"model": {"network_options": {"t_theta_widths": T_THETA_WIDTHS}}}
+SEARCHES = {
+    "coordinates": Search(
+        "coordinates",
+        ESTIMATORS,
+        SearchGrid(stages={name: {0: []} for name in ESTIMATORS}),
+        "map onto R",
+        lambda row: "yes" if row["map_to_unbounded"] == "True" else "no",
+        (
+            "# The gw task's bounded parameters: the prior's box or R",
+            "",
+            "`python benchmarks/gw.py --coordinates` (`fmpe sweep`'s map-onto-R stage on its "
+            "own): each estimator with the `gw` card's settings, trained on the same waveforms "
+            "on the prior's box (samples outside it rejected) and on R (`map_to_unbounded`). "
+            "Validation losses live in different coordinates, so the held-out −log q in θ's "
+            "own coordinates decides.",
+        ),
+    ),
+    "t-theta-embedding": Search(
+        "t_theta_embedding",
+        ("fmpe",),
+        SearchGrid(stages={"fmpe": {0: [[{}, T_THETA_EMBEDDED]]}}, unbounded=[]),
+        "(t, θ) embedding",
+        lambda row: (
+            "residual net " + "-".join(map(str, T_THETA_WIDTHS))
+            if "t_theta_widths" in row["configuration"]
+            else "none"
+        ),
+        (
+            "# The gw task's (t, θ): as it is, or embedded first",
+            "",
+            "`python benchmarks/gw.py --t-theta-embedding`: FMPE with the `gw` card's settings, "
+            "(t, θ) gating every residual block as it is or through a residual network of its "
+            f"own (`t_theta_widths = {T_THETA_WIDTHS}`, as the FMPE paper embeds (t, θ) for "
+            "gravitational waves), trained on the same waveforms and chosen by validation loss.",
+        ),
+    ),
+}
+"""The `--coordinates` and `--t-theta-embedding` measurements."""
+
+
+def run_search(search: Search, args, scale, device, deadline: Deadline) -> None:
+    """Trains `search`'s configurations not yet in its CSV (one a unit of `deadline`) and
+    writes its table, with each estimator's choice once its search is finished."""
+    results = args.out / f"gw_{search.file}.csv"
     chosen = {}
-    for name in ESTIMATORS:
+    for name in search.estimators:
         chosen[name] = sweep(
             "gw",
             scale.budget,
@@ -612,29 +668,22 @@ def run_coordinates(args, scale, device, deadline: Deadline) -> None:
             show_progress=not args.quiet,
             device=device,
             deadline=deadline,
-            grid=COORDINATES,
+            grid=search.grid,
         )
         if chosen[name] is None:
             break
     lines = [
-        "# The gw task's bounded parameters: the prior's box or R",
+        *search.text,
         "",
-        "`python benchmarks/gw.py --coordinates` (`fmpe sweep`'s map-onto-R stage on its own):",
-        "each estimator with the `gw` card's settings, trained on the same waveforms on the",
-        "prior's box (samples outside it rejected) and on R (`map_to_unbounded`). Validation",
-        "losses live in different coordinates, so the held-out −log q in θ's own coordinates",
-        "decides.",
-        "",
-        "| estimator | budget | map onto R | best validation loss | held-out −log q | "
+        f"| estimator | budget | {search.column} | best validation loss | held-out −log q | "
         "training s | chosen | machine |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in sweep_log(results).rows():
         choice = chosen.get(r["estimator"])
-        unbounded = r["map_to_unbounded"] == "True"
-        picked = choice is not None and bool(choice["model"]["map_to_unbounded"]) == unbounded
+        picked = choice is not None and r["configuration"] == json.dumps(choice, sort_keys=True)
         lines.append(
-            f"| {NAMES[r['estimator']]} | {r['budget']} | {'yes' if unbounded else 'no'} | "
+            f"| {NAMES[r['estimator']]} | {r['budget']} | {search.describe(r)} | "
             f"{float(r['validation_loss']):.4f} | {float(r['heldout_nll']):.3f} | "
             f"{float(r['train_seconds']):.0f} | {'yes' if picked else ''} | {r['machine']} |"
         )
@@ -675,11 +724,22 @@ def main(argv: list[str] | None = None) -> None:
         help="train and score, then the P–P and efficiency figures and the summary: no "
         "reference posteriors, JSDs, dynesty or corner plot (the costly steps)",
     )
-    parser.add_argument(
+    measurement = parser.add_mutually_exclusive_group()
+    measurement.add_argument(
         "--coordinates",
-        action="store_true",
+        action="store_const",
+        const="coordinates",
+        dest="search",
         help="only the measurement of the bounded parameters' coordinates: each estimator on "
         "the prior's box and on R, chosen by held-out −log q (gw_coordinates.csv and .md)",
+    )
+    measurement.add_argument(
+        "--t-theta-embedding",
+        action="store_const",
+        const="t-theta-embedding",
+        dest="search",
+        help="only the measurement of FMPE's (t, θ) embedding: (t, θ) into the gates as it is "
+        "or through a residual network, chosen by validation loss (gw_t_theta_embedding.*)",
     )
     add_stop_after(parser, "the unit")
     args = parser.parse_args(argv)
@@ -704,8 +764,8 @@ def main(argv: list[str] | None = None) -> None:
     if scale.injections > task.num_observations:
         raise SystemExit(f"the gw task has {task.num_observations} injections")
 
-    if args.coordinates:
-        run_coordinates(args, scale, device, deadline)
+    if args.search:
+        run_search(SEARCHES[args.search], args, scale, device, deadline)
     else:
         posteriors = {
             name: train_and_score(task, name, args, scale, device, deadline) for name in ESTIMATORS

@@ -301,6 +301,22 @@ def test_the_coordinates_measurement_trains_box_and_r_once_per_estimator(tmp_pat
     assert RowLog(out / "gw_coordinates.csv").rows() == rows
 
 
+def test_the_t_theta_measurement_chooses_fmpe_s_embedding_by_validation_loss(tmp_path):
+    out = tmp_path / "results"
+    command = [sys.executable, str(ROOT / "benchmarks" / "gw.py"), "--smoke"]
+    command += ["--t-theta-embedding", "--out", str(out), "--runs", str(tmp_path / "runs")]
+    subprocess.run([*command, "--quiet"], check=True, cwd=tmp_path, timeout=600)
+    rows = RowLog(out / "gw_t_theta_embedding.csv").rows()
+    assert [(r["estimator"], r["map_to_unbounded"]) for r in rows] == [("fmpe", "False")] * 2
+    assert ["t_theta_widths" in r["configuration"] for r in rows] == [False, True]
+    best = min(rows, key=lambda r: float(r["validation_loss"]))
+    table = (out / "gw_t_theta_embedding.md").read_text().splitlines()[-2:]
+    chosen = [line.split("|")[3].strip() for line in table if "| yes |" in line]
+    assert chosen == ["residual net 64-128-256" if best is rows[1] else "none"]
+    subprocess.run([*command, "--quiet"], check=True, cwd=tmp_path, timeout=600)
+    assert RowLog(out / "gw_t_theta_embedding.csv").rows() == rows  # resumes: trains nothing
+
+
 def test_the_scale_up_benchmark_measures_both_bands(tmp_path):
     results = tmp_path / "gw_scale_up.csv"
     script = ROOT / "benchmarks" / "gw_scale_up.py"

@@ -176,3 +176,30 @@ def test_npe_flow_has_the_lower_validation_loss(train_gaussian_npe, gaussian_npe
     spline = train_gaussian_npe("nsf")
     affine = gaussian_npe_posterior.training_record.best_validation_loss
     assert affine < spline.training_record.best_validation_loss
+
+
+def test_a_gated_velocity_with_an_embedding_of_t_and_theta_learns_the_exact_posterior(
+    gaussian, tmp_path
+):
+    """(t, θ) through its own residual network into every block's gate, x the main input: the
+    route of the gw card with the FMPE paper's (t, θ) embedding, on the closed-form problem."""
+    import fmpe
+    from fmpe import FMPE
+
+    torch.manual_seed(0)
+    options = {"hidden_widths": (64, 64), "theta_route": "gate", "t_theta_widths": (32, 32)}
+    estimator = FMPE(gaussian.simulator, gaussian.prior, network_options=options)
+    posterior = estimator.train(
+        8_000, max_epochs=30, batch_size=256, learning_rate=2e-3, show_progress=False
+    )
+    gates = [block.gate for block in posterior.network.net.blocks]
+    assert all(gate.in_features == 32 for gate in gates)  # the embedding's width, not 1 + d
+    torch.manual_seed(1)
+    samples = posterior.sample(5000, X_OBS)
+    exact = gaussian.posterior(X_OBS)
+    assert torch.allclose(samples.mean(0), exact.mean, atol=0.05)
+    assert c2st(exact.sample((5000,)), samples) < 0.56
+    posterior.save(tmp_path / "embedded.fmpe")
+    loaded = fmpe.load(tmp_path / "embedded.fmpe")
+    theta = exact.sample((100,))
+    assert torch.equal(loaded.log_prob(theta, X_OBS), posterior.log_prob(theta, X_OBS))

@@ -124,7 +124,8 @@ FIELDS = (
 @dataclass(frozen=True)
 class SearchGrid:
     """What a search tries: per estimator and budget, its stages of overrides; the map onto R,
-    a last stage for bounded priors; and the optional capacity stage.
+    a last stage for bounded priors (none where `unbounded` is empty); and the optional
+    capacity stage.
 
         grid = SearchGrid({"fmpe": {300: [[{"train": {"batch_size": 64}}, {}]]}})
         sweep("gaussian_linear", 300, results=Path("sweep.csv"), grid=grid)
@@ -145,7 +146,7 @@ class SearchGrid:
         below = [b for b in table if b <= budget] or [min(table)]
         chosen = copy.deepcopy(table[max(below)])
         low, high = support_bounds(task.prior, task.theta_dim)
-        if torch.isfinite(low).any() or torch.isfinite(high).any():
+        if self.unbounded and (torch.isfinite(low).any() or torch.isfinite(high).any()):
             chosen.append(copy.deepcopy(self.unbounded))
         if capacity:
             if estimator != "fmpe":

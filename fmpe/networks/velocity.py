@@ -150,6 +150,11 @@ class VelocityNetwork(nn.Module):
             or the name of a registered one ("linear", "poet") or {"name": ..., **options}.
         near_identity_blocks: start every residual block near the identity (the default);
             False leaves each block's last layer as its `linear` factory initializes it.
+        t_theta_widths: one residual block per entry of a network that embeds (t, θ) into
+            `t_theta_widths[-1]` features before they enter their route, as the FMPE paper
+            does for gravitational waves; empty (the default): (t, θ) enters as it is. A gate
+            of the raw (t, θ) is a linear map through a sigmoid, so the velocity then depends
+            on θ only through those gates.
     """
 
     def __init__(
@@ -165,6 +170,7 @@ class VelocityNetwork(nn.Module):
         batch_norm: bool = False,
         linear: LinearFactory | LinearSpec | None = None,
         near_identity_blocks: bool = True,
+        t_theta_widths: Sequence[int] = (),
     ):
         super().__init__()
         for name, route in (("theta_route", theta_route), ("x_route", x_route)):
@@ -177,9 +183,22 @@ class VelocityNetwork(nn.Module):
         self.linear = linear_factory(linear)
         self.embedding_net = embedding_net if embedding_net is not None else nn.Flatten()
         embedding_dim = self._embedding_dim()
+        self.t_theta_embedding = (
+            DenseResidualNet(
+                1 + theta_dim,
+                t_theta_widths[-1],
+                t_theta_widths,
+                activation=activation,
+                linear=self.linear,
+                near_identity_blocks=near_identity_blocks,
+            )
+            if len(t_theta_widths) > 0
+            else nn.Identity()
+        )
+        t_theta_dim = t_theta_widths[-1] if len(t_theta_widths) > 0 else 1 + theta_dim
 
         widths = {"main": 0, "gate": 0}
-        for route, dim in ((theta_route, 1 + theta_dim), (x_route, embedding_dim)):
+        for route, dim in ((theta_route, t_theta_dim), (x_route, embedding_dim)):
             for target in ("main", "gate"):
                 if route in (target, "both"):
                     widths[target] += dim
@@ -224,7 +243,7 @@ class VelocityNetwork(nn.Module):
             (n, d)
         """
         t = t.expand(theta.shape[0]) if t.dim() == 0 else t
-        t_theta = torch.cat([t.unsqueeze(-1).to(theta.dtype), theta], dim=-1)
+        t_theta = self.t_theta_embedding(torch.cat([t.unsqueeze(-1).to(theta.dtype), theta], -1))
         parts = {"main": [], "gate": []}
         for route, value in ((self.theta_route, t_theta), (self.x_route, embedded_x)):
             for target in ("main", "gate"):
