@@ -39,7 +39,6 @@ steps that need what it left undone, and prints the command that continues it.
 """
 
 import argparse
-import json
 import math
 import shlex
 import statistics
@@ -65,7 +64,7 @@ from fmpe.benchmark import (
     timestamp,
 )
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
-from fmpe.benchmark.sweep import SearchGrid, sweep, sweep_log
+from fmpe.benchmark.sweep import SearchGrid, configuration_name, sweep, sweep_log
 from fmpe.cli import add_stop_after
 from fmpe.diagnostics import ImportanceResult, defensive_importance_sample, ks_uniform
 from fmpe.plot import pairplot, pp_plot
@@ -681,7 +680,7 @@ def run_search(search: Search, args, scale, device, deadline: Deadline) -> None:
     ]
     for r in sweep_log(results).rows():
         choice = chosen.get(r["estimator"])
-        picked = choice is not None and r["configuration"] == json.dumps(choice, sort_keys=True)
+        picked = choice is not None and r["configuration"] == configuration_name(choice)
         lines.append(
             f"| {NAMES[r['estimator']]} | {r['budget']} | {search.describe(r)} | "
             f"{float(r['validation_loss']):.4f} | {float(r['heldout_nll']):.3f} | "

@@ -257,16 +257,19 @@ def test_stop_after_takes_durations_only(script, poet, gw, capsys):
     assert "--stop-after: 'soon' is not a duration" in capsys.readouterr().err
 
 
-def test_the_ablation_chooses_only_among_configurations_trained_on_every_seed(poet):
-    def row(task, seed, loss, learning_rate="0.004"):
-        return {
-            "task": task, "configuration": "c", "seed": str(seed), "block_size": "8",
-            "merge_every": "200", "neumann_terms": "exact", "learning_rate": learning_rate,
-            "validation_loss": str(loss), "ordinary_validation_loss": "1.0",
-            "c2st_mean": "0.6", "c2st_observations": "0.6", "trainable_parameters": "10",
-            "ordinary_parameters": "100", "train_seconds": "1.0",
-        }  # fmt: skip
+def ablation_row(task: str, seed: int, loss: float, learning_rate: str = "0.004") -> dict:
+    """An ablation CSV row of one configuration with `loss` against ordinary training's 1.0."""
+    return {
+        "task": task, "configuration": "c", "seed": str(seed), "block_size": "8",
+        "merge_every": "200", "neumann_terms": "exact", "learning_rate": learning_rate,
+        "validation_loss": str(loss), "ordinary_validation_loss": "1.0",
+        "c2st_mean": "0.6", "c2st_observations": "0.6", "trainable_parameters": "10",
+        "ordinary_parameters": "100", "train_seconds": "1.0",
+    }  # fmt: skip
 
+
+def test_the_ablation_chooses_only_among_configurations_trained_on_every_seed(poet):
+    row = ablation_row
     rows = [row("two_moons", 0, 0.9), row("two_moons", 1, 0.7), row("slcp", 0, 0.8)]
     text = "\n".join(poet._ablation_table(rows))
     assert "Lowest on two_moons alone (1 configurations" in text and "(0.800)" in text
@@ -282,16 +285,7 @@ def test_the_ablation_compares_learning_rates_relative_to_each_card(poet, monkey
     slcp are both ×4, and 4e-3 on slcp is ×1."""
     rates = {"two_moons": 1e-3, "slcp": 4e-3}
     monkeypatch.setattr(poet, "ordinary_rate", lambda task, budget: rates[task])
-
-    def row(task, seed, loss, learning_rate):
-        return {
-            "task": task, "configuration": "c", "seed": str(seed), "block_size": "8",
-            "merge_every": "200", "neumann_terms": "exact", "learning_rate": learning_rate,
-            "validation_loss": str(loss), "ordinary_validation_loss": "1.0",
-            "c2st_mean": "0.6", "c2st_observations": "0.6", "trainable_parameters": "10",
-            "ordinary_parameters": "100", "train_seconds": "1.0",
-        }  # fmt: skip
-
+    row = ablation_row
     rows = [
         *(row("two_moons", seed, 0.9, "0.004") for seed in (0, 1)),
         *(row("slcp", seed, 1.1, "0.016") for seed in (0, 1)),

@@ -167,7 +167,8 @@ GRID = SearchGrid()
 """The committed search (benchmarks/results/sweep.csv)."""
 
 
-def _name(override: Override) -> str:
+def configuration_name(override: Override) -> str:
+    """How a search's rows name a configuration: its override as sorted JSON."""
     return json.dumps(override, sort_keys=True)
 
 
@@ -221,7 +222,7 @@ def sweep(
         scored = []
         for position, change in enumerate(stage):
             candidate = with_changes(best, change)
-            key = (str(index), _name(candidate))
+            key = (str(index), configuration_name(candidate))
             if key not in done:
                 recorded = [
                     float(r["train_seconds"]) for r in done.values() if "train_seconds" in r
@@ -351,7 +352,7 @@ def choose_defaults(
             column = "heldout_nll" if planned[index] == grid.unbounded else "validation_loss"
             scored.sort(key=lambda r: float(r[column]))
             for option in planned[index]:
-                label = _name(option)
+                label = configuration_name(option)
                 options[label] = option
                 place = next(
                     k
@@ -407,7 +408,7 @@ def train_and_score(
         "budget": run.budget,
         "estimator": run.estimator,
         "stage": str(stage),
-        "configuration": _name(run.changes),
+        "configuration": configuration_name(run.changes),
         "validation_loss": posterior.training_record.best_validation_loss,
         "heldout_nll": heldout_nll(posterior, theta[held_out], x_held_out),
         "map_to_unbounded": str(bool(model.get("map_to_unbounded", False))),
@@ -523,7 +524,7 @@ def write_table(results: Path, grid: SearchGrid = GRID) -> Path:
     tasks = {name: get_task(name) for name in {*sbibm_tasks(), *(t for t, _, _ in cells)}}
     for (task, budget, estimator), mine in sorted(cells.items()):
         choice = _finished_choice(mine, grid.plan_run(mine, estimator, budget, tasks[task]))
-        chosen = "incomplete" if choice is None else _name(choice)
+        chosen = "incomplete" if choice is None else configuration_name(choice)
         hours = sum(float(r["train_seconds"]) for r in mine) / 3600
         best = min(float(r["validation_loss"]) for r in mine)
         lowest = min(float(r["heldout_nll"]) for r in mine)
@@ -570,7 +571,8 @@ def write_table(results: Path, grid: SearchGrid = GRID) -> Path:
         chosen, ranks = choose_defaults(results, budget, estimator, grid=grid)
         best = "; ".join(f"stage {k}: {min(v.values()):.1f}" for k, v in ranks.items())
         lines.append(
-            f"| {budget} | {estimator} | {searched} of {len(names)} | `{_name(chosen)}` | {best} |"
+            f"| {budget} | {estimator} | {searched} of {len(names)} | "
+            f"`{configuration_name(chosen)}` | {best} |"
         )
     path = results.with_suffix(".md")
     path.write_text("\n".join(lines) + "\n")

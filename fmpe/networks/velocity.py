@@ -183,10 +183,11 @@ class VelocityNetwork(nn.Module):
         self.linear = linear_factory(linear)
         self.embedding_net = embedding_net if embedding_net is not None else nn.Flatten()
         embedding_dim = self._embedding_dim()
+        t_theta_dim = t_theta_widths[-1] if len(t_theta_widths) > 0 else 1 + theta_dim
         self.t_theta_embedding = (
             DenseResidualNet(
                 1 + theta_dim,
-                t_theta_widths[-1],
+                t_theta_dim,
                 t_theta_widths,
                 activation=activation,
                 linear=self.linear,
@@ -195,7 +196,6 @@ class VelocityNetwork(nn.Module):
             if len(t_theta_widths) > 0
             else nn.Identity()
         )
-        t_theta_dim = t_theta_widths[-1] if len(t_theta_widths) > 0 else 1 + theta_dim
 
         widths = {"main": 0, "gate": 0}
         for route, dim in ((theta_route, t_theta_dim), (x_route, embedding_dim)):
