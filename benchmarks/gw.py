@@ -39,6 +39,7 @@ steps that need what it left undone, and prints the command that continues it.
 """
 
 import argparse
+import json
 import math
 import shlex
 import statistics
@@ -612,6 +613,18 @@ class Search:
 
 T_THETA_WIDTHS = [64, 128, 256]
 T_THETA_EMBEDDED = {"model": {"network_options": {"t_theta_widths": T_THETA_WIDTHS}}}
+# Explicit, because the card now embeds (t, θ): the committed row of this configuration, trained
+# before that, reads "{}".
+T_THETA_AS_IT_IS = {"model": {"network_options": {"t_theta_widths": []}}}
+
+
+def t_theta_embedding(row: dict) -> str:
+    """How a `--t-theta-embedding` row's configuration treats (t, θ)."""
+    options = json.loads(row["configuration"]).get("model", {}).get("network_options", {})
+    widths = options.get("t_theta_widths")
+    return "residual net " + "-".join(map(str, widths)) if widths else "none"
+
+
 SEARCHES = {
     "coordinates": Search(
         "coordinates",
@@ -632,13 +645,9 @@ SEARCHES = {
     "t-theta-embedding": Search(
         "t_theta_embedding",
         ("fmpe",),
-        SearchGrid(stages={"fmpe": {0: [[{}, T_THETA_EMBEDDED]]}}, unbounded=[]),
+        SearchGrid(stages={"fmpe": {0: [[T_THETA_AS_IT_IS, T_THETA_EMBEDDED]]}}, unbounded=[]),
         "(t, θ) embedding",
-        lambda row: (
-            "residual net " + "-".join(map(str, T_THETA_WIDTHS))
-            if "t_theta_widths" in row["configuration"]
-            else "none"
-        ),
+        t_theta_embedding,
         (
             "# The gw task's (t, θ): as it is, or embedded first",
             "",

@@ -1,6 +1,7 @@
 """The gw task (shapes, prior, noise, injections, likelihood), the SVD embedding, and the
 smoke run of benchmarks/gw.py."""
 
+import json
 import math
 import subprocess
 import sys
@@ -308,7 +309,8 @@ def test_the_t_theta_measurement_chooses_fmpe_s_embedding_by_validation_loss(tmp
     subprocess.run([*command, "--quiet"], check=True, cwd=tmp_path, timeout=600)
     rows = RowLog(out / "gw_t_theta_embedding.csv").rows()
     assert [(r["estimator"], r["map_to_unbounded"]) for r in rows] == [("fmpe", "False")] * 2
-    assert ["t_theta_widths" in r["configuration"] for r in rows] == [False, True]
+    widths = [json.loads(r["configuration"])["model"]["network_options"] for r in rows]
+    assert [w["t_theta_widths"] for w in widths] == [[], [64, 128, 256]]
     best = min(rows, key=lambda r: float(r["validation_loss"]))
     table = (out / "gw_t_theta_embedding.md").read_text().splitlines()[-2:]
     chosen = [line.split("|")[3].strip() for line in table if "| yes |" in line]
