@@ -58,3 +58,13 @@ def test_recorded_durations_give_a_units_expected_seconds():
     assert expected_unit_seconds([*rows, slow], "slcp", 1000, "fmpe@defaults", 1, False) == 510.0
     fast = row("fmpe@defaults", "0", 0, train=50.0, task="two_moons")
     assert expected_unit_seconds([*rows, fast], "slcp", 1000, "fmpe@defaults", 1, False) == 110.0
+    # The posterior scored last stands for the cell, not the slowest (seed 0 ran slower).
+    later = [row("fmpe", "1", s, train=40.0) for s in (55, 57)]
+    assert expected_unit_seconds([*rows, *later], "slcp", 1000, "fmpe", 3, False) == 46.0
+    # ... once it has two rows: one row gives no scoring time yet.
+    assert expected_unit_seconds([*rows, later[0]], "slcp", 1000, "fmpe", 3, False) == 130.0
+
+
+def test_a_pause_between_runs_does_not_set_a_units_duration():
+    times = [f"2026-01-01T0{h}:{m:02d}:00+00:00" for h, m in ((0, 0), (0, 10), (8, 0))]
+    assert median_gap_seconds(times) == 600.0  # not the mean of 10 min and 7 h 50 min

@@ -119,24 +119,36 @@ def expected_unit_seconds(
     without rows at that budget.
 
     A row records its training seconds; an observation's scoring is the median gap between
-    the finish times of a posterior's consecutive rows.
+    the finish times of a posterior's consecutive rows. Where this task and label have a
+    posterior with several rows, the one scored last alone counts: it ran with today's code,
+    scoring workers and machine, and earlier ones of the same cell can be several times slower.
     """
     at_budget = [r for r in rows if int(r["budget"]) == budget]
     same = [r for r in at_budget if r["task"] == task]
     kin = [r for r in same if _estimator_of(r["estimator"]) == _estimator_of(label)]
     elsewhere = [r for r in at_budget if r["estimator"] == label]
-    mine = [r for r in same if r["estimator"] == label] or kin + elsewhere or same or at_budget
+    own = _by_posterior(r for r in same if r["estimator"] == label)
+    scored = [group for group in own if len(group) > 1]
+    if scored:
+        mine = max(scored, key=lambda group: max(r.get("finished_at") or "" for r in group))
+    else:
+        mine = [r for group in own for r in group] or kin + elsewhere or same or at_budget
     if not mine:
         return None
-    by_posterior: dict[tuple[str, str, str], list[dict]] = {}
-    for r in mine:
-        by_posterior.setdefault((r["task"], r["estimator"], r["seed"]), []).append(r)
     gaps = [
-        median_gap_seconds(r.get("finished_at") for r in group) for group in by_posterior.values()
+        median_gap_seconds(r.get("finished_at") for r in group) for group in _by_posterior(mine)
     ]
     scoring = max((g for g in gaps if g is not None), default=0.0)
     training = 0.0 if trained else max(float(r.get("train_seconds") or 0) for r in mine)
     return training + observations * scoring
+
+
+def _by_posterior(rows: Iterable[dict]) -> list[list[dict]]:
+    """`rows` grouped by the posterior that gave them: (task, estimator label, seed)."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["estimator"], r["seed"]), []).append(r)
+    return list(groups.values())
 
 
 def run(
