@@ -58,7 +58,7 @@ MAX_PARAMETER_SHARE = 0.4  # of the ordinary network's trainable parameters (the
 # that gives the variant's own settings is not trained twice.
 ABLATION = {
     "variant": {},
-    "blocks not near identity": {"network": {"near_identity_blocks": False}},
+    "blocks near identity": {"network": {"near_identity_blocks": True}},
     "learning rate x 1": {"learning_rate_factor": 1.0},
     "learning rate x 2": {"learning_rate_factor": 2.0},
     "learning rate x 4": {"learning_rate_factor": 4.0},
