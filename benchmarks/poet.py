@@ -7,7 +7,7 @@
 
 `ablation` trains POET networks (the cards' `poet` variant with one setting changed at a
 time: learning rate as a multiple of the card's ordinary rate, block size, merge interval,
-Neumann terms, residual blocks left as POET draws them instead of started near the identity)
+Neumann terms, residual blocks started near the identity or as POET draws them)
 on the benchmark's own simulations, with training seeds 0 and 1, and records,
 per configuration and seed, the best validation loss (uniform t, so configurations compare)
 beside that of ordinary training on the same seed (the benchmark's own posterior under --runs,
@@ -322,9 +322,10 @@ def relative_settings(row: dict) -> tuple[str, ...]:
 
 def _settings(key: tuple) -> str:
     block, merge, terms, factor, near_identity = key
-    blocks = "" if near_identity == "True" else ", blocks not started near the identity"
+    blocks = "started near the identity" if near_identity == "True" else "as POET draws them"
     return (
-        f"block {block}, merge every {merge}, Neumann k {terms}, lr {factor} × the card's" + blocks
+        f"block {block}, merge every {merge}, Neumann k {terms}, lr {factor} × the card's, "
+        f"blocks {blocks}"
     )
 
 
