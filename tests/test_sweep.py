@@ -131,8 +131,8 @@ def _fake_search(path, task, budget, losses, stages=(*TINY_STAGES, TINY.unbounde
             mapped = candidate.get("model", {}).get("map_to_unbounded", False)
             row = {
                 "task": task, "budget": budget, "estimator": "fmpe", "stage": str(index),
-                "configuration": sweep_module.configuration_name(candidate), "validation_loss": loss,
-                "heldout_nll": loss, "map_to_unbounded": str(mapped),
+                "configuration": sweep_module.configuration_name(candidate),
+                "validation_loss": loss, "heldout_nll": loss, "map_to_unbounded": str(mapped),
                 "trainable_parameters": 1, "train_seconds": 1.0, "machine": "test",
                 "fmpe_version": "0", "finished_at": "now",
             }  # fmt: skip
@@ -208,8 +208,8 @@ def test_a_search_starts_from_the_hand_written_settings(tmp_path, monkeypatch, c
     def record(run, simulations, stage, device, show_progress, cards):
         seen.append(dataclasses.replace(run, changes=None).hyperparameters(cards)[1])
         return {"task": run.task, "budget": run.budget, "estimator": "fmpe", "stage": "0",
-                "configuration": sweep_module.configuration_name(run.changes), "validation_loss": 1.0,
-                "map_to_unbounded": "False"}  # fmt: skip
+                "configuration": sweep_module.configuration_name(run.changes),
+                "validation_loss": 1.0, "map_to_unbounded": "False"}  # fmt: skip
 
     monkeypatch.setattr(sweep_module, "train_and_score", record)
     sweep_module.sweep(

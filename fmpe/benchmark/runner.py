@@ -127,12 +127,12 @@ def expected_unit_seconds(
     same = [r for r in at_budget if r["task"] == task]
     kin = [r for r in same if _estimator_of(r["estimator"]) == _estimator_of(label)]
     elsewhere = [r for r in at_budget if r["estimator"] == label]
-    own = _by_posterior(r for r in same if r["estimator"] == label)
-    scored = [group for group in own if len(group) > 1]
+    own = [r for r in same if r["estimator"] == label]
+    scored = [group for group in _by_posterior(own) if len(group) > 1]
     if scored:
         mine = max(scored, key=lambda group: max(r.get("finished_at") or "" for r in group))
     else:
-        mine = [r for group in own for r in group] or kin + elsewhere or same or at_budget
+        mine = own or kin + elsewhere or same or at_budget
     if not mine:
         return None
     gaps = [
