@@ -7,7 +7,8 @@
 
 `ablation` trains POET networks (the cards' `poet` variant with one setting changed at a
 time: learning rate as a multiple of the card's ordinary rate, block size, merge interval,
-Neumann terms, residual blocks started near the identity or as POET draws them)
+Neumann terms, residual blocks started near the identity or as POET draws them, ordinary
+input and output layers)
 on the benchmark's own simulations, with training seeds 0 and 1, and records,
 per configuration and seed, the best validation loss (uniform t, so configurations compare)
 beside that of ordinary training on the same seed (the benchmark's own posterior under --runs,
@@ -59,6 +60,7 @@ MAX_PARAMETER_SHARE = 0.4  # of the ordinary network's trainable parameters (the
 ABLATION = {
     "variant": {},
     "blocks near identity": {"network": {"near_identity_blocks": True}},
+    "ordinary end layers": {"network": {"end_linear": "linear"}},
     "learning rate x 1": {"learning_rate_factor": 1.0},
     "learning rate x 2": {"learning_rate_factor": 2.0},
     "learning rate x 4": {"learning_rate_factor": 4.0},
@@ -77,6 +79,7 @@ SETTING_FIELDS = (
     "neumann_terms",
     "learning_rate",
     "near_identity_blocks",
+    "ordinary_end_layers",
 )
 TABLE_BUDGETS = (1000, 10_000)
 TABLE_OBSERVATIONS = range(1, 11)
@@ -91,6 +94,7 @@ ABLATION_FIELDS = (
     "neumann_terms",
     "learning_rate",
     "near_identity_blocks",
+    "ordinary_end_layers",
     "validation_loss",
     "ordinary_validation_loss",
     "c2st_mean",
@@ -143,10 +147,12 @@ def settings(row: dict) -> tuple[str, ...]:
     """A configuration's SETTING_FIELDS as the CSV holds them (None as ""); Neumann terms None
     and "exact" are both "exact", the exact Cayley transform. A row from before the
     near_identity_blocks column counts as the default, True: those on today's cards (the only
-    rows a resume or the choice reads) did start their blocks near the identity."""
+    rows a resume or the choice reads) did start their blocks near the identity; one from
+    before the ordinary_end_layers column had POET end layers (False)."""
     cells = {k: "" if row.get(k) is None else str(row[k]) for k in SETTING_FIELDS}
     cells["neumann_terms"] = cells["neumann_terms"] or "exact"
     cells["near_identity_blocks"] = cells["near_identity_blocks"] or "True"
+    cells["ordinary_end_layers"] = cells["ordinary_end_layers"] or "False"
     return tuple(cells.values())
 
 
@@ -193,6 +199,7 @@ def run_ablation(path: Path, runs: Path, deadline: Deadline) -> None:
                 "neumann_terms": linear.get("neumann_terms"),
                 "learning_rate": train_options.get("learning_rate"),
                 "near_identity_blocks": model["network_options"].get("near_identity_blocks", True),
+                "ordinary_end_layers": model["network_options"].get("end_linear") == "linear",
                 "ordinary_parameters": counts[task_name],
             }
             key = resume_key(setting)
@@ -227,7 +234,7 @@ def run_ablation(path: Path, runs: Path, deadline: Deadline) -> None:
                 "train_seconds": round(seconds, 1),
                 **provenance(),
             }
-            print({k: row[k] for k in ABLATION_FIELDS[:12]}, flush=True)
+            print({k: row[k] for k in ABLATION_FIELDS[:13]}, flush=True)
             RowLog(path, ABLATION_FIELDS).add(row)
 
 
@@ -261,9 +268,9 @@ def run_table(results: Path, runs: Path, threads: int, deadline: Deadline) -> No
 def _ablation_table(rows: list[dict]) -> list[str]:
     lines = [
         "| task | configuration | seed | block | merge every | Neumann k | lr | blocks start "
-        "near identity | val loss / ordinary | C2ST (obs 1-3) | trainable / ordinary parameters "
-        "| train s |",
-        "|---" * 12 + "|",
+        "near identity | ordinary end layers | val loss / ordinary | C2ST (obs 1-3) | trainable "
+        "/ ordinary parameters | train s |",
+        "|---" * 13 + "|",
     ]
     # Configurations are compared by their settings (names are relative to the card's variant
     # when the row was run), each task on the card of its latest row, among those within the
@@ -277,7 +284,7 @@ def _ablation_table(rows: list[dict]) -> list[str]:
             f"| {r['task']} | {r['configuration']} | {r['seed']} | {r['block_size']} | "
             f"{r['merge_every']} | {r['neumann_terms'] or 'exact'} | "
             f"{float(r['learning_rate']):.0e} | {_yes_no(r.get('near_identity_blocks', ''))} | "
-            f"{ratio:.3f} | "
+            f"{_yes_no(r.get('ordinary_end_layers') or 'False')} | {ratio:.3f} | "
             f"{float(r['c2st_mean']):.3f} ({r['c2st_observations']}) | {share:.1%} | "
             f"{r['train_seconds']} |"
         )
@@ -315,17 +322,18 @@ def relative_settings(row: dict) -> tuple[str, ...]:
     """A row's settings without its task, its learning rate as a multiple of the rate of
     ordinary training on the task's card (today's), so that one configuration is the same
     across tasks whose cards train at different rates."""
-    _, block, merge, terms, learning_rate, near_identity = settings(row)
+    _, block, merge, terms, learning_rate, near_identity, ordinary_ends = settings(row)
     factor = float(learning_rate) / ordinary_rate(row["task"], ABLATION_BUDGET)
-    return block, merge, terms, f"{factor:.3g}", near_identity
+    return block, merge, terms, f"{factor:.3g}", near_identity, ordinary_ends
 
 
 def _settings(key: tuple) -> str:
-    block, merge, terms, factor, near_identity = key
+    block, merge, terms, factor, near_identity, ordinary_ends = key
     blocks = "started near the identity" if near_identity == "True" else "as POET draws them"
+    ends = "ordinary" if ordinary_ends == "True" else "POET"
     return (
         f"block {block}, merge every {merge}, Neumann k {terms}, lr {factor} × the card's, "
-        f"blocks {blocks}"
+        f"blocks {blocks}, {ends} end layers"
     )
 
 

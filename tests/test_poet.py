@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import fmpe
+from fmpe import FMPE
 from fmpe.networks.poet import (
     POET,
     POETLinear,
@@ -421,6 +423,40 @@ def test_blocks_can_be_left_as_their_layers_are_drawn(linear):
             change = block(z) - z
         assert change.norm() > 0.1 * z.norm()
     assert not [name for name, _ in network.named_parameters() if name.endswith("gain")]
+
+
+def test_end_layers_can_stay_ordinary_while_the_others_are_poet(gaussian, tmp_path):
+    """end_linear="linear": the first and last layer of each residual network (the (t, θ)
+    embedding's too) are ordinary, every other layer POET; the network still brings POET's
+    merges and optimizer groups, and its trained posterior saves and loads like any other."""
+    options = {
+        "hidden_widths": (16, 32),
+        "t_theta_widths": (8,),
+        "linear": {"name": "poet", "block_size": 4},
+        "end_linear": "linear",
+    }
+    network = VelocityNetwork(2, (2,), **options)
+    for net in (network.net, network.t_theta_embedding):
+        assert type(net.input_layer) is nn.Linear and type(net.output_layer) is nn.Linear
+        for block in net.blocks:
+            assert isinstance(block.linear1, POETLinear) and isinstance(block.linear2, POETLinear)
+    assert isinstance(network.net.resizes[0], POETLinear)
+    (merge,) = network.training_callbacks()
+    assert isinstance(merge, POETMerge)
+    rotations = {id(p) for layer in network.modules() if isinstance(layer, POETLinear)
+                 for p in layer.rotation_parameters()}  # fmt: skip
+    ordinary, rotation_group = network.parameter_groups()
+    assert {id(p) for p in rotation_group["params"]} == rotations
+    assert id(network.net.input_layer.weight) in {id(p) for p in ordinary["params"]}
+
+    posterior = FMPE(gaussian.simulator, gaussian.prior, network_options=options).train(
+        500, max_epochs=2, show_progress=False
+    )
+    assert not any(isinstance(m, POETLinear) for m in posterior.network.modules())
+    path = tmp_path / "ends.fmpe"
+    posterior.save(path)
+    theta, x = torch.randn(5, 2), torch.zeros(2)
+    torch.testing.assert_close(fmpe.load(path).log_prob(theta, x), posterior.log_prob(theta, x))
 
 
 def test_seeded_merges_are_reproducible():

@@ -399,8 +399,9 @@ class Estimator:
         self._check_network(network, tuple(x_shape))
         name = self.network if isinstance(self.network, str) else NETWORKS.name_of(self.network)
         # The posterior holds the network with its layers materialized (ordinary linear
-        # layers, whatever `linear` built them), so the file describes it without `linear`.
-        saved = {k: v for k, v in self.network_options.items() if k != "linear"}
+        # layers, whatever `linear` and `end_linear` built them), so the file describes it
+        # without them.
+        saved = {k: v for k, v in self.network_options.items() if k not in ("linear", "end_linear")}
         network_spec = {"name": name, "options": saved} if name is not None else None
         return network, (network_spec, embedding_spec)
 

@@ -92,6 +92,7 @@ class DenseResidualNet(nn.Module):
         context_dim: width of the context that gates every block (0 for no gating).
         linear: builds every linear layer, `linear(in_features, out_features)`.
         near_identity_blocks: start every block near the identity (`ResidualBlock`).
+        end_linear: builds the input and output layers instead of `linear` (None: `linear`).
     """
 
     def __init__(
@@ -105,12 +106,14 @@ class DenseResidualNet(nn.Module):
         batch_norm: bool = False,
         linear: LinearFactory = nn.Linear,
         near_identity_blocks: bool = True,
+        end_linear: LinearFactory | None = None,
     ):
         super().__init__()
         if len(hidden_widths) == 0:
             raise ValueError("hidden_widths must name at least one block width")
         widths = list(hidden_widths)
-        self.input_layer = linear(input_dim, widths[0])
+        end_linear = end_linear or linear
+        self.input_layer = end_linear(input_dim, widths[0])
         self.blocks = nn.ModuleList(
             ResidualBlock(
                 w, context_dim, activation, dropout, batch_norm, linear, near_identity_blocks
@@ -122,7 +125,7 @@ class DenseResidualNet(nn.Module):
             for w, w_next in zip(widths, widths[1:] + widths[-1:])
         )
         self.output_act = make_activation(activation)
-        self.output_layer = linear(widths[-1], output_dim)
+        self.output_layer = end_linear(widths[-1], output_dim)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """z: (n, input_dim), context: (n, context_dim) -> (n, output_dim)"""
@@ -155,6 +158,10 @@ class VelocityNetwork(nn.Module):
             does for gravitational waves; empty (the default): (t, θ) enters as it is. A gate
             of the raw (t, θ) is a linear map through a sigmoid, so the velocity then depends
             on θ only through those gates.
+        end_linear: builds the first and last layer of each residual network instead of
+            `linear`, as `linear` does; None (the default): `linear`. E.g. linear="poet" with
+            end_linear="linear" keeps ordinary layers where the inputs enter and the velocity
+            leaves, whose few input or output features a fixed spectrum would fix the scale of.
     """
 
     def __init__(
@@ -171,6 +178,7 @@ class VelocityNetwork(nn.Module):
         linear: LinearFactory | LinearSpec | None = None,
         near_identity_blocks: bool = True,
         t_theta_widths: Sequence[int] = (),
+        end_linear: LinearFactory | LinearSpec | None = None,
     ):
         super().__init__()
         for name, route in (("theta_route", theta_route), ("x_route", x_route)):
@@ -181,6 +189,7 @@ class VelocityNetwork(nn.Module):
         self.theta_route = theta_route
         self.x_route = x_route
         self.linear = linear_factory(linear)
+        self.end_linear = linear_factory(end_linear) if end_linear is not None else self.linear
         self.embedding_net = embedding_net if embedding_net is not None else nn.Flatten()
         embedding_dim = self._embedding_dim()
         t_theta_dim = t_theta_widths[-1] if len(t_theta_widths) > 0 else 1 + theta_dim
@@ -192,6 +201,7 @@ class VelocityNetwork(nn.Module):
                 activation=activation,
                 linear=self.linear,
                 near_identity_blocks=near_identity_blocks,
+                end_linear=self.end_linear,
             )
             if len(t_theta_widths) > 0
             else nn.Identity()
@@ -214,6 +224,7 @@ class VelocityNetwork(nn.Module):
             batch_norm=batch_norm,
             linear=self.linear,
             near_identity_blocks=near_identity_blocks,
+            end_linear=self.end_linear,
         )
 
     def _embedding_dim(self) -> int:
@@ -256,12 +267,20 @@ class VelocityNetwork(nn.Module):
         """t: (n,), theta: (n, d), x: (n, *x_shape) -> (n, d)"""
         return self.forward_embedded(t, theta, self.embed(x))
 
+    def _layer_factory_with(self, method: str):
+        """`linear`, else `end_linear`, whichever first defines `method`; None if neither.
+        A factory's method covers every layer of its kind in the network (POET's merges and
+        optimizer groups find POET layers wherever they are), so one of them is used."""
+        return next((f for f in (self.linear, self.end_linear) if hasattr(f, method)), None)
+
     def training_callbacks(self) -> list:
         """Lightning callbacks that the layers need while training (POET's merges)."""
-        return list(getattr(self.linear, "training_callbacks", list)())
+        factory = self._layer_factory_with("training_callbacks")
+        return list(factory.training_callbacks()) if factory is not None else []
 
     def parameter_groups(self) -> list[dict]:
         """The layer factory's optimizer groups (POET's rotations), else one group."""
-        if hasattr(self.linear, "parameter_groups"):
-            return self.linear.parameter_groups(self)
+        factory = self._layer_factory_with("parameter_groups")
+        if factory is not None:
+            return factory.parameter_groups(self)
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
