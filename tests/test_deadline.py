@@ -65,6 +65,18 @@ def test_recorded_durations_give_a_units_expected_seconds():
     assert expected_unit_seconds([*rows, later[0]], "slcp", 1000, "fmpe", 3, False) == 130.0
 
 
+def test_rows_scored_in_parallel_are_timed_by_their_rounds():
+    """Two scoring workers finish rows in pairs, about 50 s an observation; the gaps between
+    consecutive rows alternate between a few seconds and a whole round of 100 s."""
+    times = [f"2026-01-01T00:0{s // 60}:{s % 60:02d}+00:00" for s in (0, 2, 100, 103, 200, 201)]
+    assert median_gap_seconds(times) == 3.0
+    assert median_gap_seconds(times, stride=2) == 50.0
+    assert median_gap_seconds(times[:2], stride=2) == 2.0  # too few rows for the stride
+    rows = [{"task": "slcp", "budget": "1000", "estimator": "fmpe", "seed": "0",
+             "train_seconds": "60", "finished_at": t} for t in times]  # fmt: skip
+    assert expected_unit_seconds(rows, "slcp", 1000, "fmpe", 10, False, workers=2) == 560.0
+
+
 def test_a_pause_between_runs_does_not_set_a_units_duration():
     times = [f"2026-01-01T0{h}:{m:02d}:00+00:00" for h, m in ((0, 0), (0, 10), (8, 0))]
     assert median_gap_seconds(times) == 600.0  # not the mean of 10 min and 7 h 50 min

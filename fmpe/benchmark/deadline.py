@@ -73,11 +73,17 @@ class Deadline:
         return f"stopped for the deadline; left: {', '.join(self.left)}; continue with: {command}"
 
 
-def median_gap_seconds(timestamps: Iterable[str | None]) -> float | None:
+def median_gap_seconds(timestamps: Iterable[str | None], stride: int = 1) -> float | None:
     """The median seconds between consecutive ISO 8601 `timestamps` (sorted first; empty or
     None ones left out), or None with fewer than two: how long one unit of a run of like units
     took. The lower median: a gap that spans the pause between two runs is an outlier on the
-    long side, and with two gaps the plain median would average it in."""
+    long side, and with two gaps the plain median would average it in.
+
+    Units that finish `stride` at a time (run by that many parallel workers) are timed by the
+    gaps between timestamps `stride` apart, divided by `stride` (fewer apart where there are
+    not enough timestamps): consecutive ones alternate between near zero and a whole round.
+    """
     times = sorted(datetime.fromisoformat(t) for t in timestamps if t)
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    stride = max(1, min(stride, len(times) - 1))
+    gaps = [(b - a).total_seconds() / stride for a, b in zip(times, times[stride:], strict=False)]
     return statistics.median_low(gaps) if gaps else None

@@ -108,7 +108,13 @@ def _estimator_of(label: str) -> str:
 
 
 def expected_unit_seconds(
-    rows: list[dict], task: str, budget: int, label: str, observations: int, trained: bool
+    rows: list[dict],
+    task: str,
+    budget: int,
+    label: str,
+    observations: int,
+    trained: bool,
+    workers: int = 1,
 ) -> float | None:
     """Seconds that training a posterior (unless it is `trained` already) and scoring it on
     `observations` are expected to take, from the finished rows of the same budget: this
@@ -119,9 +125,11 @@ def expected_unit_seconds(
     without rows at that budget.
 
     A row records its training seconds; an observation's scoring is the median gap between
-    the finish times of a posterior's consecutive rows. Where this task and label have a
-    posterior with several rows, the one scored last alone counts: it ran with today's code,
-    scoring workers and machine, and earlier ones of the same cell can be several times slower.
+    the finish times of a posterior's consecutive rows, or of rows `workers` apart divided by
+    `workers` (`median_gap_seconds`), since parallel scoring finishes rows in bunches. Where
+    this task and label have a posterior with several rows, the one scored last alone counts:
+    it ran with today's code, scoring workers and machine, and earlier ones of the same cell
+    can be several times slower.
     """
     at_budget = [r for r in rows if int(r["budget"]) == budget]
     same = [r for r in at_budget if r["task"] == task]
@@ -136,7 +144,8 @@ def expected_unit_seconds(
     if not mine:
         return None
     gaps = [
-        median_gap_seconds(r.get("finished_at") for r in group) for group in _by_posterior(mine)
+        median_gap_seconds((r.get("finished_at") for r in group), workers)
+        for group in _by_posterior(mine)
     ]
     scoring = max((g for g in gaps if g is not None), default=0.0)
     training = 0.0 if trained else max(float(r.get("train_seconds") or 0) for r in mine)
@@ -214,7 +223,7 @@ def run(
             )
             saved = experiment.stem(run_dir).with_suffix(".fmpe")
             expected = expected_unit_seconds(
-                store.rows(), task_name, budget, label, len(unit), saved.exists()
+                store.rows(), task_name, budget, label, len(unit), saved.exists(), workers
             )
             name = f"{task_name} at {budget} ({label})"
             if not deadline.allows(
