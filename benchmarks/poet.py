@@ -7,8 +7,8 @@
 
 `ablation` trains POET networks (the cards' `poet` variant with one setting changed at a
 time: learning rate as a multiple of the card's ordinary rate, block size, merge interval,
-Neumann terms, residual blocks started near the identity or as POET draws them, ordinary
-input and output layers)
+Neumann terms, residual blocks started near the identity or as POET draws them, a trainable
+gain per layer, ordinary input and output layers)
 on the benchmark's own simulations, with training seeds 0 and 1, and records,
 per configuration and seed, the best validation loss (uniform t, so configurations compare)
 beside that of ordinary training on the same seed (the benchmark's own posterior under --runs,
@@ -60,6 +60,7 @@ MAX_PARAMETER_SHARE = 0.4  # of the ordinary network's trainable parameters (the
 ABLATION = {
     "variant": {},
     "blocks near identity": {"network": {"near_identity_blocks": True}},
+    "layer gains": {"linear": {"gains": True}},
     "ordinary end layers": {"network": {"end_linear": "linear"}},
     "learning rate x 1": {"learning_rate_factor": 1.0},
     "learning rate x 2": {"learning_rate_factor": 2.0},
@@ -80,6 +81,7 @@ SETTING_FIELDS = (
     "learning_rate",
     "near_identity_blocks",
     "ordinary_end_layers",
+    "gains",
 )
 TABLE_BUDGETS = (1000, 10_000)
 TABLE_OBSERVATIONS = range(1, 11)
@@ -95,6 +97,7 @@ ABLATION_FIELDS = (
     "learning_rate",
     "near_identity_blocks",
     "ordinary_end_layers",
+    "gains",
     "validation_loss",
     "ordinary_validation_loss",
     "c2st_mean",
@@ -148,11 +151,12 @@ def settings(row: dict) -> tuple[str, ...]:
     and "exact" are both "exact", the exact Cayley transform. A row from before the
     near_identity_blocks column counts as the default, True: those on today's cards (the only
     rows a resume or the choice reads) did start their blocks near the identity; one from
-    before the ordinary_end_layers column had POET end layers (False)."""
+    before the ordinary_end_layers or gains column had POET end layers and no gains (False)."""
     cells = {k: "" if row.get(k) is None else str(row[k]) for k in SETTING_FIELDS}
     cells["neumann_terms"] = cells["neumann_terms"] or "exact"
     cells["near_identity_blocks"] = cells["near_identity_blocks"] or "True"
     cells["ordinary_end_layers"] = cells["ordinary_end_layers"] or "False"
+    cells["gains"] = cells["gains"] or "False"
     return tuple(cells.values())
 
 
@@ -200,6 +204,7 @@ def run_ablation(path: Path, runs: Path, deadline: Deadline) -> None:
                 "learning_rate": train_options.get("learning_rate"),
                 "near_identity_blocks": model["network_options"].get("near_identity_blocks", True),
                 "ordinary_end_layers": model["network_options"].get("end_linear") == "linear",
+                "gains": linear.get("gains", False),
                 "ordinary_parameters": counts[task_name],
             }
             key = resume_key(setting)
@@ -234,7 +239,7 @@ def run_ablation(path: Path, runs: Path, deadline: Deadline) -> None:
                 "train_seconds": round(seconds, 1),
                 **provenance(),
             }
-            print({k: row[k] for k in ABLATION_FIELDS[:13]}, flush=True)
+            print({k: row[k] for k in ABLATION_FIELDS[:14]}, flush=True)
             RowLog(path, ABLATION_FIELDS).add(row)
 
 
@@ -268,9 +273,9 @@ def run_table(results: Path, runs: Path, threads: int, deadline: Deadline) -> No
 def _ablation_table(rows: list[dict]) -> list[str]:
     lines = [
         "| task | configuration | seed | block | merge every | Neumann k | lr | blocks start "
-        "near identity | ordinary end layers | val loss / ordinary | C2ST (obs 1-3) | trainable "
-        "/ ordinary parameters | train s |",
-        "|---" * 13 + "|",
+        "near identity | ordinary end layers | layer gains | val loss / ordinary | C2ST (obs 1-3) "
+        "| trainable / ordinary parameters | train s |",
+        "|---" * 14 + "|",
     ]
     # Configurations are compared by their settings (names are relative to the card's variant
     # when the row was run), each task on the card of its latest row, among those within the
@@ -284,7 +289,8 @@ def _ablation_table(rows: list[dict]) -> list[str]:
             f"| {r['task']} | {r['configuration']} | {r['seed']} | {r['block_size']} | "
             f"{r['merge_every']} | {r['neumann_terms'] or 'exact'} | "
             f"{float(r['learning_rate']):.0e} | {_yes_no(r.get('near_identity_blocks', ''))} | "
-            f"{_yes_no(r.get('ordinary_end_layers') or 'False')} | {ratio:.3f} | "
+            f"{_yes_no(r.get('ordinary_end_layers') or 'False')} | "
+            f"{_yes_no(r.get('gains') or 'False')} | {ratio:.3f} | "
             f"{float(r['c2st_mean']):.3f} ({r['c2st_observations']}) | {share:.1%} | "
             f"{r['train_seconds']} |"
         )
@@ -322,18 +328,18 @@ def relative_settings(row: dict) -> tuple[str, ...]:
     """A row's settings without its task, its learning rate as a multiple of the rate of
     ordinary training on the task's card (today's), so that one configuration is the same
     across tasks whose cards train at different rates."""
-    _, block, merge, terms, learning_rate, near_identity, ordinary_ends = settings(row)
+    _, block, merge, terms, learning_rate, *flags = settings(row)
     factor = float(learning_rate) / ordinary_rate(row["task"], ABLATION_BUDGET)
-    return block, merge, terms, f"{factor:.3g}", near_identity, ordinary_ends
+    return block, merge, terms, f"{factor:.3g}", *flags
 
 
 def _settings(key: tuple) -> str:
-    block, merge, terms, factor, near_identity, ordinary_ends = key
+    block, merge, terms, factor, near_identity, ordinary_ends, gains = key
     blocks = "started near the identity" if near_identity == "True" else "as POET draws them"
     ends = "ordinary" if ordinary_ends == "True" else "POET"
     return (
         f"block {block}, merge every {merge}, Neumann k {terms}, lr {factor} × the card's, "
-        f"blocks {blocks}, {ends} end layers"
+        f"blocks {blocks}, {ends} end layers, {'with' if gains == 'True' else 'no'} layer gains"
     )
 
 

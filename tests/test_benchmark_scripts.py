@@ -96,6 +96,7 @@ def ablation(poet, monkeypatch) -> SimpleNamespace:
             "learning rate x 4": {"learning_rate_factor": 4.0},  # the variant's 8e-3 again
             "learning rate x 2": {"learning_rate_factor": 2.0},
             "blocks not near identity": {"network": {"near_identity_blocks": False}},
+            "layer gains": {"linear": {"gains": True}},
             "ordinary end layers": {"network": {"end_linear": "linear"}},
         },
     )
@@ -114,28 +115,29 @@ def test_finished_rows_are_not_redone_unless_the_card_changed(poet, ablation, tm
     rows = RowLog(path).rows()
     configurations = [
         "exact cayley", "block 4", "learning rate x 2", "blocks not near identity",
-        "ordinary end layers",
+        "layer gains", "ordinary end layers",
     ]  # fmt: skip
     assert [r["configuration"] for r in rows] == [c for c in configurations for _ in "01"]
-    assert [r["seed"] for r in rows] == ["0", "1"] * 5
-    assert [r["neumann_terms"] for r in rows] == ["", ""] + ["exact"] * 8
-    assert [r["near_identity_blocks"] for r in rows] == ["True"] * 6 + ["False"] * 2 + ["True"] * 2
-    assert [r["ordinary_end_layers"] for r in rows] == ["False"] * 8 + ["True"] * 2
+    assert [r["seed"] for r in rows] == ["0", "1"] * 6
+    assert [r["neumann_terms"] for r in rows] == ["", ""] + ["exact"] * 10
+    assert [r["near_identity_blocks"] for r in rows] == ["True"] * 6 + ["False"] * 2 + ["True"] * 4
+    assert [r["gains"] for r in rows] == ["False"] * 8 + ["True"] * 2 + ["False"] * 2
+    assert [r["ordinary_end_layers"] for r in rows] == ["False"] * 10 + ["True"] * 2
     # The ordinary rate times the factor, not the variant's rate times it.
     assert {r["learning_rate"] for r in rows} == {"0.008", "0.004"}
-    # The ordinary network once per seed, then five configurations on each seed.
-    assert [seed for _, _, seed in ablation.trained] == [0, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1]
+    # The ordinary network once per seed, then six configurations on each seed.
+    assert [seed for _, _, seed in ablation.trained] == [0, 0, 1, 1] + [0, 1] * 5
     last = ablation.trained[-1][0]["network_options"]
     assert last["end_linear"] == "linear" and last["linear"]["block_size"] == 8
 
     ablation.trained.clear()
     poet.run_ablation(path, tmp_path / "runs", Deadline(None))
-    assert ablation.trained == [] and len(RowLog(path).rows()) == 10
+    assert ablation.trained == [] and len(RowLog(path).rows()) == 12
 
     ablation.widths = [16, 16]  # a changed card: its rows are not those of the old one
     poet.run_ablation(path, tmp_path / "runs", Deadline(None))
     rows = RowLog(path).rows()
-    assert len(ablation.trained) == 12 and len(rows) == 20
+    assert len(ablation.trained) == 14 and len(rows) == 24
     assert len({r["ordinary_parameters"] for r in rows}) == 2
 
 
@@ -155,8 +157,8 @@ def test_a_stopped_ablation_continues_to_the_rows_of_an_uninterrupted_one(
         "stopped for the deadline; left: two_moons exact cayley seed 1, two_moons block 4 "
         "seed 0, two_moons block 4 seed 1, two_moons learning rate x 2 seed 0, two_moons "
         "learning rate x 2 seed 1, two_moons blocks not near identity seed 0, two_moons blocks "
-        "not near identity seed 1, two_moons ordinary end layers seed 0, two_moons ordinary end "
-        "layers seed 1; "
+        "not near identity seed 1, two_moons layer gains seed 0, two_moons layer gains seed 1, "
+        "two_moons ordinary end layers seed 0, two_moons ordinary end layers seed 1; "
         "continue with: uv run python benchmarks/poet.py ablation --stop-after 60s"
     )
     assert len(RowLog(tmp_path / "parts" / "poet_ablation.csv").rows()) == 1

@@ -491,6 +491,30 @@ def test_factory_builds_poet_layers_and_their_callback():
     assert isinstance(callback, POETMerge) and callback.every_n_steps == 50
 
 
+def test_gains_let_a_layer_scale_its_fixed_spectrum():
+    """A target three times a layer's initial map: with POET(gains=True) the gain learns the
+    factor and the loss goes to zero; without it the singular values cannot grow."""
+    losses = {}
+    for gains in (False, True):
+        torch.manual_seed(0)
+        layer = POET(block_size=4, neumann_terms=None, gains=gains)(6, 6)
+        if gains:
+            assert layer.gain.requires_grad and layer.gain.item() == 1.0
+        with torch.no_grad():
+            target = 3.0 * layer.effective_weight()
+        x = torch.randn(256, 6)
+        optimizer = torch.optim.Adam(layer.parameters(), lr=0.05)
+        for _ in range(300):
+            optimizer.zero_grad()
+            loss = F.mse_loss(layer(x) - layer.bias, x @ target.T)
+            loss.backward()
+            optimizer.step()
+        losses[gains] = loss.item()
+    assert losses[True] < 1e-3 < 1.0 < losses[False]
+    assert layer.gain.item() == pytest.approx(3.0, rel=1e-2)
+    assert torch.allclose(layer.materialize().weight, layer.effective_weight())
+
+
 def test_bad_input_is_refused_with_clear_messages():
     with pytest.raises(ValueError, match="block_size must be an integer >= 1"):
         POETLinear(4, 4, block_size=0)
@@ -508,6 +532,8 @@ def test_bad_input_is_refused_with_clear_messages():
         POETMerge(5, clip_ramp_steps=-1)
     with pytest.raises(ValueError, match="merge_every must be an integer >= 1"):
         POET(block_size=4, merge_every=0)
+    with pytest.raises(ValueError, match="gains must be true or false"):
+        POET(gains="yes")
 
 
 # Training with Lightning

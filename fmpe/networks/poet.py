@@ -209,17 +209,21 @@ class POETLinear(nn.Module):
                 layer.bias.copy_(linear.bias)
         return layer
 
+    def add_gain(self, initial: float) -> None:
+        """Gives the layer a trainable scalar gain g, W = g·R·W0·P, starting at `initial`: its
+        singular values are then g·σ(W0), fixed up to that one factor."""
+        factory = {"device": self.base_weight.device, "dtype": self.base_weight.dtype}
+        self.gain = nn.Parameter(torch.full((), float(initial), **factory))
+
     def start_near_zero(self, scale: float) -> None:
         """Makes the layer start within about `scale` of the zero map, yet able to grow.
 
         W0's singular values are fixed, so shrinking W0 alone would keep the layer near zero
-        for good. Instead a trainable scalar gain g, W = g·R·W0·P, starts at `scale` (the
-        singular values are then g·σ(W0): fixed up to that one factor), and the bias is drawn
-        from U(−scale, scale). The last layer of a residual block starts so, for the block to
-        start near the identity.
+        for good. Instead a gain (`add_gain`) starts at `scale`, and the bias is drawn from
+        U(−scale, scale). The last layer of a residual block starts so, for the block to start
+        near the identity.
         """
-        factory = {"device": self.base_weight.device, "dtype": self.base_weight.dtype}
-        self.gain = nn.Parameter(torch.full((), scale, **factory))
+        self.add_gain(scale)
         if self.bias is not None:
             with torch.no_grad():
                 self.bias.uniform_(-scale, scale)
@@ -471,6 +475,8 @@ class POET:
         clip_ramp_steps: steps over which the clipping threshold recovers after a merge.
         rotation_learning_rate: the learning rate of the rotations (None: the optimizer's);
             the paper uses larger ones for smaller blocks.
+        gains: give every layer a trainable scalar gain starting at 1 (`POETLinear.add_gain`),
+            so that training can scale a layer's fixed spectrum as a whole.
     """
 
     block_size: int = 32
@@ -479,6 +485,7 @@ class POET:
     seed: int = 0
     clip_ramp_steps: int = 10
     rotation_learning_rate: float | None = None
+    gains: bool = False
 
     def __post_init__(self):
         as_count(self.block_size, "block_size", minimum=1)
@@ -487,15 +494,20 @@ class POET:
         _check_neumann_terms(self.neumann_terms)
         as_count(self.merge_every, "merge_every", minimum=1)
         as_count(self.clip_ramp_steps, "clip_ramp_steps")
+        if not isinstance(self.gains, bool):
+            raise ValueError(f"gains must be true or false, got {self.gains!r}")
 
     def __call__(self, in_features: int, out_features: int, bias: bool = True) -> POETLinear:
-        return POETLinear(
+        layer = POETLinear(
             in_features,
             out_features,
             block_size=self.block_size,
             bias=bias,
             neumann_terms=self.neumann_terms,
         )
+        if self.gains:
+            layer.add_gain(1.0)
+        return layer
 
     def parameter_groups(self, module: nn.Module) -> list[dict]:
         """Optimizer groups of a network built by this factory (see `poet_parameter_groups`)."""
