@@ -33,12 +33,13 @@ import shlex
 import statistics
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import torch
 
 from fmpe.benchmark import RowLog, provenance, resolve_device, timed
-from fmpe.benchmark.deadline import Deadline, median_gap_seconds
+from fmpe.benchmark.deadline import Deadline
 from fmpe.benchmark.experiment import Run, method_label
 from fmpe.benchmark.report import published_c2st
 from fmpe.benchmark.results import ResultsStore
@@ -168,13 +169,18 @@ def resume_key(row: dict) -> tuple[str, ...]:
 
 def expected_seconds(rows: list[dict], task: str, ordinary_count: int) -> float | None:
     """Seconds one configuration of `task` on this card is expected to take, from its like
-    rows: the median gap between their finish times (training and C2ST), else the training
-    seconds of the one such row; None without any."""
+    rows (None without any): the lower median over them of the time since the previous like
+    row finished (its training and C2ST), capped at twice its training seconds. The cap
+    stands in for the unit where the gap spans a pause between runs: the ablation runs a few
+    units a session, so most gaps can be pauses, and a median of gaps alone would be one."""
     like = [r for r in rows if (r["task"], r["ordinary_parameters"]) == (task, str(ordinary_count))]
-    gap = median_gap_seconds(r["finished_at"] for r in like)
-    if gap is None and like:
-        return float(like[0]["train_seconds"])
-    return gap
+    like.sort(key=lambda r: r["finished_at"])
+    finished = [None] + [datetime.fromisoformat(r["finished_at"]) for r in like]
+    units = [
+        min(2 * float(r["train_seconds"]), (end - start).total_seconds() if start else math.inf)
+        for r, start, end in zip(like, finished, finished[1:], strict=False)
+    ]
+    return statistics.median_low(units) if units else None
 
 
 def run_ablation(path: Path, runs: Path, deadline: Deadline) -> None:

@@ -169,6 +169,22 @@ def test_a_stopped_ablation_continues_to_the_rows_of_an_uninterrupted_one(
     assert (tmp_path / "parts" / "poet.md").exists()
 
 
+def test_pauses_between_ablation_runs_do_not_set_a_units_duration(poet):
+    """A few units a session: most gaps between like rows are pauses of hours. Each unit
+    counts at most twice its training time, so the estimate stays a unit's, not a pause's."""
+
+    def row(hour, second, task="slcp"):
+        minutes, seconds = divmod(second, 60)
+        return {"task": task, "ordinary_parameters": "300", "train_seconds": "80",
+                "finished_at": f"2026-01-01T{hour:02d}:{minutes:02d}:{seconds:02d}Z"}  # fmt: skip
+
+    rows = [row(0, 0), row(5, 0), row(10, 0), row(10, 50), row(11, 0, task="two_moons")]
+    assert poet.expected_seconds(rows, "slcp", 300) == 160.0
+    back_to_back = [row(10, 100), row(10, 150)]  # now most gaps are units of 50 s
+    assert poet.expected_seconds([*rows, *back_to_back], "slcp", 300) == 50.0
+    assert poet.expected_seconds(rows, "slcp", 301) is None  # another card
+
+
 @pytest.fixture
 def table(poet, monkeypatch) -> SimpleNamespace:
     """The table on two tasks; each `fmpe benchmark` process is recorded (`calls`: command

@@ -160,8 +160,8 @@ class VelocityNetwork(nn.Module):
             on θ only through those gates.
         end_linear: builds the first and last layer of each residual network instead of
             `linear`, as `linear` does; None (the default): `linear`. E.g. linear="poet" with
-            end_linear="linear" keeps ordinary layers where the inputs enter and the velocity
-            leaves, whose few input or output features a fixed spectrum would fix the scale of.
+            end_linear="linear" keeps ordinary layers where the few inputs enter and the
+            velocity leaves, whose gains a fixed spectrum would otherwise fix.
     """
 
     def __init__(
