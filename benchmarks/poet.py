@@ -245,7 +245,8 @@ def run_ablation(path: Path, runs: Path, deadline: Deadline) -> None:
                 "train_seconds": round(seconds, 1),
                 **provenance(),
             }
-            print({k: row[k] for k in ABLATION_FIELDS[:14]}, flush=True)
+            shown = ABLATION_FIELDS[: ABLATION_FIELDS.index("c2st_mean") + 1]
+            print({k: row[k] for k in shown}, flush=True)
             RowLog(path, ABLATION_FIELDS).add(row)
 
 
@@ -289,14 +290,14 @@ def _ablation_table(rows: list[dict]) -> list[str]:
     latest_card = {r["task"]: r["ordinary_parameters"] for r in rows}
     by_seed: dict[tuple, dict[str, list[float]]] = {}
     for r in rows:
+        *_, ordinary_ends, gains = settings(r)  # with the defaults of rows before the columns
         ratio = float(r["validation_loss"]) / float(r["ordinary_validation_loss"])
         share = int(r["trainable_parameters"]) / int(r["ordinary_parameters"])
         lines.append(
             f"| {r['task']} | {r['configuration']} | {r['seed']} | {r['block_size']} | "
             f"{r['merge_every']} | {r['neumann_terms'] or 'exact'} | "
             f"{float(r['learning_rate']):.0e} | {_yes_no(r.get('near_identity_blocks', ''))} | "
-            f"{_yes_no(r.get('ordinary_end_layers') or 'False')} | "
-            f"{_yes_no(r.get('gains') or 'False')} | {ratio:.3f} | "
+            f"{_yes_no(ordinary_ends)} | {_yes_no(gains)} | {ratio:.3f} | "
             f"{float(r['c2st_mean']):.3f} ({r['c2st_observations']}) | {share:.1%} | "
             f"{r['train_seconds']} |"
         )
