@@ -62,7 +62,7 @@ ABLATION = {
     "variant": {},
     "blocks near identity": {"network": {"near_identity_blocks": True}},
     "layer gains": {"linear": {"gains": True}},
-    "ordinary end layers": {"network": {"end_linear": "linear"}},
+    "POET end layers": {"network": {"end_linear": None}},  # None: built like the others
     "learning rate x 1": {"learning_rate_factor": 1.0},
     "learning rate x 2": {"learning_rate_factor": 2.0},
     "learning rate x 4": {"learning_rate_factor": 4.0},
