@@ -439,21 +439,33 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("step", choices=("ablation", "table", "report"))
-    parser.add_argument("--results", type=Path, default=RESULTS / "sbibm.csv")
-    parser.add_argument("--runs", type=Path, default=Path(__file__).parent / "runs")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS / "sbibm.csv",
+        help="the sbibm results CSV that the table extends beside the ordinary rows",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS,
+        help="folder of poet_ablation.csv, poet.md and poet.png",
+    )  # fmt: skip
+    parser.add_argument(
+        "--runs", type=Path, default=Path(__file__).parent / "runs",
+        help="folder of the trained posteriors, ordinary and POET",
+    )  # fmt: skip
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads, also of the table's processes"
     )
     add_stop_after(parser, "the configuration or table cell")
     args = parser.parse_args(argv)
+    if args.results.is_dir():
+        parser.error(f"--results {args.results} is a folder; expected the sbibm results CSV")
     torch.set_num_threads(args.threads)
     deadline = Deadline.after(args.stop_after)
-    ablation = RESULTS / "poet_ablation.csv"
+    ablation = args.out / "poet_ablation.csv"
     if args.step == "ablation":
         run_ablation(ablation, args.runs, deadline)
     elif args.step == "table":
         run_table(args.results, args.runs, args.threads, deadline)
-    write_report(ablation, args.results, RESULTS)
+    write_report(ablation, args.results, args.out)
     if deadline.left:
         command = sys.argv[1:] if argv is None else argv
         print(deadline.summary("uv run python benchmarks/poet.py " + shlex.join(command)))

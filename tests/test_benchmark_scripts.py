@@ -169,6 +169,20 @@ def test_a_stopped_ablation_continues_to_the_rows_of_an_uninterrupted_one(
     assert (tmp_path / "parts" / "poet.md").exists()
 
 
+def test_a_results_folder_is_refused_before_anything_runs(poet, ablation, tmp_path, capsys):
+    # --results is the sbibm CSV; a folder used to pass, and fail only in the closing report.
+    with pytest.raises(SystemExit):
+        poet.main(["ablation", "--results", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert "is a folder; expected the sbibm results CSV" in capsys.readouterr().err
+    assert ablation.trained == [] and not (tmp_path / "out").exists()
+
+
+def test_the_ablation_writes_its_rows_and_report_to_out(poet, ablation, tmp_path):
+    poet.main(["ablation", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "none.csv")])
+    assert len(RowLog(tmp_path / "out" / "poet_ablation.csv").rows()) == 12
+    assert (tmp_path / "out" / "poet.md").exists()
+
+
 def test_pauses_between_ablation_runs_do_not_set_a_units_duration(poet):
     """A few units a session: most gaps between like rows are pauses of hours. Each unit
     counts at most twice its training time, so the estimate stays a unit's, not a pause's."""
