@@ -367,9 +367,13 @@ def _comparison(results: Path) -> tuple[list[str], dict]:
         "| POET trainable / ordinary parameters | ordinary train s | POET train s |",
         "|---" * 9 + "|",
     ]
-    tally = {1000: [0, 0], 10000: [0, 0]}  # POET better (1e3) or within 0.02 (1e4), cells
+    # POET better (1e3), or within 0.02 with at most 40% of the parameters (1e4); cells
+    tally = {1000: [0, 0], 10000: [0, 0]}
     for task, budget in sorted({(t, b) for t, b, _ in cells}):
-        ordinary, poet = cells.get((task, budget, "fmpe")), cells.get((task, budget, "fmpe+poet"))
+        poet = cells.get((task, budget, "fmpe+poet"), [])
+        # Against ordinary training on the same seeds: the table has more seeds of it.
+        seeds = {r["seed"] for r in poet}
+        ordinary = [r for r in cells.get((task, budget, "fmpe"), []) if r["seed"] in seeds]
         if not ordinary or not poet:
             continue
         mean = {k: statistics.fmean(float(r["c2st"]) for r in v) for k, v in
@@ -377,7 +381,7 @@ def _comparison(results: Path) -> tuple[list[str], dict]:
         # Each cell's own rows: the card may have changed since either was trained.
         share = int(poet[0]["trainable_parameters"]) / int(ordinary[0]["trainable_parameters"])
         difference = mean["p"] - mean["o"]
-        good = difference < 0 if budget == 1000 else difference <= 0.02
+        good = difference < 0 if budget == 1000 else difference <= 0.02 and share <= 0.4
         tally[budget][0] += good
         tally[budget][1] += 1
         lines.append(
@@ -388,9 +392,11 @@ def _comparison(results: Path) -> tuple[list[str], dict]:
         )
     summary = [
         "",
-        f"At 1e4, POET is within 0.02 C2ST of ordinary training on {tally[10000][0]} of "
-        f"{tally[10000][1]} tasks (target: at least 8 of 10). At 1e3 it is better on "
-        f"{tally[1000][0]} of {tally[1000][1]} (target: at least half).",
+        "Ordinary training on the same training seeds as POET (rows in parentheses).",
+        f"At 1e4, POET is within 0.02 C2ST of ordinary training, with at most 40% of its "
+        f"trainable parameters, on {tally[10000][0]} of {tally[10000][1]} tasks (target: at "
+        f"least 8 of 10). At 1e3 it is better on {tally[1000][0]} of {tally[1000][1]} "
+        "(target: at least half).",
     ]
     machines = sorted({r["machine"] for v in cells.values() for r in v})
     return lines + summary + ["", "Machines: " + "; ".join(machines)], cells
