@@ -52,6 +52,8 @@ SETTINGS = [
     ("sample", {"method": "rk4", "steps": 8, "time_grid": "late"}),
     ("sample", {"method": "midpoint", "steps": 12, "time_grid": "late"}),
     ("log_prob", {}),
+    ("log_prob", {"rtol": 3e-5, "atol": 3e-5}),  # between 1e-5 and 1e-4: 0.01 nats is crossed
+    ("log_prob", {"rtol": 5e-5, "atol": 5e-5}),
     ("log_prob", {"rtol": 1e-4, "atol": 1e-4}),
     ("log_prob", {"rtol": 1e-3, "atol": 1e-3}),
     ("log_prob", {"method": "rk4", "steps": 10}),
@@ -62,6 +64,7 @@ SETTINGS = [
     ("log_prob", {"method": "tsit5_per_row", "rtol": 3e-5, "atol": 3e-5}),
     ("log_prob", {"method": "dopri8", "rtol": 1e-3, "atol": 1e-3}),
     ("log_prob", {"method": "rk4", "steps": 20, "time_grid": "late"}),
+    ("log_prob", {"time_grid": "late"}),
 ]
 # With --compile: each of these eagerly, then with the velocity network under torch.compile.
 COMPILE_SETTINGS = [
