@@ -33,13 +33,12 @@ import shlex
 import statistics
 import subprocess
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import torch
 
 from fmpe.benchmark import RowLog, provenance, resolve_device, timed
-from fmpe.benchmark.deadline import Deadline
+from fmpe.benchmark.deadline import Deadline, median_gap_seconds
 from fmpe.benchmark.experiment import Run, method_label
 from fmpe.benchmark.report import published_c2st
 from fmpe.benchmark.results import ResultsStore
@@ -172,15 +171,12 @@ def expected_seconds(rows: list[dict], task: str, ordinary_count: int) -> float 
     rows (None without any): the lower median over them of the time since the previous like
     row finished (its training and C2ST), capped at twice its training seconds. The cap
     stands in for the unit where the gap spans a pause between runs: the ablation runs a few
-    units a session, so most gaps can be pauses, and a median of gaps alone would be one."""
+    units a session, so most gaps can be pauses, and a median of gaps alone would be one
+    (`median_gap_seconds`)."""
     like = [r for r in rows if (r["task"], r["ordinary_parameters"]) == (task, str(ordinary_count))]
-    like.sort(key=lambda r: r["finished_at"])
-    finished = [None] + [datetime.fromisoformat(r["finished_at"]) for r in like]
-    units = [
-        min(2 * float(r["train_seconds"]), (end - start).total_seconds() if start else math.inf)
-        for r, start, end in zip(like, finished, finished[1:], strict=False)
-    ]
-    return statistics.median_low(units) if units else None
+    return median_gap_seconds(
+        (r["finished_at"] for r in like), caps=[2 * float(r["train_seconds"]) for r in like]
+    )
 
 
 def run_ablation(path: Path, runs: Path, deadline: Deadline) -> None:

@@ -80,3 +80,17 @@ def test_rows_scored_in_parallel_are_timed_by_their_rounds():
 def test_a_pause_between_runs_does_not_set_a_units_duration():
     times = [f"2026-01-01T0{h}:{m:02d}:00+00:00" for h, m in ((0, 0), (0, 10), (8, 0))]
     assert median_gap_seconds(times) == 600.0  # not the mean of 10 min and 7 h 50 min
+
+
+def test_caps_bound_each_unit_so_that_a_few_units_between_pauses_suffice():
+    """Three runs of a session each, hours apart, and one unit's own work recorded as 100 s:
+    capped, every gap that spans a pause counts as its cap, and a single row is enough."""
+    times = [f"2026-01-01T0{h}:{m:02d}:00+00:00" for h, m in ((0, 0), (4, 0), (4, 1), (8, 0))]
+    assert median_gap_seconds(times) == 14340.0  # uncapped, two of three gaps are pauses
+    assert median_gap_seconds(times, caps=[100.0] * 4) == 100.0  # units 100, 100, 60, 100
+    back_to_back = ["2026-01-01T08:00:50+00:00", "2026-01-01T08:01:40+00:00"]  # units of 50 s
+    assert median_gap_seconds([*times, *back_to_back], caps=[100.0] * 6) == 60.0
+    assert median_gap_seconds(times[:1], caps=[100.0]) == 100.0
+    assert median_gap_seconds([None, times[0]], caps=[5.0, 100.0]) == 100.0  # None left out
+    with pytest.raises(ValueError, match="3 caps for 4 timestamps; expected one each"):
+        median_gap_seconds(times, caps=[100.0] * 3)

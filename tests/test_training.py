@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import lightning as L
 import pytest
@@ -107,13 +108,17 @@ def test_killed_run_resumes_from_checkpoint_exactly(tmp_path, network):
     checkpoint = torch.load(checkpoints / "last.ckpt", weights_only=False)
     (before,) = [v["seconds"] for k, v in checkpoint["callbacks"].items() if "TrainingTime" in k]
     assert before > 0
-    posterior = FMPE(no_simulator, prior, network_options=network).train(
-        500,
-        checkpoint_dir=checkpoints,
-        show_progress=False,
-        trainer_kwargs={"accelerator": "cpu", "callbacks": [RecordEpochs()]},
-        **KILLED_TRAINING,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        posterior = FMPE(no_simulator, prior, network_options=network).train(
+            500,
+            checkpoint_dir=checkpoints,
+            show_progress=False,
+            trainer_kwargs={"accelerator": "cpu", "callbacks": [RecordEpochs()]},
+            **KILLED_TRAINING,
+        )
+    # Resuming is what the checkpoint folder is for: no warning that it is not empty.
+    assert not [w for w in caught if "not empty" in str(w.message)]
     assert epochs_run == list(range(killed_at + 1, 10))
     # The training time adds the killed process's time (up to its last checkpoint) to this one's.
     own = clock["end"] - clock["start"]

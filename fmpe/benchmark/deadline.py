@@ -13,6 +13,7 @@ no recorded duration of its kind starts while any time is left. A refused unit i
 `left`, and later units that are expected to fit still start.
 """
 
+import math
 import re
 import statistics
 import time
@@ -73,7 +74,11 @@ class Deadline:
         return f"stopped for the deadline; left: {', '.join(self.left)}; continue with: {command}"
 
 
-def median_gap_seconds(timestamps: Iterable[str | None], stride: int = 1) -> float | None:
+def median_gap_seconds(
+    timestamps: Iterable[str | None],
+    stride: int = 1,
+    caps: Iterable[float] | None = None,
+) -> float | None:
     """The median seconds between consecutive ISO 8601 `timestamps` (sorted first; empty or
     None ones left out), or None with fewer than two: how long one unit of a run of like units
     took. The lower median: a gap that spans the pause between two runs is an outlier on the
@@ -82,8 +87,22 @@ def median_gap_seconds(timestamps: Iterable[str | None], stride: int = 1) -> flo
     Units that finish `stride` at a time (run by that many parallel workers) are timed by the
     gaps between timestamps `stride` apart, divided by `stride` (fewer apart where there are
     not enough timestamps): consecutive ones alternate between near zero and a whole round.
+
+    `caps`, seconds for each timestamp (its unit's own recorded work, say), bound each unit:
+    a timestamp counts the gap before it, at most its cap, and one with no gap before it
+    counts its cap. Then one timestamp is enough, and pauses do not set the median even when
+    most gaps are pauses, as in runs of a few units a session.
     """
-    times = sorted(datetime.fromisoformat(t) for t in timestamps if t)
-    stride = max(1, min(stride, len(times) - 1))
-    gaps = [(b - a).total_seconds() / stride for a, b in zip(times, times[stride:], strict=False)]
-    return statistics.median_low(gaps) if gaps else None
+    stamps = list(timestamps)
+    limits = [math.inf] * len(stamps) if caps is None else list(caps)
+    if len(limits) != len(stamps):
+        raise ValueError(f"{len(limits)} caps for {len(stamps)} timestamps; expected one each")
+    timed = sorted((datetime.fromisoformat(t), cap) for t, cap in zip(stamps, limits) if t)
+    stride = max(1, min(stride, len(timed) - 1))
+    gaps = [math.inf] * stride + [
+        (end - start).total_seconds() / stride
+        for (start, _), (end, _) in zip(timed, timed[stride:], strict=False)
+    ]
+    units = [min(gap, cap) for gap, (_, cap) in zip(gaps, timed, strict=False)]
+    units = [u for u in units if math.isfinite(u)]
+    return statistics.median_low(units) if units else None

@@ -97,8 +97,10 @@ def fit(
 
 @contextmanager
 def quiet_lightning(show_progress: bool) -> Iterator[None]:
-    """Silences Lightning's start-up banner (GPU available, ...) when no progress is shown,
-    and its advice about data loader workers, which does not apply to in-memory tensors."""
+    """Silences Lightning's start-up banner (GPU available, ...) when no progress is shown;
+    its advice about data loader workers, which does not apply to in-memory tensors; its
+    warning that the checkpoint folder is not empty, which is how training resumes; and a
+    deprecation inside Lightning itself, which no user of fmpe can act on."""
     logger = logging.getLogger("lightning.pytorch")
     level = logger.level
     if not show_progress:
@@ -107,6 +109,8 @@ def quiet_lightning(show_progress: bool) -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
             yield
     finally:
         logger.setLevel(level)
