@@ -58,6 +58,11 @@ def test_recorded_durations_give_a_units_expected_seconds():
     assert expected_unit_seconds([*rows, slow], "slcp", 1000, "fmpe@defaults", 1, False) == 510.0
     fast = row("fmpe@defaults", "0", 0, train=50.0, task="two_moons")
     assert expected_unit_seconds([*rows, fast], "slcp", 1000, "fmpe@defaults", 1, False) == 110.0
+    # Sequential rounds train once per observation, so their gaps are not an amortized
+    # posterior's scoring: they stand in for no amortized label.
+    rounds = [row("fmpe@rounds2", "0", s, train=40.0) for s in (0, 59)]
+    assert expected_unit_seconds([*rows, *rounds], "slcp", 1000, "fmpe+poet", 1, False) == 110.0
+    assert expected_unit_seconds([*rows, *rounds], "slcp", 1000, "fmpe@rounds2", 1, False) == 99.0
     # The posterior scored last stands for the cell, not the slowest (seed 0 ran slower).
     later = [row("fmpe", "1", s, train=40.0) for s in (55, 57)]
     assert expected_unit_seconds([*rows, *later], "slcp", 1000, "fmpe", 3, False) == 46.0

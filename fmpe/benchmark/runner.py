@@ -107,6 +107,11 @@ def _estimator_of(label: str) -> str:
     return label.split("@")[0].split("+")[0]
 
 
+def _is_sequential(label: str) -> bool:
+    """Whether a results label trains one posterior per observation: "fmpe@rounds2"."""
+    return "@rounds" in label
+
+
 def expected_unit_seconds(
     rows: list[dict],
     task: str,
@@ -119,7 +124,8 @@ def expected_unit_seconds(
     """Seconds that training a posterior (unless it is `trained` already) and scoring it on
     `observations` are expected to take, from the finished rows of the same budget: this
     task's and label's where there are any; else the slowest of this task's rows of the same
-    estimator under another label (fmpe's for fmpe@defaults) and this label's rows on the
+    estimator under another label (fmpe's for fmpe@defaults; an amortized label leaves out
+    sequential rounds' rows, whose gaps each hold a training) and this label's rows on the
     other tasks, since a label may train another network than the task's card (the base
     card's for fmpe@defaults); else this task's; else the slowest task's at that budget; None
     without rows at that budget.
@@ -133,7 +139,12 @@ def expected_unit_seconds(
     """
     at_budget = [r for r in rows if int(r["budget"]) == budget]
     same = [r for r in at_budget if r["task"] == task]
-    kin = [r for r in same if _estimator_of(r["estimator"]) == _estimator_of(label)]
+    kin = [
+        r
+        for r in same
+        if _estimator_of(r["estimator"]) == _estimator_of(label)
+        and (_is_sequential(label) or not _is_sequential(r["estimator"]))
+    ]
     elsewhere = [r for r in at_budget if r["estimator"] == label]
     own = [r for r in same if r["estimator"] == label]
     scored = [group for group in _by_posterior(own) if len(group) > 1]
