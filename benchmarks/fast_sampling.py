@@ -29,6 +29,7 @@ import torch
 
 from fmpe.benchmark import RowLog, Run, provenance, resolve_device
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
+from fmpe.benchmark.report import machines_line
 from fmpe.benchmark.sweep import sbibm_tasks
 from fmpe.cli import add_stop_after
 from fmpe.metrics import c2st
@@ -126,8 +127,7 @@ def write_report(path: Path, out: Path) -> None:
         lines.append(
             f"- {name}: within {BOUND} C2ST of the default on {sum(hits)} of {len(hits)} tasks."
         )
-    machines = sorted({r["machine"] for r in rows})
-    lines += ["", "Machines: " + ("; ".join(machines) or "–")]
+    lines += ["", machines_line(rows)]
     (out / "fast_sampling.md").write_text("\n".join(lines) + "\n")
 
 

@@ -40,7 +40,7 @@ import torch
 from fmpe.benchmark import RowLog, provenance, resolve_device, timed
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
 from fmpe.benchmark.experiment import Run, method_label
-from fmpe.benchmark.report import published_c2st
+from fmpe.benchmark.report import machines_line, published_c2st
 from fmpe.benchmark.results import ResultsStore
 from fmpe.benchmark.runner import expected_unit_seconds
 from fmpe.cli import add_stop_after
@@ -324,7 +324,7 @@ def _ablation_table(rows: list[dict]) -> list[str]:
             f"Lowest on {task} alone ({len(measured)} configurations within the parameter "
             f"bound): {_settings(best)} ({measured[best]:.3f}).",
         ]
-    return lines
+    return [*lines, "", machines_line(rows)]
 
 
 def relative_settings(row: dict) -> tuple[str, ...]:
@@ -394,8 +394,7 @@ def _comparison(results: Path) -> tuple[list[str], dict]:
         f"least 8 of 10). At 1e3 it is better on {tally[1000][0]} of {tally[1000][1]} "
         "(target: at least half).",
     ]
-    machines = sorted({r["machine"] for v in cells.values() for r in v})
-    return lines + summary + ["", "Machines: " + "; ".join(machines)], cells
+    return lines + summary + ["", machines_line(r for v in cells.values() for r in v)], cells
 
 
 def write_report(ablation: Path, results: Path, out: Path) -> None:

@@ -179,8 +179,10 @@ def test_a_results_folder_is_refused_before_anything_runs(poet, ablation, tmp_pa
 
 def test_the_ablation_writes_its_rows_and_report_to_out(poet, ablation, tmp_path):
     poet.main(["ablation", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "none.csv")])
-    assert len(RowLog(tmp_path / "out" / "poet_ablation.csv").rows()) == 12
-    assert (tmp_path / "out" / "poet.md").exists()
+    rows = RowLog(tmp_path / "out" / "poet_ablation.csv").rows()
+    assert len(rows) == 12
+    # The ablation's numbers name the machine that measured them.
+    assert f"\nMachines: {rows[0]['machine']}" in (tmp_path / "out" / "poet.md").read_text()
 
 
 def test_pauses_between_ablation_runs_do_not_set_a_units_duration(poet):

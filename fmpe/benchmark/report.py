@@ -4,6 +4,7 @@ NRE numbers where sbibm has them."""
 import csv
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from importlib.resources import files
 from pathlib import Path
 
@@ -70,6 +71,12 @@ def summarize(rows: list[dict]) -> dict[Cell, dict]:
             "machines": sorted({r["machine"] for r in members}),
         }
     return summary
+
+
+def machines_line(rows: Iterable[dict]) -> str:
+    """'Machines: a; b': every machine recorded in `rows` ('–' where none is)."""
+    machines = sorted({r["machine"] for r in rows if r.get("machine")})
+    return "Machines: " + ("; ".join(machines) or "–")
 
 
 def run_span(rows: list[dict]) -> str:
