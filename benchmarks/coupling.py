@@ -23,6 +23,7 @@ import torch
 
 from fmpe.benchmark import RowLog, provenance, resolve_device, timed
 from fmpe.benchmark.experiment import Run
+from fmpe.benchmark.report import machines_line
 from fmpe.cli import positive_numbers
 from fmpe.metrics import c2st
 from fmpe.tasks import get_task
@@ -112,8 +113,7 @@ def write_report(path: Path, out: Path) -> None:
             f"| {evaluations:.0f} | {float(group[0]['validation_loss']):.4f} "
             f"| {group[0]['train_seconds']} |"
         )
-    machines = sorted({r["machine"] for r in rows})
-    lines += ["", "Machine: " + "; ".join(machines), ""]
+    lines += ["", machines_line(rows), ""]
     out.write_text("\n".join(lines))
 
 

@@ -42,8 +42,8 @@ def metric_names(rows: list[dict]) -> list[str]:
 
 def summarize(rows: list[dict]) -> dict[Cell, dict]:
     """Per (task, budget, estimator): mean, std and count of every metric over all rows, the
-    std of the per-seed mean C2ST and the number of seeds, the training time of each
-    posterior, and the machines."""
+    std of the per-seed mean C2ST and the number of seeds, and the training time of each
+    posterior."""
     groups: dict[Cell, list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["task"], int(row["budget"]), row["estimator"])].append(row)
@@ -68,7 +68,6 @@ def summarize(rows: list[dict]) -> dict[Cell, dict]:
                 len(seed_means),
             ),
             "train_seconds": max(float(r["train_seconds"]) for r in members),
-            "machines": sorted({r["machine"] for r in members}),
         }
     return summary
 
@@ -272,7 +271,6 @@ def write_report(results: Path, out_dir: Path, name: str | None = None) -> tuple
         raise ValueError(f"{results} holds no benchmark rows")
     summary = summarize(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
-    machines = sorted({m for s in summary.values() for m in s["machines"]})
     others = metrics_table(summary)
     table = out_dir / f"{name}_table.md"
     table.write_text(
@@ -282,8 +280,8 @@ def write_report(results: Path, out_dir: Path, name: str | None = None) -> tuple
         + "\n"
         + c2st_tables(summary)
         + ("\n## Other metrics\n\n" + others if others else "")
-        + "\nMachines: "
-        + "; ".join(machines)
+        + "\n"
+        + machines_line(rows)
         + "\n\n"
         + run_span(rows)
         + "\n"
