@@ -57,14 +57,15 @@ MAX_PARAMETER_SHARE = 0.4  # of the ordinary network's trainable parameters (the
 # One setting changed at a time from the card's poet variant ("variant": the variant itself);
 # learning rates are multiples of the card's ordinary rate for the task and budget. A change
 # that gives the variant's own settings is not trained twice. The learning rates come first:
-# they are the axis the variant's rate was chosen on, so a run stopped early has them.
+# they are the axis the variant's rate was chosen on, so a run stopped early has them; then
+# layer gains, the closest to the variant on two_moons.
 ABLATION = {
     "variant": {},
     "learning rate x 1": {"learning_rate_factor": 1.0},
     "learning rate x 2": {"learning_rate_factor": 2.0},
     "learning rate x 4": {"learning_rate_factor": 4.0},
-    "blocks near identity": {"network": {"near_identity_blocks": True}},
     "layer gains": {"linear": {"gains": True}},
+    "blocks near identity": {"network": {"near_identity_blocks": True}},
     "POET end layers": {"network": {"end_linear": None}},  # None: built like the others
     "block 4": {"linear": {"block_size": 4}},
     "block 16": {"linear": {"block_size": 16}},
