@@ -129,14 +129,15 @@ def ordinary_rate(task: str, budget: int) -> float:
 
 
 def train(run: Run):
-    """The posterior of `run`, trained on this machine's GPU if it has one, else its CPU."""
-    return run.fit(resolve_device("auto"), show_progress=False)
+    """The posterior of `run`, trained on this machine's GPU if it has one, else its CPU, with
+    the training's progress bar."""
+    return run.fit(resolve_device("auto"))
 
 
 def train_saved(run: Run, runs: Path):
     """The posterior of `run` as the benchmark saved it under `runs` (the same simulations,
     split and seed as `train`), trained and saved there first where it is missing."""
-    posterior, _ = run.train(runs, resolve_device("auto"), show_progress=False)
+    posterior, _ = run.train(runs, resolve_device("auto"))
     return posterior
 
 
