@@ -64,6 +64,7 @@ ABLATION = {
     "learning rate x 1": {"learning_rate_factor": 1.0},
     "learning rate x 2": {"learning_rate_factor": 2.0},
     "learning rate x 4": {"learning_rate_factor": 4.0},
+    "learning rate x 8": {"learning_rate_factor": 8.0},  # x4 was the lowest: past the edge
     "layer gains": {"linear": {"gains": True}},
     "blocks near identity": {"network": {"near_identity_blocks": True}},
     "POET end layers": {"network": {"end_linear": None}},  # None: built like the others
