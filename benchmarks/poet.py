@@ -64,7 +64,10 @@ ABLATION = {
     "learning rate x 1": {"learning_rate_factor": 1.0},
     "learning rate x 2": {"learning_rate_factor": 2.0},
     "learning rate x 4": {"learning_rate_factor": 4.0},
-    "learning rate x 8": {"learning_rate_factor": 8.0},  # x4 was the lowest: past the edge
+    # x4 and then x8 were the lowest of the rates before them: the grid goes on past its edge,
+    # and the card's variant changes rate once the lowest is bracketed.
+    "learning rate x 8": {"learning_rate_factor": 8.0},
+    "learning rate x 16": {"learning_rate_factor": 16.0},
     "layer gains": {"linear": {"gains": True}},
     "blocks near identity": {"network": {"near_identity_blocks": True}},
     "POET end layers": {"network": {"end_linear": None}},  # None: built like the others
