@@ -13,15 +13,17 @@ on the benchmark's own simulations, with training seeds 0 and 1, and records,
 per configuration and seed, the best validation loss (uniform t, so configurations compare)
 beside that of ordinary training on the same seed (the benchmark's own posterior under --runs,
 trained and saved there where it is missing), the trainable parameters, the training
-time and the C2ST over observations 1-3. The configuration the `poet` variant uses is the one
-with the lowest validation loss relative to ordinary training, averaged over the two tasks and
-both seeds, among those with at most 40% of the ordinary trainable parameters: `report` says
-which it is; no C2ST enters that choice. `table` runs `fmpe benchmark --poet` on every task at
-1e3 and 1e4, observations 1-10, into the sbibm results, beside the ordinary rows, one task and
-budget (a table cell) per process, with --threads torch threads. Every run is resumable: rows
-already in the CSVs are skipped (an ablation row by its settings and the card's architecture,
-so a changed card runs again). With --stop-after, a run finishes the configuration or table
-cell in progress, starts none that is not expected to fit (by the durations recorded so far)
+time and the C2ST over observations 1-3. `report` names the configuration with the lowest
+validation loss relative to ordinary training, averaged over the two tasks and both seeds,
+among those with at most 40% of the ordinary trainable parameters; the `poet` variant changes
+to it where it is lower than the variant's by more than two standard errors of their paired
+differences (the seeds alone move the ratio by up to 3%). No C2ST enters that choice.
+`table` runs `fmpe benchmark --poet` on every task at 1e3 and 1e4, observations 1-10, into
+the sbibm results, beside the ordinary rows, one task and budget (a table cell) per process,
+with --threads torch threads. Every run is resumable: rows already in the CSVs are skipped
+(an ablation row by its settings and the card's architecture, so a changed card runs again).
+With --stop-after, a run finishes the configuration or table cell in progress, starts none
+that is not expected to fit (by the durations recorded so far)
 and prints the command that continues it.
 """
 
@@ -64,8 +66,7 @@ ABLATION = {
     "learning rate x 1": {"learning_rate_factor": 1.0},
     "learning rate x 2": {"learning_rate_factor": 2.0},
     "learning rate x 4": {"learning_rate_factor": 4.0},
-    # x4 and then x8 were the lowest of the rates before them: the grid goes on past its edge,
-    # and the card's variant changes rate once the lowest is bracketed.
+    # x4 and then x8 were the lowest of the rates before them, so the grid went on past its edge.
     "learning rate x 8": {"learning_rate_factor": 8.0},
     "learning rate x 16": {"learning_rate_factor": 16.0},
     "layer gains": {"linear": {"gains": True}},
@@ -125,6 +126,25 @@ def ablation_run(task: str, budget: int, change: dict, seed: int) -> Run:
         rate = ordinary_rate(task, budget) * change["learning_rate_factor"]
         changes["train"] = {"learning_rate": rate}
     return Run(task, budget, variant="poet", seed=seed, changes=changes)
+
+
+def configuration_settings(run: Run) -> dict:
+    """The task, budget, seed and SETTING_FIELDS of an ablation `run`, as its row records them."""
+    model, train_options = run.hyperparameters()
+    network_options = model["network_options"]
+    linear = network_options["linear"]
+    return {
+        "task": run.task,
+        "budget": run.budget,
+        "seed": run.seed,
+        "block_size": linear.get("block_size"),
+        "merge_every": linear.get("merge_every"),
+        "neumann_terms": linear.get("neumann_terms"),
+        "learning_rate": train_options.get("learning_rate"),
+        "near_identity_blocks": network_options.get("near_identity_blocks", True),
+        "ordinary_end_layers": network_options.get("end_linear") == "linear",
+        "gains": linear.get("gains", False),
+    }
 
 
 def ordinary_rate(task: str, budget: int) -> float:
@@ -200,20 +220,9 @@ def run_ablation(path: Path, runs: Path, deadline: Deadline) -> None:
     for name, change in ABLATION.items():
         for (task_name, task), seed in itertools.product(tasks.items(), ABLATION_SEEDS):
             run = ablation_run(task_name, ABLATION_BUDGET, change, seed)
-            model, train_options = run.hyperparameters()
-            linear = model["network_options"]["linear"]
             setting = {
-                "task": task_name,
-                "budget": ABLATION_BUDGET,
+                **configuration_settings(run),
                 "configuration": name,
-                "seed": seed,
-                "block_size": linear.get("block_size"),
-                "merge_every": linear.get("merge_every"),
-                "neumann_terms": linear.get("neumann_terms"),
-                "learning_rate": train_options.get("learning_rate"),
-                "near_identity_blocks": model["network_options"].get("near_identity_blocks", True),
-                "ordinary_end_layers": model["network_options"].get("end_linear") == "linear",
-                "gains": linear.get("gains", False),
                 "ordinary_parameters": counts[task_name],
             }
             key = resume_key(setting)
@@ -291,7 +300,7 @@ def _ablation_table(rows: list[dict]) -> list[str]:
     # when the row was run), each task on the card of its latest row, among those within the
     # parameter budget; a task counts for a configuration once it has trained on every seed.
     latest_card = {r["task"]: r["ordinary_parameters"] for r in rows}
-    by_seed: dict[tuple, dict[str, list[float]]] = {}
+    by_pair: dict[tuple, dict[tuple[str, str], float]] = {}  # settings: (task, seed): ratio
     for r in rows:
         *_, ordinary_ends, gains = settings(r)  # with the defaults of rows before the columns
         ratio = float(r["validation_loss"]) / float(r["ordinary_validation_loss"])
@@ -306,25 +315,22 @@ def _ablation_table(rows: list[dict]) -> list[str]:
         )
         current = r["ordinary_parameters"] == latest_card[r["task"]]
         if current and math.isfinite(ratio) and share <= MAX_PARAMETER_SHARE:
-            by_seed.setdefault(relative_settings(r), {}).setdefault(r["task"], []).append(ratio)
-    ratios = {
-        k: {task: statistics.fmean(v) for task, v in tasks.items() if len(v) == len(ABLATION_SEEDS)}
-        for k, tasks in by_seed.items()
-    }
-    complete = {
-        k: statistics.fmean(v.values()) for k, v in ratios.items() if set(v) == set(ABLATION_TASKS)
-    }
+            by_pair.setdefault(relative_settings(r), {})[r["task"], r["seed"]] = ratio
+    pairs = set(itertools.product(ABLATION_TASKS, map(str, ABLATION_SEEDS)))
+    complete = {k: v for k, v in by_pair.items() if pairs <= set(v)}
     if complete:
-        best = min(complete, key=complete.get)
-        lines += [
-            "",
-            f"Lowest mean validation loss relative to ordinary training (over tasks and seeds "
-            f"{', '.join(map(str, ABLATION_SEEDS))}), with at most "
-            f"{MAX_PARAMETER_SHARE:.0%} of its parameters: **{_settings(best)}** "
-            f"({complete[best]:.3f}); the cards' poet variant should be this configuration.",
-        ]
-    for task in sorted({t for v in ratios.values() for t in v}):
-        measured = {k: v[task] for k, v in ratios.items() if task in v}
+        variant = relative_settings(
+            configuration_settings(ablation_run(ABLATION_TASKS[0], ABLATION_BUDGET, {}, 0))
+        )
+        lines += ["", *_choice(complete, variant)]
+    for task in sorted({task for v in by_pair.values() for task, _ in v}):
+        measured = {
+            k: statistics.fmean(v[task, str(seed)] for seed in ABLATION_SEEDS)
+            for k, v in by_pair.items()
+            if all((task, str(seed)) in v for seed in ABLATION_SEEDS)
+        }
+        if not measured:  # no configuration has trained on every seed yet
+            continue
         best = min(measured, key=measured.get)
         lines += [
             "",
@@ -332,6 +338,37 @@ def _ablation_table(rows: list[dict]) -> list[str]:
             f"bound): {_settings(best)} ({measured[best]:.3f}).",
         ]
     return [*lines, "", machines_line(rows)]
+
+
+def _choice(ratios: dict[tuple, dict[tuple[str, str], float]], variant: tuple) -> list[str]:
+    """Which configuration the cards' poet variant should be, from each complete
+    configuration's validation-loss ratios per (task, seed): the lowest on their mean, where
+    it is lower than `variant`'s by more than two standard errors of their paired differences;
+    otherwise `variant` stands, as the seeds alone move the ratio by up to 3%."""
+    means = {k: statistics.fmean(v.values()) for k, v in ratios.items()}
+    best = min(means, key=means.get)
+    lines = [
+        f"Lowest mean validation loss relative to ordinary training (over tasks and seeds "
+        f"{', '.join(map(str, ABLATION_SEEDS))}), with at most {MAX_PARAMETER_SHARE:.0%} of "
+        f"its parameters: **{_settings(best)}** ({means[best]:.3f})."
+    ]
+    if variant not in ratios:
+        return [*lines, f"The cards' poet variant ({_settings(variant)}) lacks rows to compare."]
+    if best == variant:
+        return [*lines, "It is the cards' poet variant."]
+    differences = [ratios[best][pair] - ratios[variant][pair] for pair in ratios[variant]]
+    mean = statistics.fmean(differences)
+    error = statistics.stdev(differences) / math.sqrt(len(differences))
+    verdict = (
+        "lower by more than two standard errors, so the cards' poet variant should change to it"
+        if mean < -2 * error
+        else "within two standard errors, so the cards' poet variant stands"
+    )
+    return [
+        *lines,
+        f"Against the cards' poet variant ({means[variant]:.3f}), paired by task and seed: "
+        f"{mean:+.4f} ± {error:.4f} (standard error); {verdict}.",
+    ]
 
 
 def relative_settings(row: dict) -> tuple[str, ...]:

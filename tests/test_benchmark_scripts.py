@@ -3,6 +3,7 @@ threads of their processes, the parameter share, and --stop-after."""
 
 import argparse
 import importlib.util
+import itertools
 import subprocess
 import sys
 from dataclasses import replace
@@ -331,8 +332,9 @@ def test_the_ablation_chooses_only_among_configurations_trained_on_every_seed(po
     assert "Lowest on two_moons alone (1 configurations" in text and "(0.800)" in text
     assert "Lowest mean" not in text and "Lowest on slcp" not in text
     text = "\n".join(poet._ablation_table([*rows, row("slcp", 1, 1.0)]))
-    assert "Lowest mean validation loss" in text and "(0.850); the cards'" in text
+    assert "Lowest mean validation loss" in text and "(0.850)." in text
     assert "lr 2 × the card's" in text  # 0.004 against the cards' 0.002
+    assert "The cards' poet variant (" in text and "lacks rows to compare" in text
 
 
 def test_the_ablation_compares_learning_rates_relative_to_each_card(poet, monkeypatch):
@@ -348,8 +350,34 @@ def test_the_ablation_compares_learning_rates_relative_to_each_card(poet, monkey
         *(row("slcp", seed, 0.5, "0.004") for seed in (0, 1)),
     ]
     text = "\n".join(poet._ablation_table(rows))
-    assert "lr 4 × the card's" in text and "(1.000); the cards'" in text
+    assert "lr 4 × the card's" in text and "(1.000)." in text
     assert "Lowest on slcp alone (2 configurations" in text
+
+
+def test_the_variant_changes_only_for_a_configuration_lower_beyond_the_seeds_noise(poet):
+    """Against the cards' own variant, a configuration that is lower on the mean but not on
+    every (task, seed) pair stays within two standard errors, and one lower on all by the same
+    amount does not."""
+    pairs = list(itertools.product(poet.ABLATION_TASKS, poet.ABLATION_SEEDS))
+
+    def rows(losses: list[float], rate_factor: float) -> list[dict]:
+        made = []
+        for (task, seed), loss in zip(pairs, losses):
+            card = poet.configuration_settings(poet.ablation_run(task, 10_000, {}, seed))
+            card["learning_rate"] *= rate_factor
+            made.append(ablation_row(task, seed, loss) | {k: str(v) for k, v in card.items()})
+        return made
+
+    variant = rows([1.00, 1.02, 0.99, 1.01], 1.0)
+    noisy = rows([1.01, 0.99, 1.00, 0.98], 2.0)  # -0.01 on the mean, ±0.02 between pairs
+    text = "\n".join(poet._ablation_table(variant + noisy))
+    assert "(0.995)." in text and "Against the cards' poet variant (1.005)" in text
+    assert "-0.0100 ± 0.0115 (standard error); within two standard errors" in text
+    lower = rows([0.99, 1.01, 0.98, 1.00], 2.0)  # -0.01 on every pair
+    text = "\n".join(poet._ablation_table(variant + lower))
+    assert "the cards' poet variant should change to it" in text
+    text = "\n".join(poet._ablation_table(variant))
+    assert "It is the cards' poet variant." in text
 
 
 def test_the_iid_benchmark_writes_each_row_once_and_its_table(tmp_path, monkeypatch):
