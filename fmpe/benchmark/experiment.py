@@ -51,6 +51,9 @@ def trainer_kwargs(device: torch.device) -> dict:
     return {"accelerator": "cpu", "devices": 1}
 
 
+ROUNDS_MARK = "@rounds"  # of a results label whose estimator trains in sequential rounds
+
+
 def method_label(
     estimator: str, variant: str | None = None, defaults: bool = False, rounds: int = 1
 ) -> str:
@@ -59,7 +62,7 @@ def method_label(
     "fmpe", "fmpe+poet", "fmpe@defaults", "fmpe@rounds3"."""
     label = f"{estimator}@defaults" if defaults else estimator
     label = label if variant is None else f"{label}+{variant}"
-    return label if rounds == 1 else f"{label}@rounds{rounds}"
+    return label if rounds == 1 else f"{label}{ROUNDS_MARK}{rounds}"
 
 
 @dataclass(frozen=True)

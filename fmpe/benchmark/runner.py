@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from fmpe.benchmark.cards import CardStore
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
-from fmpe.benchmark.experiment import Run, method_label
+from fmpe.benchmark.experiment import ROUNDS_MARK, Run, method_label
 from fmpe.benchmark.measure import provenance, resolve_device
 from fmpe.benchmark.results import ResultsStore, row_key
 from fmpe.benchmark.scoring import Scoring, get_metric
@@ -109,7 +109,7 @@ def _estimator_of(label: str) -> str:
 
 def _is_sequential(label: str) -> bool:
     """Whether a results label trains one posterior per observation: "fmpe@rounds2"."""
-    return "@rounds" in label
+    return ROUNDS_MARK in label
 
 
 def expected_unit_seconds(
