@@ -23,8 +23,8 @@ the sbibm results, beside the ordinary rows, one task and budget (a table cell) 
 with --threads torch threads. Every run is resumable: rows already in the CSVs are skipped
 (an ablation row by its settings and the card's architecture, so a changed card runs again).
 With --stop-after, a run finishes the configuration or table cell in progress, starts none
-that is not expected to fit (by the durations recorded so far)
-and prints the command that continues it.
+that is not expected to fit (by the durations recorded so far) and prints the command that
+continues it.
 """
 
 import argparse
