@@ -17,7 +17,9 @@ time and the C2ST over observations 1-3. `report` names the configuration with t
 validation loss relative to ordinary training, averaged over the two tasks and both seeds,
 among those with at most 40% of the ordinary trainable parameters; the `poet` variant changes
 to it where it is lower than the variant's by more than two standard errors of their paired
-differences (the seeds alone move the ratio by up to 3%). No C2ST enters that choice.
+differences (the seeds alone move the ratio by up to 3%); the report says where it has the
+largest or smallest value tried of its setting, as the next one may be lower still. No C2ST
+enters that choice.
 `table` runs `fmpe benchmark --poet` on every task at 1e3 and 1e4, observations 1-10, into
 the sbibm results, beside the ordinary rows, one task and budget (a table cell) per process,
 with --threads torch threads. Every run is resumable: rows already in the CSVs are skipped
@@ -366,11 +368,45 @@ def _choice(ratios: dict[tuple, dict[tuple[str, str], float]], variant: tuple) -
         if mean < -2 * error
         else "within two standard errors, so the cards' poet variant stands"
     )
-    return [
-        *lines,
+    lines.append(
         f"Against the cards' poet variant ({means[variant]:.3f}), paired by task and seed: "
-        f"{mean:+.4f} ± {error:.4f} (standard error); {verdict}.",
-    ]
+        f"{mean:+.4f} ± {error:.4f} (standard error); {verdict}."
+    )
+    edge = _grid_edge(best, variant, list(ratios))
+    if edge:
+        lines.append(
+            f"It has the {edge}; the next value beyond it is untried and may be lower still: "
+            "try it before the variant changes."
+        )
+    return lines
+
+
+# The numeric settings of relative_settings' keys, by position.
+_AXES = ("block size", "merge interval", "number of Neumann terms", "learning rate factor")
+
+
+def _grid_edge(best: tuple, variant: tuple, configurations: list[tuple]) -> str | None:
+    """Where `best` changes one numeric setting of `variant` to the largest or smallest value
+    tried on that axis (among `configurations` that change only it), which one ("largest
+    block size tried", say); None otherwise."""
+    changed = [i for i, (a, b) in enumerate(zip(best, variant, strict=True)) if a != b]
+    if len(changed) != 1 or changed[0] >= len(_AXES):
+        return None
+    (axis,) = changed
+    rest = variant[:axis] + variant[axis + 1 :]
+    values = [_axis_value(k[axis]) for k in configurations if k[:axis] + k[axis + 1 :] == rest]
+    value = _axis_value(best[axis])
+    if value == max(values):
+        return f"largest {_AXES[axis]} tried"
+    if value == min(values):
+        return f"smallest {_AXES[axis]} tried"
+    return None
+
+
+def _axis_value(text: str) -> float:
+    """A numeric setting as a number; "exact" (the exact Cayley transform) is infinitely many
+    Neumann terms."""
+    return math.inf if text == "exact" else float(text)
 
 
 def relative_settings(row: dict) -> tuple[str, ...]:

@@ -376,8 +376,30 @@ def test_the_variant_changes_only_for_a_configuration_lower_beyond_the_seeds_noi
     lower = rows([0.99, 1.01, 0.98, 1.00], 2.0)  # -0.01 on every pair
     text = "\n".join(poet._ablation_table(variant + lower))
     assert "the cards' poet variant should change to it" in text
+    # The largest rate tried: the report asks for the next one before the variant changes.
+    assert "It has the largest learning rate factor tried; the next value" in text
+    beyond = rows([1.02, 1.03, 1.01, 1.02], 4.0)
+    text = "\n".join(poet._ablation_table(variant + lower + beyond))
+    assert "should change to it" in text and "It has the" not in text
     text = "\n".join(poet._ablation_table(variant))
     assert "It is the cards' poet variant." in text
+
+
+def test_a_grid_edge_counts_the_exact_cayley_transform_as_the_most_neumann_terms(poet):
+    """Settings as relative_settings keys them: block, merge, Neumann terms, rate factor and
+    the three flags."""
+    variant = ("8", "200", "exact", "4", "False", "True", "False")
+    three_terms = ("8", "200", "3", "4", "False", "True", "False")
+    five_terms = ("8", "200", "5", "4", "False", "True", "False")
+    block_16 = ("16", "200", "exact", "4", "False", "True", "False")
+    configurations = [variant, three_terms, five_terms, block_16]
+    assert poet._grid_edge(three_terms, variant, configurations) == (
+        "smallest number of Neumann terms tried"
+    )
+    assert poet._grid_edge(five_terms, variant, configurations) is None
+    assert poet._grid_edge(block_16, variant, configurations) == "largest block size tried"
+    gains = ("8", "200", "exact", "4", "False", "True", "True")  # a flag has no edge
+    assert poet._grid_edge(gains, variant, [*configurations, gains]) is None
 
 
 def test_the_iid_benchmark_writes_each_row_once_and_its_table(tmp_path, monkeypatch):
