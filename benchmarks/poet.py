@@ -169,12 +169,13 @@ def train_saved(run: Run, runs: Path):
     return posterior
 
 
-def ordinary_parameters(task, budget: int) -> int:
-    """Trainable parameters of the ordinary network the card gives, built without training."""
-    model, _ = Run(task.name, budget).hyperparameters()
+def trainable_parameters(run: Run) -> int:
+    """Trainable parameters of the network `run` trains, built without training."""
+    task = get_task(run.task)
+    model, _ = run.hyperparameters()
     builder = network_builder(model.get("network", "residual"))
     network = builder(task.theta_dim, task.x_shape, **model.get("network_options", {}))
-    return sum(p.numel() for p in network.parameters())
+    return sum(p.numel() for p in network.parameters() if p.requires_grad)
 
 
 def settings(row: dict) -> tuple[str, ...]:
@@ -217,7 +218,7 @@ def run_ablation(path: Path, runs: Path, deadline: Deadline) -> None:
     # variant, which the ablation's result changes.
     done = {resume_key(r) for r in RowLog(path).rows()}
     tasks = {name: get_task(name) for name in ABLATION_TASKS}
-    counts = {name: ordinary_parameters(task, ABLATION_BUDGET) for name, task in tasks.items()}
+    counts = {name: trainable_parameters(Run(name, ABLATION_BUDGET)) for name in tasks}
     ordinary = {}  # (task, seed): the ordinary posterior, loaded or trained when first needed
     # Configurations outermost, so that a run stopped early has compared its first ones on
     # both tasks and seeds.
@@ -374,10 +375,7 @@ def _choice(ratios: dict[tuple, dict[tuple[str, str], float]], variant: tuple) -
     )
     edge = _grid_edge(best, variant, list(ratios))
     if edge:
-        lines.append(
-            f"It has the {edge}; the next value beyond it is untried and may be lower still: "
-            "try it before the variant changes."
-        )
+        lines.append(_edge_sentence(best, *edge))
     return lines
 
 
@@ -385,10 +383,10 @@ def _choice(ratios: dict[tuple, dict[tuple[str, str], float]], variant: tuple) -
 _AXES = ("block size", "merge interval", "number of Neumann terms", "learning rate factor")
 
 
-def _grid_edge(best: tuple, variant: tuple, configurations: list[tuple]) -> str | None:
+def _grid_edge(best: tuple, variant: tuple, configurations: list[tuple]) -> tuple[int, str] | None:
     """Where `best` changes one numeric setting of `variant` to the largest or smallest value
-    tried on that axis (among `configurations` that change only it), which one ("largest
-    block size tried", say); None otherwise."""
+    tried on that axis (among `configurations` that change only it): the axis (its position
+    in the key) and "largest" or "smallest"; None otherwise."""
     changed = [i for i, (a, b) in enumerate(zip(best, variant, strict=True)) if a != b]
     if len(changed) != 1 or changed[0] >= len(_AXES):
         return None
@@ -397,10 +395,32 @@ def _grid_edge(best: tuple, variant: tuple, configurations: list[tuple]) -> str 
     values = [_axis_value(k[axis]) for k in configurations if k[:axis] + k[axis + 1 :] == rest]
     value = _axis_value(best[axis])
     if value == max(values):
-        return f"largest {_AXES[axis]} tried"
+        return axis, "largest"
     if value == min(values):
-        return f"smallest {_AXES[axis]} tried"
+        return axis, "smallest"
     return None
+
+
+def _edge_sentence(best: tuple, axis: int, side: str) -> str:
+    """What a lowest configuration at the edge of its axis asks for: the next value, unless
+    that is a block size whose network trains more parameters than the bound allows."""
+    text = f"It has the {side} {_AXES[axis]} tried"
+    if _AXES[axis] == "block size" and side == "largest":
+        block = 2 * int(best[axis])  # block sizes double along the grid
+        share = max(
+            trainable_parameters(
+                ablation_run(task, ABLATION_BUDGET, {"linear": {"block_size": block}}, 0)
+            )
+            / trainable_parameters(Run(task, ABLATION_BUDGET))
+            for task in ABLATION_TASKS
+        )
+        if share > MAX_PARAMETER_SHARE:
+            return (
+                f"{text}; blocks of {block} would train up to {share:.1%} of the ordinary "
+                f"parameters, beyond the {MAX_PARAMETER_SHARE:.0%} bound, so the bound ends the "
+                "grid there."
+            )
+    return f"{text}; the next value beyond it is untried and may be lower still: try it first."
 
 
 def _axis_value(text: str) -> float:

@@ -392,14 +392,30 @@ def test_a_grid_edge_counts_the_exact_cayley_transform_as_the_most_neumann_terms
     three_terms = ("8", "200", "3", "4", "False", "True", "False")
     five_terms = ("8", "200", "5", "4", "False", "True", "False")
     block_16 = ("16", "200", "exact", "4", "False", "True", "False")
-    configurations = [variant, three_terms, five_terms, block_16]
-    assert poet._grid_edge(three_terms, variant, configurations) == (
-        "smallest number of Neumann terms tried"
-    )
-    assert poet._grid_edge(five_terms, variant, configurations) is None
-    assert poet._grid_edge(block_16, variant, configurations) == "largest block size tried"
     gains = ("8", "200", "exact", "4", "False", "True", "True")  # a flag has no edge
-    assert poet._grid_edge(gains, variant, [*configurations, gains]) is None
+    configurations = [variant, three_terms, five_terms, block_16, gains]
+
+    def edge(best: tuple) -> tuple[str, str] | None:
+        found = poet._grid_edge(best, variant, configurations)
+        return found and (poet._AXES[found[0]], found[1])
+
+    assert edge(three_terms) == ("number of Neumann terms", "smallest")
+    assert edge(five_terms) is None
+    assert edge(block_16) == ("block size", "largest")
+    assert edge(gains) is None
+
+
+def test_the_parameter_bound_ends_the_block_size_grid(poet):
+    """Blocks of 64 train about half of two_moons' ordinary parameters, beyond the 40% bound;
+    blocks of 32 a quarter, within it."""
+    variant = poet.relative_settings(
+        poet.configuration_settings(poet.ablation_run("two_moons", 10_000, {}, 0))
+    )
+    block_32 = ("32", *variant[1:])
+    assert "blocks of 64 would train up to 50.0% of the ordinary parameters, beyond the 40%" in (
+        poet._edge_sentence(block_32, 0, "largest")
+    )
+    assert poet._edge_sentence(("16", *variant[1:]), 0, "largest").endswith("try it first.")
 
 
 def test_the_iid_benchmark_writes_each_row_once_and_its_table(tmp_path, monkeypatch):
