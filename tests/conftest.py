@@ -6,6 +6,7 @@ from torch.distributions import MultivariateNormal
 
 # The test networks are tiny: a second intra-op thread only adds synchronisation, and on a
 # busy 2-core machine OpenMP threads waiting for each other slow small ops down 100-fold.
+# The cores are used by pytest-xdist instead: one test process per core (pyproject's addopts).
 torch.set_num_threads(1)
 
 
