@@ -249,10 +249,10 @@ def test_a_stopped_table_continues_to_the_rows_of_an_uninterrupted_one(poet, tab
 
 
 def test_the_parameter_share_is_that_of_the_rows_own_ordinary_network(poet, tmp_path, monkeypatch):
-    def card_not_read(task, budget):
+    def card_not_read(run):
         raise AssertionError("the share must come from the rows, not the current card")
 
-    monkeypatch.setattr(poet, "ordinary_parameters", card_not_read)
+    monkeypatch.setattr(poet, "trainable_parameters", card_not_read)
     store = ResultsStore(tmp_path / "sbibm.csv")
     for estimator, parameters in (("fmpe", 4000), ("fmpe+poet", 1000)):
         row = {"task": "two_moons", "budget": 1000, "estimator": estimator, "observation": 1}
