@@ -6,7 +6,6 @@ import re
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -48,19 +47,16 @@ def _execute(path: Path) -> None:
     client.execute()
 
 
-def test_every_tutorial_executes(monkeypatch):
+# One test per tutorial, so that pytest-xdist spreads them over the cores with the other tests.
+@pytest.mark.parametrize("path", TUTORIALS, ids=lambda path: path.stem)
+def test_tutorial_executes(path, monkeypatch):
     pytest.importorskip("jupytext")
     pytest.importorskip("nbclient")
     monkeypatch.setenv("FMPE_DOCS_FAST", "1")
     # Tiny networks on a shared 2-core machine: a second intra-op thread only waits.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    # Two kernels at a time: most of a tutorial's time is one core importing and training.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = {path.name: pool.submit(_execute, path) for path in TUTORIALS}
-    failures = {name: run.exception() for name, run in runs.items() if run.exception()}
-    if failures:
-        pytest.fail("\n\n".join(f"{name}:\n{error}" for name, error in failures.items()))
+    _execute(path)
 
 
 def _cffconvert() -> str:
@@ -108,7 +104,7 @@ def _build_site(out: Path, **env: str) -> subprocess.CompletedProcess:
 
 def test_site_builds_with_warnings_as_errors(tmp_path):
     # The pages, the API reference and every cross-reference, without running the tutorials
-    # (test_every_tutorial_executes runs them).
+    # (test_tutorial_executes runs them).
     result = _build_site(tmp_path / "html", FMPE_DOCS_EXECUTE="0")
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "html" / "api" / "fmpe.html").exists()
