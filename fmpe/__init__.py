@@ -1,14 +1,34 @@
 """fmpe: flow matching posterior estimation for simulation-based inference."""
 
+import importlib
+
 from fmpe._version import __version__ as __version__
 from fmpe.coupling import register_coupling
-from fmpe.estimators import FMPE, NPE, register_estimator
 from fmpe.networks import register_embedding, register_linear, register_network
 from fmpe.ode import SolverSettings, register_solver
 from fmpe.posteriors import Cost, Posterior
 from fmpe.posteriors.file import load
 from fmpe.tasks import register_task
-from fmpe.training import TrainingSettings
+
+# The estimators and their settings load Lightning, which takes seconds to import; they are
+# imported on first use, so that loading and sampling a saved posterior does not pay for it.
+_LAZY = {
+    "FMPE": "fmpe.estimators",
+    "NPE": "fmpe.estimators",
+    "register_estimator": "fmpe.estimators",
+    "TrainingSettings": "fmpe.training.settings",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fmpe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "FMPE",

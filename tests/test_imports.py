@@ -3,9 +3,13 @@ who imports whom, read from the source (imports inside functions included), has 
 
 The package root, fmpe/__init__.py, gathers the public face and may import anything; it is
 not part of the graph, and neither is an import of the root itself.
+
+Lightning is imported only to train: loading and using a saved posterior does without it.
 """
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,3 +115,19 @@ def test_a_cycle_is_found_and_named():
         "fmpe.b -> fmpe.c  (b.py:2)",
         "fmpe.c -> fmpe.b  (c.py:3)",
     ]
+
+
+def test_loading_and_using_a_posterior_does_not_import_lightning(gaussian_posterior, tmp_path):
+    path = tmp_path / "posterior.fmpe"
+    gaussian_posterior.save(path)
+    script = (
+        "import sys, torch, fmpe\n"
+        f"posterior = fmpe.load({str(path)!r})\n"
+        "x = torch.zeros(2)\n"
+        "posterior.log_prob(posterior.sample(5, x), x)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning'}))\n"
+        "print(fmpe.FMPE.__name__, fmpe.TrainingSettings.__name__, 'FMPE' in dir(fmpe))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[]", "FMPE TrainingSettings True"]

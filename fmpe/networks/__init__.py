@@ -11,7 +11,6 @@ from fmpe.networks import embeddings as _embeddings  # noqa: F401
 from fmpe.networks import flows as _flows  # noqa: F401
 from fmpe.networks import recurrent as _recurrent  # noqa: F401
 from fmpe.networks import sets as _sets  # noqa: F401
-from fmpe.networks.poet import POET
 from fmpe.networks.registry import (
     EMBEDDINGS,
     LINEAR_LAYERS,
@@ -28,7 +27,17 @@ from fmpe.networks.registry import (
 from fmpe.networks.velocity import VelocityNetwork
 
 register_network("residual", VelocityNetwork)
-register_linear("poet", POET)
+
+
+def _poet(**options):
+    # Imported on use: POET's merges are a Lightning callback, and importing Lightning takes
+    # seconds that loading and sampling a posterior should not pay.
+    from fmpe.networks.poet import POET
+
+    return POET(**options)
+
+
+register_linear("poet", _poet)
 
 __all__ = [
     "EMBEDDINGS",

@@ -9,6 +9,9 @@ from fmpe.registry import Registry
 
 POSTERIORS: Registry[type[Posterior]] = Registry("posterior kind", "fmpe.posteriors.POSTERIORS")
 """kind -> posterior class; `fmpe.register_estimator` registers its estimator's class here."""
+# The built-in kinds, so that loading a posterior file needs no estimator (nor Lightning).
+POSTERIORS.register(FlowMatchingPosterior.kind, FlowMatchingPosterior)
+POSTERIORS.register(NPEPosterior.kind, NPEPosterior)
 
 __all__ = [
     "IID_METHODS",
