@@ -63,6 +63,9 @@ SETTINGS = [
     ("log_prob", {"method": "tsit5_per_row", "rtol": 2e-5, "atol": 2e-5}),
     ("log_prob", {"method": "tsit5_per_row", "rtol": 3e-5, "atol": 3e-5}),
     ("log_prob", {"method": "dopri8", "rtol": 1e-3, "atol": 1e-3}),
+    # Dormand-Prince 8 at looser tolerances: where its larger steps would cross 0.01 nats.
+    ("log_prob", {"method": "dopri8", "rtol": 1e-2, "atol": 1e-2}),
+    ("log_prob", {"method": "dopri8", "rtol": 3e-2, "atol": 3e-2}),
     ("log_prob", {"method": "rk4", "steps": 20, "time_grid": "late"}),
     ("log_prob", {"time_grid": "late"}),
 ]
