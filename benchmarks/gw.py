@@ -15,13 +15,17 @@ script runs again:
 1. train and score (`fmpe.benchmark.run`, the results store gw_injections.csv): per injection,
    the importance-sampling efficiency and log evidence with the estimator as the proposal,
    −log q(θ*), and the credible level of θ* per parameter;
-2. reference posteriors of the first injections: importance sampling with the exact
-   likelihood from a defensive mixture of both estimators and the prior, until the effective
-   sample size reaches its target (gw_reference.csv; the samples are kept in the runs folder);
-3. the Jensen–Shannon divergence of each estimator's 1-D marginals to the reference's, in
-   mnat, and that between two halves of the reference as its noise floor (gw_jsd.csv);
-4. the reference checked against dynesty's nested sampling: log evidence and JSD per
-   parameter (gw_dynesty.csv);
+2. dynesty's nested sampling of the first injections' posteriors with the exact likelihood
+   (gw_dynesty.csv: log evidence, likelihood calls; the weighted samples are kept in the runs
+   folder);
+3. reference posteriors of those injections: importance sampling with the exact likelihood
+   from a defensive mixture of both estimators, a kernel density fitted to dynesty's samples
+   and the prior, until the effective sample size reaches its target (gw_reference.csv; the
+   samples are kept in the runs folder). No proposal alone decides it: the weights correct
+   each one, and the estimators and the prior cover what the others miss;
+4. the Jensen–Shannon divergence of each estimator's 1-D marginals to the reference's, in
+   mnat, with two checks of the reference: dynesty's own samples against it, and two halves of
+   the reference against each other, its noise floor (gw_jsd.csv);
 5. figures (gw_pp.png, gw_corner.png, gw_is_efficiency.png) and the summary gw_summary.md.
 
 `--coordinates` runs only the measurement that decides how the card treats the bounded and
@@ -33,12 +37,13 @@ gates the residual blocks as it is or through a residual network of its own, by 
 loss (gw_t_theta_embedding.csv and .md).
 
 Every row names the machine it was measured on. With --stop-after, a run finishes the unit in
-progress (an estimator's training and scoring, one injection's reference, JSDs or dynesty
-check), starts none that is not expected to fit (by the durations recorded so far), skips the
+progress (an estimator's training and scoring, one injection's dynesty run, reference or
+JSDs), starts none that is not expected to fit (by the durations recorded so far), skips the
 steps that need what it left undone, and prints the command that continues it.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import shlex
@@ -67,7 +72,12 @@ from fmpe.benchmark import (
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
 from fmpe.benchmark.sweep import SearchGrid, configuration_name, sweep, sweep_log
 from fmpe.cli import add_stop_after
-from fmpe.diagnostics import ImportanceResult, defensive_importance_sample, ks_uniform
+from fmpe.diagnostics import (
+    ImportanceResult,
+    KernelDensityProposal,
+    defensive_importance_sample,
+    ks_uniform,
+)
 from fmpe.plot import pairplot, pp_plot
 from fmpe.posteriors import Posterior
 from fmpe.tasks import get_task
@@ -80,6 +90,9 @@ NAMES = {"fmpe": "FMPE", "npe": "NPE"}
 PERIODIC = (4, 6, 7)  # φ_c, ψ and ra: the likelihood is periodic over each one's prior range
 JSD_GRID = 400
 REFERENCE_PRIOR_FRACTION = 0.05
+# The shares of the reference's mixture besides the prior's: mostly the kernel density of
+# dynesty's samples, the closest proposal; both estimators' shares keep it defensive.
+REFERENCE_SHARES = {"fmpe": 0.075, "npe": 0.075, "dynesty": 0.8}
 NOT_RUN = "Not run yet (`--score-only` skips this step)."
 
 
@@ -90,12 +103,11 @@ class Scale:
     budget: int = 100_000
     injections: int = 100  # scored per estimator: IS efficiency, log Z, P–P
     samples: int = 2_000  # posterior samples per injection, and proposal samples of its IS
-    reference_injections: int = 5
+    reference_injections: int = 5  # each with dynesty, a reference and JSDs
     reference_ess: int = 5_000
-    reference_round: int = 20_000  # mixture samples per round, until the ESS is reached
+    reference_round: int = 10_000  # mixture samples per round, until the ESS is reached
     reference_max_samples: int = 400_000
     jsd_samples: int = 10_000
-    dynesty_injections: int = 3
     dynesty_live_points: int = 500
     dynesty_dlogz: float = 0.1
     dynesty_max_calls: int = 3_000_000
@@ -110,7 +122,6 @@ SMOKE = Scale(
     reference_round=1_000,
     reference_max_samples=3_000,
     jsd_samples=500,
-    dynesty_injections=1,
     dynesty_live_points=20,
     dynesty_dlogz=10.0,
     dynesty_max_calls=600,
@@ -120,11 +131,16 @@ SMOKE = Scale(
 # ----- small helpers ---------------------------------------------------------------------
 
 
-def reference_path(runs: Path, scale: Scale, seed: int, injection: int) -> Path:
-    return runs / f"gw_{scale.budget}_seed{seed}_reference{injection}.safetensors"
+def weighted_samples_path(runs: Path, scale: Scale, seed: int, kind: str, injection: int) -> Path:
+    """Where one injection's weighted samples of `kind` (reference or dynesty) are kept."""
+    return runs / f"gw_{scale.budget}_seed{seed}_{kind}{injection}.safetensors"
 
 
-def load_reference(path: Path) -> ImportanceResult:
+def save_weighted_samples(result: ImportanceResult, path: Path) -> None:
+    save_file({"theta": result.theta.contiguous(), "log_weights": result.log_weights}, str(path))
+
+
+def load_weighted_samples(path: Path) -> ImportanceResult:
     tensors = load_file(str(path))
     return ImportanceResult(tensors["theta"], tensors["log_weights"])
 
@@ -135,26 +151,115 @@ def recorded_seconds(path: Path) -> float | None:
     return statistics.median(float(r["seconds"]) for r in rows) if rows else None
 
 
-# ----- step 2: reference posteriors ------------------------------------------------------
+# ----- step 2: dynesty -------------------------------------------------------------------
+
+
+class DynestyProblem:
+    """The prior transform and likelihood of one injection, as dynesty calls them (in the
+    processes of its pool, one torch thread each)."""
+
+    def __init__(self, task: GWTask, injection: int):
+        self.task = task
+        self.x = task.observation(injection).double()
+        self.low = task.prior.base_dist.low.double().numpy()
+        self.width = task.prior.base_dist.high.double().numpy() - self.low
+
+    def __setstate__(self, state: dict) -> None:
+        # Unpickled in a worker of dynesty's pool: one thread, since each core has a worker.
+        torch.set_num_threads(1)
+        self.__dict__.update(state)
+
+    def prior_transform(self, u: np.ndarray) -> np.ndarray:
+        return self.low + self.width * u
+
+    def log_likelihood(self, theta: np.ndarray) -> float:
+        with torch.inference_mode():
+            return float(self.task.log_likelihood(torch.from_numpy(theta)[None], self.x)[0])
+
+
+def run_dynesty(task, args, scale, machine, deadline: Deadline) -> dict[int, ImportanceResult]:
+    """dynesty's weighted posterior samples of the reference injections, run or loaded; one
+    injection per unit of `deadline`."""
+    import dynesty
+    import dynesty.pool
+
+    path = args.out / "gw_dynesty.csv"
+    done = {int(r["injection"]) for r in RowLog(path).rows()}
+    nested = {}
+    for i in range(1, scale.reference_injections + 1):
+        saved = weighted_samples_path(args.runs, scale, args.seed, "dynesty", i)
+        if i in done and saved.exists():
+            nested[i] = load_weighted_samples(saved)
+            continue
+        if not deadline.allows(f"dynesty {i}", recorded_seconds(path)):
+            continue
+        problem = DynestyProblem(task, i)
+        start = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            pool, functions = None, (problem.log_likelihood, problem.prior_transform)
+            if args.threads > 1:  # a process per thread; its start costs seconds
+                pool = stack.enter_context(dynesty.pool.Pool(args.threads, *functions))
+                functions = pool.loglike, pool.prior_transform
+            sampler = dynesty.NestedSampler(
+                *functions,
+                task.theta_dim,
+                nlive=scale.dynesty_live_points,
+                periodic=list(PERIODIC),
+                rstate=np.random.default_rng(args.seed + i),
+                pool=pool,
+            )
+            sampler.run_nested(
+                dlogz=scale.dynesty_dlogz,
+                maxcall=scale.dynesty_max_calls,
+                print_progress=not args.quiet,
+            )
+        seconds = time.perf_counter() - start
+        result = sampler.results
+        log_weights = torch.from_numpy(result.logwt - result.logz[-1])
+        nested[i] = ImportanceResult(torch.from_numpy(result.samples), log_weights)
+        save_weighted_samples(nested[i], saved)
+        row = {
+            "injection": i,
+            "log_evidence": f"{result.logz[-1]:.4f}",
+            "log_evidence_error": f"{result.logzerr[-1]:.4f}",
+            "effective_sample_size": round(nested[i].effective_sample_size, 1),
+            "likelihood_calls": int(np.sum(result.ncall)),
+            "live_points": scale.dynesty_live_points,
+            "dlogz": scale.dynesty_dlogz,
+            "seconds": round(seconds, 1),
+            "machine": machine,
+            "finished_at": timestamp(),
+        }
+        RowLog(path, list(row)).add(row)
+        print(
+            f"dynesty {i}: log Z {result.logz[-1]:.3f} ± {result.logzerr[-1]:.3f}, ESS "
+            f"{row['effective_sample_size']}, {row['likelihood_calls']} calls in {seconds:.0f} s"
+        )
+    return nested
+
+
+# ----- step 3: reference posteriors ------------------------------------------------------
 
 
 def reference_posterior(
-    task: GWTask, posteriors: list, injection: int, scale: Scale, show_progress: bool
+    task: GWTask, proposals: dict, injection: int, scale: Scale, show_progress: bool
 ) -> tuple[ImportanceResult, float]:
-    """Defensive importance sampling in rounds until the effective sample size reaches its
-    target (or the sample cap); returns the joined result and its seconds."""
-    x = task.observation(injection).to(posteriors[0].device)
+    """Defensive importance sampling from `proposals` (named as in REFERENCE_SHARES) and the
+    prior, in rounds until the effective sample size reaches its target (or the sample cap);
+    returns the joined result and its seconds."""
+    x = task.observation(injection).to(proposals["fmpe"].device)
     rounds: list[ImportanceResult] = []
     start = time.perf_counter()
     while True:
         rounds.append(
             defensive_importance_sample(
-                posteriors,
+                list(proposals.values()),
                 scale.reference_round,
                 x,
                 task.log_likelihood,
                 task.prior,
                 prior_fraction=REFERENCE_PRIOR_FRACTION,
+                shares=[REFERENCE_SHARES[name] for name in proposals],
                 show_progress=show_progress,
             )
         )
@@ -172,23 +277,26 @@ def reference_posterior(
 
 
 def run_references(
-    task, posteriors, args, scale, machine, deadline: Deadline
+    task, posteriors, nested, args, scale, machine, deadline: Deadline
 ) -> dict[int, ImportanceResult]:
-    """The reference posteriors, computed or loaded; one injection per unit of `deadline`."""
+    """The reference posteriors of the injections dynesty has sampled, computed or loaded; one
+    injection per unit of `deadline`."""
     path = args.out / "gw_reference.csv"
     done = {int(r["injection"]) for r in RowLog(path).rows()}
     references = {}
-    for i in range(1, scale.reference_injections + 1):
-        saved = reference_path(args.runs, scale, args.seed, i)
+    for i, dynesty_samples in nested.items():
+        saved = weighted_samples_path(args.runs, scale, args.seed, "reference", i)
         if i in done and saved.exists():
-            references[i] = load_reference(saved)
+            references[i] = load_weighted_samples(saved)
             continue
         if not deadline.allows(f"reference {i}", recorded_seconds(path)):
             continue
         torch.manual_seed(args.seed + i)
-        result, seconds = reference_posterior(task, posteriors, i, scale, not args.quiet)
-        tensors = {"theta": result.theta.contiguous(), "log_weights": result.log_weights}
-        save_file(tensors, str(saved))
+        theta = dynesty_samples.theta.float()
+        kernel = KernelDensityProposal(theta, dynesty_samples.weights, task.prior)
+        proposals = {**posteriors, "dynesty": kernel}
+        result, seconds = reference_posterior(task, proposals, i, scale, not args.quiet)
+        save_weighted_samples(result, saved)
         references[i] = result
         row = {
             "injection": i,
@@ -208,7 +316,7 @@ def run_references(
     return references
 
 
-# ----- step 3: Jensen–Shannon divergences ------------------------------------------------
+# ----- step 4: Jensen–Shannon divergences ------------------------------------------------
 
 
 def marginal_jsd(
@@ -275,9 +383,10 @@ def jsd_row(task: GWTask, samples, sample_weights, reference, reference_weights)
     return row
 
 
-def run_jsd(task, posteriors, references, args, scale, machine, deadline: Deadline) -> None:
-    """The JSDs of each reference not yet in gw_jsd.csv; one injection per unit of `deadline`
-    (expected: the median gap between the injections' finished rows)."""
+def run_jsd(task, posteriors, nested, references, args, scale, machine, deadline) -> None:
+    """The JSDs to each reference not yet in gw_jsd.csv, of both estimators, of dynesty's
+    samples and of the reference's halves; one injection per unit of `deadline` (expected:
+    the median gap between the injections' finished rows)."""
     path = args.out / "gw_jsd.csv"
     recorded = RowLog(path).rows()
     done = {(int(r["injection"]), r["estimator"]) for r in recorded}
@@ -285,7 +394,7 @@ def run_jsd(task, posteriors, references, args, scale, machine, deadline: Deadli
         r["finished_at"] for r in recorded if r["estimator"] == "reference_halves"
     )
     for i, reference in references.items():
-        names = (*posteriors, "reference_halves")
+        names = (*posteriors, "dynesty", "reference_halves")
         if all((i, name) in done for name in names) or not deadline.allows(f"JSD {i}", expected):
             continue
         theta, weights = reference.theta.double().numpy(), reference.weights.numpy()
@@ -296,6 +405,11 @@ def run_jsd(task, posteriors, references, args, scale, machine, deadline: Deadli
                 torch.manual_seed(args.seed + 100 + i)
                 samples = posterior.sample(scale.jsd_samples, x).cpu().double().numpy()
                 rows[name] = (len(samples), jsd_row(task, samples, None, theta, weights))
+        if (i, "dynesty") not in done:
+            nested_theta = nested[i].theta.double().numpy()
+            nested_weights = nested[i].weights.numpy()
+            jsd = jsd_row(task, nested_theta, nested_weights, theta, weights)
+            rows["dynesty"] = (len(nested_theta), jsd)
         if (i, "reference_halves") not in done:
             # Two random halves of the reference: the divergence its finite sample alone gives.
             generator = torch.Generator().manual_seed(args.seed + i)
@@ -307,75 +421,6 @@ def run_jsd(task, posteriors, references, args, scale, machine, deadline: Deadli
             row |= {"machine": machine, "finished_at": timestamp()}
             RowLog(path, list(row)).add(row)
             print(f"JSD injection {i} {name}: mean {jsd['mean_jsd_mnat']} mnat")
-
-
-# ----- step 4: dynesty -------------------------------------------------------------------
-
-
-class DynestyProblem:
-    """The prior transform and likelihood of one injection, as dynesty calls them."""
-
-    def __init__(self, task: GWTask, injection: int):
-        self.task = task
-        self.x = task.observation(injection).double()
-        self.low = task.prior.base_dist.low.double().numpy()
-        self.width = task.prior.base_dist.high.double().numpy() - self.low
-
-    def prior_transform(self, u: np.ndarray) -> np.ndarray:
-        return self.low + self.width * u
-
-    def log_likelihood(self, theta: np.ndarray) -> float:
-        with torch.inference_mode():
-            return float(self.task.log_likelihood(torch.from_numpy(theta)[None], self.x)[0])
-
-
-def run_dynesty_checks(task, references, args, scale, machine, deadline: Deadline) -> None:
-    """dynesty on the first references not yet in gw_dynesty.csv; one per unit of `deadline`."""
-    import dynesty
-
-    path = args.out / "gw_dynesty.csv"
-    done = {int(r["injection"]) for r in RowLog(path).rows()}
-    for i in sorted(references)[: scale.dynesty_injections]:
-        if i in done or not deadline.allows(f"dynesty {i}", recorded_seconds(path)):
-            continue
-        problem = DynestyProblem(task, i)
-        sampler = dynesty.NestedSampler(
-            problem.log_likelihood,
-            problem.prior_transform,
-            task.theta_dim,
-            nlive=scale.dynesty_live_points,
-            periodic=list(PERIODIC),
-            rstate=np.random.default_rng(args.seed + i),
-        )
-        start = time.perf_counter()
-        sampler.run_nested(
-            dlogz=scale.dynesty_dlogz, maxcall=scale.dynesty_max_calls, print_progress=False
-        )
-        seconds = time.perf_counter() - start
-        result = sampler.results
-        weights = result.importance_weights()
-        reference = references[i]
-        theta, reference_weights = reference.theta.double().numpy(), reference.weights.numpy()
-        row = {
-            "injection": i,
-            "dynesty_log_evidence": f"{result.logz[-1]:.4f}",
-            "dynesty_log_evidence_error": f"{result.logzerr[-1]:.4f}",
-            "reference_log_evidence": f"{reference.log_evidence:.4f}",
-            "reference_log_evidence_error": f"{reference.log_evidence_error:.4f}",
-            **jsd_row(task, result.samples, weights, theta, reference_weights),
-            "dynesty_effective_samples": round(float(1 / np.square(weights).sum()), 1),
-            "likelihood_calls": int(np.sum(result.ncall)),
-            "live_points": scale.dynesty_live_points,
-            "dlogz": scale.dynesty_dlogz,
-            "seconds": round(seconds, 1),
-            "machine": machine,
-            "finished_at": timestamp(),
-        }
-        RowLog(path, list(row)).add(row)
-        print(
-            f"dynesty {i}: log Z {result.logz[-1]:.3f} ± {result.logzerr[-1]:.3f}, reference "
-            f"{reference.log_evidence:.3f} ± {reference.log_evidence_error:.3f}"
-        )
 
 
 # ----- step 5: figures and summary -------------------------------------------------------
@@ -490,9 +535,12 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         "",
         "## Reference posteriors and log evidence",
         "",
-        f"Defensive mixture: {100 * (1 - REFERENCE_PRIOR_FRACTION) / 2:.1f}% FMPE, "
-        f"{100 * (1 - REFERENCE_PRIOR_FRACTION) / 2:.1f}% NPE, "
-        f"{100 * REFERENCE_PRIOR_FRACTION:.0f}% prior; target ESS {scale.reference_ess}.",
+        "Defensive mixture: "
+        + ", ".join(
+            f"{100 * share:.1f}% {NAMES.get(name, 'a kernel density of dynesty')}"
+            for name, share in REFERENCE_SHARES.items()
+        )
+        + f", {100 * REFERENCE_PRIOR_FRACTION:.0f}% prior; target ESS {scale.reference_ess}.",
         "",
         "| injection | SNR | samples | ESS | log Z reference | log Z FMPE − ref | "
         "log Z NPE − ref |",
@@ -522,14 +570,15 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         "",
         "## Jensen–Shannon divergence to the reference (mnat), mean over injections",
         "",
-        "`reference halves`: between two random halves of the reference, its noise floor.",
+        "`dynesty`: its weighted samples, the cross-check of the reference. `reference halves`: "
+        "between two random halves of the reference, its noise floor.",
         "",
         "| estimator | injections | " + " | ".join(PARAMETER_LABELS) + " | mean | max |",
         "|---" * (len(PARAMETER_LABELS) + 4) + "|",
     ]
     if not jsd:
         lines[-2:] = [NOT_RUN]
-    for name in (*ESTIMATORS, "reference_halves"):
+    for name in (*ESTIMATORS, "dynesty", "reference_halves"):
         selected = [r for r in jsd if r["estimator"] == name]
         if not selected:
             continue
@@ -543,9 +592,14 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         )
 
     dynesty_rows = RowLog(args.out / "gw_dynesty.csv").rows()
+    reference_evidence = {int(r["injection"]): r for r in references}
+    dynesty_jsd = {int(r["injection"]): r for r in jsd if r["estimator"] == "dynesty"}
     lines += [
         "",
         "## The reference against dynesty",
+        "",
+        f"dynesty: {scale.dynesty_live_points} live points, dlogz {scale.dynesty_dlogz}. "
+        "The JSD is that of dynesty's weighted samples to the reference.",
         "",
         "| injection | log Z dynesty | log Z reference | mean JSD (mnat) | max JSD | calls | s |",
         "|---|---|---|---|---|---|---|",
@@ -553,13 +607,21 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
     if not dynesty_rows:
         lines[-2:] = [NOT_RUN]
     for r in dynesty_rows:
-        values = [float(r[f"jsd_mnat_{p}"]) for p in task.parameter_names]
+        i = int(r["injection"])
+        reference, divergence = reference_evidence.get(i), dynesty_jsd.get(i)
+        evidence = (
+            f"{float(reference['log_evidence']):.3f} ± {float(reference['log_evidence_error']):.3f}"
+            if reference
+            else ""
+        )
+        divergences = ""
+        if divergence:
+            values = [float(divergence[f"jsd_mnat_{p}"]) for p in task.parameter_names]
+            divergences = f"{float(divergence['mean_jsd_mnat']):.2f} | {max(values):.2f}"
         lines.append(
-            f"| {r['injection']} | {float(r['dynesty_log_evidence']):.3f} ± "
-            f"{float(r['dynesty_log_evidence_error']):.3f} | "
-            f"{float(r['reference_log_evidence']):.3f} ± "
-            f"{float(r['reference_log_evidence_error']):.3f} | {float(r['mean_jsd_mnat']):.2f} | "
-            f"{max(values):.2f} | {r['likelihood_calls']} | {float(r['seconds']):.0f} |"
+            f"| {i} | {float(r['log_evidence']):.3f} ± {float(r['log_evidence_error']):.3f} | "
+            f"{evidence} | {divergences or ' | '} | {r['likelihood_calls']} | "
+            f"{float(r['seconds']):.0f} |"
         )
     lines += [
         "",
@@ -702,9 +764,9 @@ def analyse(task, posteriors, args, scale, machine, command: str, deadline: Dead
     """Steps 2-5 (2-4 unless --score-only), with both estimators' posteriors."""
     references = {}
     if not args.score_only:
-        references = run_references(task, list(posteriors.values()), args, scale, machine, deadline)
-        run_jsd(task, posteriors, references, args, scale, machine, deadline)
-        run_dynesty_checks(task, references, args, scale, machine, deadline)
+        nested = run_dynesty(task, args, scale, machine, deadline)
+        references = run_references(task, posteriors, nested, args, scale, machine, deadline)
+        run_jsd(task, posteriors, nested, references, args, scale, machine, deadline)
     rows = injection_rows(args, scale)
     plot_pp(task, rows, args.out / "gw_pp.png")
     plot_efficiency(rows, args.out / "gw_is_efficiency.png")

@@ -288,13 +288,15 @@ def test_gw_references_stopped_by_the_deadline_continue_to_the_same_rows(gw, tmp
         return ImportanceResult(theta, torch.zeros(4, dtype=torch.float64)), 100.0
 
     monkeypatch.setattr(gw, "reference_posterior", reference)
-    task = SimpleNamespace(snr=lambda injection: 10.0)
+    task = SimpleNamespace(snr=lambda injection: 10.0, prior=None)
     scale = replace(gw.SMOKE, reference_injections=3)
+    # dynesty's samples of each injection, the kernel proposal's centres.
+    nested = {i: ImportanceResult(torch.randn(10, 2), torch.zeros(10)) for i in (1, 2, 3)}
 
     def references(out: Path, deadline: Deadline) -> dict:
         args = argparse.Namespace(out=out, runs=out, seed=0, quiet=True)
         out.mkdir(exist_ok=True)
-        return gw.run_references(task, [], args, scale, "test", deadline)
+        return gw.run_references(task, {}, nested, args, scale, "test", deadline)
 
     assert list(references(tmp_path / "whole", Deadline(None))) == [1, 2, 3]
     deadline = Deadline(150.0, clock=clock)

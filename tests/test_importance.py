@@ -3,13 +3,19 @@ p(x) = N(x; 0, Σp + Σl), and a box prior whose evidence is a product of normal
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
 from torch.distributions import Independent, MultivariateNormal, Normal, Uniform
 
 from fmpe import NPE
-from fmpe.diagnostics import ImportanceResult, defensive_importance_sample, importance_sample
+from fmpe.diagnostics import (
+    ImportanceResult,
+    KernelDensityProposal,
+    defensive_importance_sample,
+    importance_sample,
+)
 
 X_OBS = torch.tensor([0.7, -0.4])
 
@@ -139,6 +145,73 @@ def test_the_defensive_mixture_weights_by_the_mixture_density_and_gets_the_evide
         - mixture.log()
     )
     assert torch.allclose(result.log_weights, expected, atol=1e-4)
+
+
+def test_unequal_shares_draw_and_weigh_by_those_shares(gaussian):
+    torch.manual_seed(6)
+    shifted = MultivariateNormal(torch.tensor([0.8, -0.1]), 0.05 * torch.eye(2))
+    broad = MultivariateNormal(torch.zeros(2), 4 * torch.eye(2))
+    proposals = [AnalyticProposal(shifted, gaussian.prior), AnalyticProposal(broad)]
+    log_likelihood = gaussian_log_likelihood(gaussian)
+    result = defensive_importance_sample(
+        proposals, 1000, X_OBS, log_likelihood, prior_fraction=0.1, shares=[3, 1]
+    )
+    theta = result.theta
+    # 675 from the first proposal, 225 from the second, 100 from the prior, in that order.
+    assert (theta[:675].std(0) < 0.35).all() and (theta[675:900].std(0) > 1.5).all()
+    mixture = (
+        0.675 * shifted.log_prob(theta).double().exp()
+        + 0.225 * broad.log_prob(theta).double().exp()
+        + 0.1 * gaussian.prior.log_prob(theta).double().exp()
+    )
+    expected = (
+        gaussian.prior.log_prob(theta).double()
+        + log_likelihood(theta, X_OBS).double()
+        - mixture.log()
+    )
+    assert torch.allclose(result.log_weights, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="shares must be 2 positive numbers"):
+        defensive_importance_sample(proposals, 10, X_OBS, log_likelihood, shares=[1, 0])
+
+
+def test_the_kernel_density_proposal_is_scipys_weighted_gaussian_kde():
+    generator = torch.Generator().manual_seed(7)
+    theta = torch.randn(300, 3, generator=generator, dtype=torch.float64) @ torch.tensor(
+        [[1.0, 0.5, 0.0], [0.0, 2.0, 0.3], [0.0, 0.0, 0.5]], dtype=torch.float64
+    )
+    weights = torch.rand(300, generator=generator, dtype=torch.float64)
+    weights[:20] = 0
+    proposal = KernelDensityProposal(theta, weights)
+    # scipy's logpdf is NaN with zero weights: it gets the samples that carry weight.
+    scipy_kde = stats.gaussian_kde(theta[20:].T.numpy(), weights=weights[20:].numpy())
+    points = 2 * torch.randn(50, 3, generator=generator, dtype=torch.float64)
+    expected = torch.from_numpy(scipy_kde.logpdf(points.T.numpy()))
+    assert torch.allclose(proposal.log_prob(points), expected, atol=1e-9)
+    torch.manual_seed(8)
+    samples, log_q = proposal.sample_and_log_prob(40_000)
+    assert torch.allclose(log_q, torch.from_numpy(scipy_kde.logpdf(samples.T.numpy())))
+    # Samples of the kernel mixture: the weighted mean, and the covariance plus the kernel's.
+    mean = (weights[:, None] * theta).sum(0) / weights.sum()
+    assert torch.allclose(samples.mean(0), mean, atol=0.05)
+    covariance = torch.from_numpy(scipy_kde.covariance)
+    spread = torch.from_numpy(np.cov(theta.T.numpy(), aweights=weights.numpy())) + covariance
+    assert torch.allclose(samples.T.cov(), spread, rtol=0.05, atol=0.03)
+    with pytest.raises(ValueError, match="reject_outside_prior=False"):
+        proposal.sample_and_log_prob(10, reject_outside_prior=True)
+    with pytest.raises(ValueError, match="non-negative"):
+        KernelDensityProposal(theta, -weights)
+
+
+def test_a_kernel_density_of_posterior_samples_gets_the_evidence(gaussian):
+    torch.manual_seed(9)
+    samples = gaussian.posterior(X_OBS).sample((2000,))
+    proposal = KernelDensityProposal(samples, prior=gaussian.prior)
+    result = defensive_importance_sample(
+        [proposal], 20_000, X_OBS, gaussian_log_likelihood(gaussian)
+    )
+    assert result.sample_efficiency > 0.8
+    error = abs(result.log_evidence - exact_log_evidence(gaussian, X_OBS))
+    assert error < 4 * result.log_evidence_error
 
 
 def test_a_nan_density_counts_as_weight_zero_with_a_warning(gaussian):

@@ -7,7 +7,8 @@ xs (N, *x_shape) and a posterior with fmpe's batched `sample`, `log_prob` and
 `sample_and_log_prob`, and evaluate it on `chunk_size` observations per call under one
 progress bar. Importance sampling
 (`importance_sample`, `defensive_importance_sample`) takes one observation and the exact
-log-likelihood.
+log-likelihood; `KernelDensityProposal` makes a proposal of weighted samples (a nested
+sampler's).
 """
 
 from fmpe.diagnostics.calibration import Calibration, calibrate
@@ -21,6 +22,7 @@ from fmpe.diagnostics.coverage import (
 )
 from fmpe.diagnostics.importance import (
     ImportanceResult,
+    KernelDensityProposal,
     defensive_importance_sample,
     importance_sample,
 )
@@ -32,6 +34,7 @@ from fmpe.diagnostics.uniformity import credible_levels, ks_uniform
 __all__ = [
     "Calibration",
     "ImportanceResult",
+    "KernelDensityProposal",
     "LC2STResult",
     "TarpFrame",
     "calibrate",

@@ -114,6 +114,92 @@ class ImportanceResult:
         )
 
 
+class KernelDensityProposal:
+    """A Gaussian kernel density estimate of weighted samples, as a proposal for
+    `defensive_importance_sample`: it turns the output of a nested sampler or an MCMC run into
+    a density that importance sampling then corrects exactly.
+
+    q(θ) = Σ_j w_j N(θ; θ_j, h² Σ), with Σ the samples' weighted covariance and h Scott's
+    factor n_eff^(−1/(d+4)) times `bandwidth_scale` (scipy's `gaussian_kde` with weights, for
+    `bandwidth_scale=1`). It ignores x: it is a proposal for one observation.
+
+    Example:
+        >>> proposal = KernelDensityProposal(dynesty_samples, dynesty_weights, prior)
+        >>> defensive_importance_sample([proposal, posterior], 10_000, x, log_likelihood)
+
+    Args:
+        theta: (m, d) samples.
+        weights: (m,) non-negative weights, default equal.
+        prior: π, for the importance sampler (`Proposal.prior`).
+        bandwidth_scale: h's multiple of Scott's factor; above 1 for heavier coverage.
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(
+        self,
+        theta: Tensor,
+        weights: Tensor | None = None,
+        prior: Distribution | None = None,
+        *,
+        bandwidth_scale: float = 1.0,
+    ):
+        theta = torch.as_tensor(theta).detach().cpu()
+        if theta.ndim != 2 or len(theta) < 2:
+            raise ValueError(f"theta must be (m, d) samples with m >= 2, got {tuple(theta.shape)}")
+        w = torch.ones(len(theta)) if weights is None else torch.as_tensor(weights)
+        w = w.detach().cpu().double()
+        if w.shape != (len(theta),) or not (w >= 0).all() or not w.sum() > 0:
+            raise ValueError(f"weights must be ({len(theta)},) non-negative with a positive sum")
+        w = w / w.sum()
+        keep = w > 0
+        self.prior = prior
+        self.dtype = theta.dtype
+        self.centres, self.log_weights = theta[keep].double(), w[keep].log()
+        w = w[keep]
+        n_eff = float(1 / w.square().sum())
+        d = theta.shape[1]
+        centred = self.centres - (w[:, None] * self.centres).sum(0)
+        covariance = (w[:, None] * centred).T @ centred / (1 - w.square().sum())
+        bandwidth = bandwidth_scale * n_eff ** (-1 / (d + 4))
+        self.scale_tril = torch.linalg.cholesky(bandwidth**2 * covariance)
+        self._whitened_centres = self._whiten(self.centres)
+        self._log_normalizer = (
+            -0.5 * d * math.log(2 * math.pi) - self.scale_tril.diagonal().log().sum()
+        )
+
+    def _whiten(self, theta: Tensor) -> Tensor:
+        return torch.linalg.solve_triangular(self.scale_tril, theta.T, upper=False).T
+
+    def log_prob(self, theta: Tensor, x: Tensor | None = None) -> Tensor:
+        """log q(θ) (n,) float64 of θ (n, d)."""
+        z = self._whiten(theta.detach().cpu().double())
+        c = self._whitened_centres
+        rows = max(1, 10_000_000 // len(c))
+        pieces = []
+        for part in z.split(rows):
+            distance = (
+                part.square().sum(1, keepdim=True) + c.square().sum(1) - 2 * part @ c.T
+            ).clamp(min=0)
+            pieces.append(torch.logsumexp(self.log_weights - 0.5 * distance, 1))
+        return torch.cat(pieces) + self._log_normalizer
+
+    def sample_and_log_prob(
+        self, n: int, x: Tensor | None = None, *, reject_outside_prior: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """n samples (n, d) and their log q (n,); the density of samples restricted to the
+        prior's support is unknown, so `reject_outside_prior` must be False."""
+        if reject_outside_prior:
+            raise ValueError(
+                "a KernelDensityProposal samples its whole kernel mixture: pass "
+                "reject_outside_prior=False (importance sampling gives 0 weight outside)"
+            )
+        index = torch.multinomial(self.log_weights.exp(), n, replacement=True)
+        noise = torch.randn(n, self.centres.shape[1], dtype=torch.float64) @ self.scale_tril.T
+        theta = self.centres[index] + noise
+        return theta.to(self.dtype), self.log_prob(theta)
+
+
 def importance_sample(
     posterior: Proposal,
     n: int,
@@ -158,20 +244,24 @@ def defensive_importance_sample(
     prior: Distribution | None = None,
     *,
     prior_fraction: float = 0.05,
+    shares: Sequence[float] | None = None,
     chunk_size: int = 10_000,
     show_progress: bool = False,
 ) -> ImportanceResult:
     """Importance-samples the exact posterior from a defensive mixture of proposals.
 
     The mixture is q_mix = Σ_k α_k q_k + α_π π: a share α_π = `prior_fraction` of the N
-    samples comes from the prior, the rest in equal shares from each posterior, and every
-    sample is weighted by π L / q_mix, which needs every q_k at every sample: each sample's
-    own proposal gives it with the sample (`sample_and_log_prob`), the others by `log_prob`.
+    samples comes from the prior, the rest from the posteriors in proportion to `shares`
+    (equal by default), and every sample is weighted by π L / q_mix, which needs every q_k
+    at every sample: each sample's own proposal gives it with the sample
+    (`sample_and_log_prob`), the others by `log_prob`.
 
     Args:
         posteriors: the proposals q_k, each with `sample_and_log_prob` and `log_prob`.
         prior: π; default the first posterior's prior.
         prior_fraction: α_π, in [0, 1).
+        shares: one positive number per posterior, the relative shares of the samples not
+            drawn from the prior; default equal.
         The others are those of `importance_sample`.
     """
     n = as_count(n, "the number of samples", minimum=1)
@@ -180,8 +270,13 @@ def defensive_importance_sample(
         raise ValueError("defensive_importance_sample needs at least one posterior")
     if not 0 <= prior_fraction < 1:
         raise ValueError(f"prior_fraction must be in [0, 1), got {prior_fraction!r}")
+    shares = [1.0] * len(posteriors) if shares is None else [float(a) for a in shares]
+    if len(shares) != len(posteriors) or not all(a > 0 and math.isfinite(a) for a in shares):
+        raise ValueError(
+            f"shares must be {len(posteriors)} positive numbers, one per posterior, got {shares!r}"
+        )
     prior = _prior_of(prior, posteriors)
-    counts = _mixture_counts(n, len(posteriors), prior_fraction)
+    counts = _mixture_counts(n, shares, prior_fraction)
     # log_densities[i, k]: log q_k(θ_i), the last column the prior's.
     blocks: list[tuple[Tensor, Tensor]] = []
     with tqdm(total=n, desc="defensive importance sampling", disable=not show_progress) as bar:
@@ -220,11 +315,15 @@ def _chunk_sizes(n: int, chunk_size: int) -> list[int]:
     return [min(chunk_size, n - start) for start in range(0, n, chunk_size)]
 
 
-def _mixture_counts(n: int, num_posteriors: int, prior_fraction: float) -> list[int]:
-    """Samples per posterior, then the prior's: fixed shares summing to n."""
+def _mixture_counts(n: int, shares: Sequence[float], prior_fraction: float) -> list[int]:
+    """Samples per posterior, then the prior's: fixed shares summing to n (the remainders of
+    the posteriors' go to the first ones)."""
     from_prior = round(n * prior_fraction)
-    each, extra = divmod(n - from_prior, num_posteriors)
-    return [each + (k < extra) for k in range(num_posteriors)] + [from_prior]
+    rest = n - from_prior
+    counts = [math.floor(rest * a / sum(shares)) for a in shares]
+    for k in range(rest - sum(counts)):
+        counts[k % len(counts)] += 1
+    return counts + [from_prior]
 
 
 def _prior_log_prob(prior: Distribution, theta: Tensor) -> Tensor:
