@@ -50,7 +50,7 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -145,6 +145,21 @@ def load_weighted_samples(path: Path) -> ImportanceResult:
     return ImportanceResult(tensors["theta"], tensors["log_weights"])
 
 
+def units_due(
+    kind: str, injections, path: Path, args, scale: Scale, deadline: Deadline, saved: dict
+) -> Iterator[tuple[int, Path]]:
+    """The injections whose weighted samples of `kind` are still to compute (and fit
+    `deadline`), with the file to save them in; those already computed go into `saved`.
+    A unit is done when its row is in `path` and its samples in the runs folder."""
+    done = {int(r["injection"]) for r in RowLog(path).rows()}
+    for i in injections:
+        file = weighted_samples_path(args.runs, scale, args.seed, kind, i)
+        if i in done and file.exists():
+            saved[i] = load_weighted_samples(file)
+        elif deadline.allows(f"{kind} {i}", recorded_seconds(path)):
+            yield i, file
+
+
 def recorded_seconds(path: Path) -> float | None:
     """The median `seconds` of a step's rows (one unit each); None without rows."""
     rows = RowLog(path).rows()
@@ -184,15 +199,9 @@ def run_dynesty(task, args, scale, machine, deadline: Deadline) -> dict[int, Imp
     import dynesty.pool
 
     path = args.out / "gw_dynesty.csv"
-    done = {int(r["injection"]) for r in RowLog(path).rows()}
-    nested = {}
-    for i in range(1, scale.reference_injections + 1):
-        saved = weighted_samples_path(args.runs, scale, args.seed, "dynesty", i)
-        if i in done and saved.exists():
-            nested[i] = load_weighted_samples(saved)
-            continue
-        if not deadline.allows(f"dynesty {i}", recorded_seconds(path)):
-            continue
+    nested: dict[int, ImportanceResult] = {}
+    injections = range(1, scale.reference_injections + 1)
+    for i, saved in units_due("dynesty", injections, path, args, scale, deadline, nested):
         problem = DynestyProblem(task, i)
         start = time.perf_counter()
         with contextlib.ExitStack() as stack:
@@ -282,18 +291,10 @@ def run_references(
     """The reference posteriors of the injections dynesty has sampled, computed or loaded; one
     injection per unit of `deadline`."""
     path = args.out / "gw_reference.csv"
-    done = {int(r["injection"]) for r in RowLog(path).rows()}
-    references = {}
-    for i, dynesty_samples in nested.items():
-        saved = weighted_samples_path(args.runs, scale, args.seed, "reference", i)
-        if i in done and saved.exists():
-            references[i] = load_weighted_samples(saved)
-            continue
-        if not deadline.allows(f"reference {i}", recorded_seconds(path)):
-            continue
+    references: dict[int, ImportanceResult] = {}
+    for i, saved in units_due("reference", nested, path, args, scale, deadline, references):
         torch.manual_seed(args.seed + i)
-        theta = dynesty_samples.theta.float()
-        kernel = KernelDensityProposal(theta, dynesty_samples.weights, task.prior)
+        kernel = KernelDensityProposal(nested[i].theta.float(), nested[i].weights, task.prior)
         proposals = {**posteriors, "dynesty": kernel}
         result, seconds = reference_posterior(task, proposals, i, scale, not args.quiet)
         save_weighted_samples(result, saved)

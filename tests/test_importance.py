@@ -18,6 +18,8 @@ from fmpe.diagnostics import (
 )
 
 X_OBS = torch.tensor([0.7, -0.4])
+SHIFTED = MultivariateNormal(torch.tensor([0.8, -0.1]), 0.05 * torch.eye(2))
+BROAD = MultivariateNormal(torch.zeros(2), 4 * torch.eye(2))
 
 
 class AnalyticProposal:
@@ -50,6 +52,24 @@ def exact_log_evidence(gaussian, x) -> float:
     return float(
         MultivariateNormal(torch.zeros(2), gaussian.prior_cov + gaussian.noise_cov).log_prob(x)
     )
+
+
+def sample_shifted_and_broad(gaussian, n, **options):
+    """Defensive importance sampling from SHIFTED, BROAD and 10% prior."""
+    proposals = [AnalyticProposal(SHIFTED, gaussian.prior), AnalyticProposal(BROAD)]
+    log_likelihood = gaussian_log_likelihood(gaussian)
+    return defensive_importance_sample(
+        proposals, n, X_OBS, log_likelihood, prior_fraction=0.1, **options
+    )
+
+
+def mixture_log_weights(gaussian, theta, shares):
+    """log π L − log q_mix written out, q_mix = a_1 SHIFTED + a_2 BROAD + a_3 π."""
+    densities = [SHIFTED, BROAD, gaussian.prior]
+    mixture = sum(a * q.log_prob(theta).double().exp() for a, q in zip(shares, densities))
+    log_target = gaussian.prior.log_prob(theta).double()
+    log_target += gaussian_log_likelihood(gaussian)(theta, X_OBS).double()
+    return log_target - mixture.log()
 
 
 def broad_proposal(gaussian):
@@ -122,56 +142,25 @@ def test_samples_outside_a_box_prior_get_weight_zero_and_the_evidence_is_exact()
 
 def test_the_defensive_mixture_weights_by_the_mixture_density_and_gets_the_evidence(gaussian):
     torch.manual_seed(4)
-    shifted = MultivariateNormal(torch.tensor([0.8, -0.1]), 0.05 * torch.eye(2))
-    broad = MultivariateNormal(torch.zeros(2), 4 * torch.eye(2))
-    proposals = [AnalyticProposal(shifted, gaussian.prior), AnalyticProposal(broad)]
-    log_likelihood = gaussian_log_likelihood(gaussian)
-    result = defensive_importance_sample(
-        proposals, 20_000, X_OBS, log_likelihood, prior_fraction=0.1, chunk_size=4000
-    )
+    result = sample_shifted_and_broad(gaussian, 20_000, chunk_size=4000)
     assert result.num_samples == 20_000
     error = abs(result.log_evidence - exact_log_evidence(gaussian, X_OBS))
     assert error < 4 * result.log_evidence_error
     # The weights, recomputed with the mixture's density written out: shares 0.45, 0.45, 0.1.
-    theta = result.theta
-    mixture = (
-        0.45 * shifted.log_prob(theta).double().exp()
-        + 0.45 * broad.log_prob(theta).double().exp()
-        + 0.1 * gaussian.prior.log_prob(theta).double().exp()
-    )
-    expected = (
-        gaussian.prior.log_prob(theta).double()
-        + log_likelihood(theta, X_OBS).double()
-        - mixture.log()
-    )
+    expected = mixture_log_weights(gaussian, result.theta, [0.45, 0.45, 0.1])
     assert torch.allclose(result.log_weights, expected, atol=1e-4)
 
 
 def test_unequal_shares_draw_and_weigh_by_those_shares(gaussian):
     torch.manual_seed(6)
-    shifted = MultivariateNormal(torch.tensor([0.8, -0.1]), 0.05 * torch.eye(2))
-    broad = MultivariateNormal(torch.zeros(2), 4 * torch.eye(2))
-    proposals = [AnalyticProposal(shifted, gaussian.prior), AnalyticProposal(broad)]
-    log_likelihood = gaussian_log_likelihood(gaussian)
-    result = defensive_importance_sample(
-        proposals, 1000, X_OBS, log_likelihood, prior_fraction=0.1, shares=[3, 1]
-    )
+    result = sample_shifted_and_broad(gaussian, 1000, shares=[3, 1])
     theta = result.theta
     # 675 from the first proposal, 225 from the second, 100 from the prior, in that order.
     assert (theta[:675].std(0) < 0.35).all() and (theta[675:900].std(0) > 1.5).all()
-    mixture = (
-        0.675 * shifted.log_prob(theta).double().exp()
-        + 0.225 * broad.log_prob(theta).double().exp()
-        + 0.1 * gaussian.prior.log_prob(theta).double().exp()
-    )
-    expected = (
-        gaussian.prior.log_prob(theta).double()
-        + log_likelihood(theta, X_OBS).double()
-        - mixture.log()
-    )
+    expected = mixture_log_weights(gaussian, theta, [0.675, 0.225, 0.1])
     assert torch.allclose(result.log_weights, expected, atol=1e-4)
     with pytest.raises(ValueError, match="shares must be 2 positive numbers"):
-        defensive_importance_sample(proposals, 10, X_OBS, log_likelihood, shares=[1, 0])
+        sample_shifted_and_broad(gaussian, 10, shares=[1, 0])
 
 
 def test_the_kernel_density_proposal_is_scipys_weighted_gaussian_kde():
