@@ -490,8 +490,35 @@ def test_fast_sampling_scores_every_setting_once_and_reports_the_differences(
     report = (tmp_path / "fast_sampling.md").read_text()
     # 6 steps: 24 evaluations, C2ST 0.6024 against the default's 0.6080; 10 steps: 0.6040.
     assert "| slcp | 1 2 3 | 0.608 | 80 | 0.602 (-0.006) | 24 | 0.604 (-0.004) | 40 |" in report
-    assert "- rk4, 6 late steps: within 0.005 C2ST of the default on 0 of 2 tasks." in report
-    assert "- rk4, 10 late steps: within 0.005 C2ST of the default on 2 of 2 tasks." in report
+    assert "- rk4, 6 late steps: within 0.005 C2ST of the default on 0 of the 2" in report
+    assert "- rk4, 10 late steps: within 0.005 C2ST of the default on 2 of the 2" in report
+
+
+def test_fast_sampling_scores_the_fallback_only_where_the_candidate_misses(
+    fast_sampling, tmp_path, monkeypatch
+):
+    script = fast_sampling.script
+    # slcp as before (6 steps miss by 0.0056); on two_moons every setting scores 0.6.
+    score = script.c2st
+    monkeypatch.setattr(
+        script, "c2st", lambda reference, samples: score(reference, samples) if reference else 0.6
+    )
+    monkeypatch.setattr(
+        script,
+        "get_task",
+        lambda name: SimpleNamespace(
+            observation=lambda i: torch.zeros(2), reference_samples=lambda i: name == "slcp"
+        ),
+    )
+    script.main(["--results", str(tmp_path)])
+    rows = RowLog(tmp_path / "fast_sampling.csv").rows()
+    fallback = [(r["task"], r["observation"]) for r in rows if r["setting"] == script.FALLBACK]
+    assert fallback == [("slcp", "1"), ("slcp", "2"), ("slcp", "3")]
+    assert len(rows) == 9 + 6
+    report = (tmp_path / "fast_sampling.md").read_text()
+    assert "| two_moons | 1 2 3 | 0.600 | 80 | 0.600 (+0.000) | 24 | — | — |" in report
+    assert "- rk4, 6 late steps: within 0.005 C2ST of the default on 1 of the 2" in report
+    assert "- rk4, 10 late steps: within 0.005 C2ST of the default on 1 of the 1" in report
 
 
 def test_a_stopped_fast_sampling_run_continues_to_the_rows_of_an_uninterrupted_one(
@@ -505,6 +532,6 @@ def test_a_stopped_fast_sampling_run_continues_to_the_rows_of_an_uninterrupted_o
     script.run_checks(tmp_path / "parts.csv", tmp_path, 1, deadline)
     # Two rows start with no duration recorded or 100 s expected of 250 left, the third not.
     assert len(RowLog(tmp_path / "parts.csv").rows()) == 2
-    assert deadline.left[0] == "slcp 1 rk4, 10 late steps"
+    assert deadline.left[0] == "slcp 2 default"
     script.run_checks(tmp_path / "parts.csv", tmp_path, 1, Deadline(None))
     assert measured(RowLog(tmp_path / "parts.csv").rows()) == measured(whole)
