@@ -25,7 +25,8 @@ script runs again:
    each one, and the estimators and the prior cover what the others miss;
 4. the Jensen–Shannon divergence of each estimator's 1-D marginals to the reference's, in
    mnat, with two checks of the reference: dynesty's own samples against it, and two halves of
-   the reference against each other, its noise floor (gw_jsd.csv);
+   the reference against each other, its noise floor (gw_jsd.csv) (steps 2-4 take one
+   injection at a time, so that a run stopped early leaves whole ones);
 5. figures (gw_pp.png, gw_corner.png, gw_is_efficiency.png) and the summary gw_summary.md.
 
 `--coordinates` runs only the measurement that decides how the card treats the bounded and
@@ -69,7 +70,7 @@ from fmpe.benchmark import (
     run,
     timestamp,
 )
-from fmpe.benchmark.deadline import Deadline, median_gap_seconds
+from fmpe.benchmark.deadline import Deadline
 from fmpe.benchmark.sweep import SearchGrid, configuration_name, sweep, sweep_log
 from fmpe.cli import add_stop_after
 from fmpe.diagnostics import (
@@ -192,15 +193,16 @@ class DynestyProblem:
             return float(self.task.log_likelihood(torch.from_numpy(theta)[None], self.x)[0])
 
 
-def run_dynesty(task, args, scale, machine, deadline: Deadline) -> dict[int, ImportanceResult]:
-    """dynesty's weighted posterior samples of the reference injections, run or loaded; one
-    injection per unit of `deadline`."""
+def run_dynesty(
+    task, injections, args, scale, machine, deadline: Deadline
+) -> dict[int, ImportanceResult]:
+    """dynesty's weighted posterior samples of `injections`, run or loaded; one injection per
+    unit of `deadline`."""
     import dynesty
     import dynesty.pool
 
     path = args.out / "gw_dynesty.csv"
     nested: dict[int, ImportanceResult] = {}
-    injections = range(1, scale.reference_injections + 1)
     for i, saved in units_due("dynesty", injections, path, args, scale, deadline, nested):
         problem = DynestyProblem(task, i)
         start = time.perf_counter()
@@ -386,18 +388,17 @@ def jsd_row(task: GWTask, samples, sample_weights, reference, reference_weights)
 
 def run_jsd(task, posteriors, nested, references, args, scale, machine, deadline) -> None:
     """The JSDs to each reference not yet in gw_jsd.csv, of both estimators, of dynesty's
-    samples and of the reference's halves; one injection per unit of `deadline` (expected:
-    the median gap between the injections' finished rows)."""
+    samples and of the reference's halves; one injection per unit of `deadline` (each of its
+    rows records the unit's seconds)."""
     path = args.out / "gw_jsd.csv"
-    recorded = RowLog(path).rows()
-    done = {(int(r["injection"]), r["estimator"]) for r in recorded}
-    expected = median_gap_seconds(
-        r["finished_at"] for r in recorded if r["estimator"] == "reference_halves"
-    )
+    done = {(int(r["injection"]), r["estimator"]) for r in RowLog(path).rows()}
     for i, reference in references.items():
         names = (*posteriors, "dynesty", "reference_halves")
-        if all((i, name) in done for name in names) or not deadline.allows(f"JSD {i}", expected):
+        if all((i, name) in done for name in names):
             continue
+        if not deadline.allows(f"JSD {i}", recorded_seconds(path)):
+            continue
+        start = time.perf_counter()
         theta, weights = reference.theta.double().numpy(), reference.weights.numpy()
         x = task.observation(i).to(posteriors["fmpe"].device)
         rows = {}
@@ -417,9 +418,10 @@ def run_jsd(task, posteriors, nested, references, args, scale, machine, deadline
             first, second = torch.randperm(len(theta), generator=generator).numpy().reshape(2, -1)
             halves = jsd_row(task, theta[first], weights[first], theta[second], weights[second])
             rows["reference_halves"] = (len(first), halves)
+        seconds = round(time.perf_counter() - start, 1)
         for name, (count, jsd) in rows.items():
             row = {"injection": i, "estimator": name, **jsd, "samples": count}
-            row |= {"machine": machine, "finished_at": timestamp()}
+            row |= {"seconds": seconds, "machine": machine, "finished_at": timestamp()}
             RowLog(path, list(row)).add(row)
             print(f"JSD injection {i} {name}: mean {jsd['mean_jsd_mnat']} mnat")
 
@@ -599,8 +601,9 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         "",
         "## The reference against dynesty",
         "",
-        f"dynesty: {scale.dynesty_live_points} live points, dlogz {scale.dynesty_dlogz}. "
-        "The JSD is that of dynesty's weighted samples to the reference.",
+        f"dynesty: {scale.dynesty_live_points} live points, dlogz {scale.dynesty_dlogz}, at "
+        f"most {scale.dynesty_max_calls:,} likelihood calls (a run that reached them stopped "
+        "before dlogz). The JSD is that of dynesty's weighted samples to the reference.",
         "",
         "| injection | log Z dynesty | log Z reference | mean JSD (mnat) | max JSD | calls | s |",
         "|---|---|---|---|---|---|---|",
@@ -763,11 +766,14 @@ def run_search(search: Search, args, scale, device, deadline: Deadline) -> None:
 
 def analyse(task, posteriors, args, scale, machine, command: str, deadline: Deadline) -> None:
     """Steps 2-5 (2-4 unless --score-only), with both estimators' posteriors."""
-    references = {}
+    references: dict[int, ImportanceResult] = {}
     if not args.score_only:
-        nested = run_dynesty(task, args, scale, machine, deadline)
-        references = run_references(task, posteriors, nested, args, scale, machine, deadline)
-        run_jsd(task, posteriors, nested, references, args, scale, machine, deadline)
+        # One injection at a time through steps 2-4, so that a deadline leaves whole ones done.
+        for i in range(1, scale.reference_injections + 1):
+            nested = run_dynesty(task, [i], args, scale, machine, deadline)
+            reference = run_references(task, posteriors, nested, args, scale, machine, deadline)
+            run_jsd(task, posteriors, nested, reference, args, scale, machine, deadline)
+            references |= reference
     rows = injection_rows(args, scale)
     plot_pp(task, rows, args.out / "gw_pp.png")
     plot_efficiency(rows, args.out / "gw_is_efficiency.png")
