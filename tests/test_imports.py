@@ -118,16 +118,21 @@ def test_a_cycle_is_found_and_named():
 
 
 def test_loading_and_using_a_posterior_does_not_import_lightning(gaussian_posterior, tmp_path):
+    """Nor does the benchmark's scoring (its workers only load posteriors); the names that
+    need Lightning load on first use."""
     path = tmp_path / "posterior.fmpe"
     gaussian_posterior.save(path)
     script = (
         "import sys, torch, fmpe\n"
+        "from fmpe.benchmark.evaluation import evaluate_saved\n"
         f"posterior = fmpe.load({str(path)!r})\n"
         "x = torch.zeros(2)\n"
         "posterior.log_prob(posterior.sample(5, x), x)\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning'}))\n"
         "print(fmpe.FMPE.__name__, fmpe.TrainingSettings.__name__, 'FMPE' in dir(fmpe))\n"
+        "import fmpe.benchmark\n"
+        "print(fmpe.benchmark.Run.__name__, fmpe.benchmark.load_card.__name__)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["[]", "FMPE TrainingSettings True"]
+    assert done.stdout.splitlines() == ["[]", "FMPE TrainingSettings True", "Run load_card"]

@@ -1,16 +1,14 @@
 """The benchmark: task cards, runs of estimators on tasks, their results store, metrics and
-reports."""
+reports.
+
+The cards, `Run` and `run` load on first use: they import the estimators (and Lightning),
+which the scoring workers and the scripts that only read results do not need.
+"""
+
+import importlib
 
 from fmpe.benchmark import gw_metrics as _gw_metrics  # noqa: F401
-from fmpe.benchmark.cards import (
-    CardError,
-    CardStore,
-    TaskCard,
-    available_cards,
-    load_card,
-    shipped_cards,
-)
-from fmpe.benchmark.experiment import Run
+from fmpe.benchmark.evaluation import evaluate
 from fmpe.benchmark.measure import (
     float64_log_prob,
     machine_description,
@@ -22,8 +20,29 @@ from fmpe.benchmark.measure import (
 )
 from fmpe.benchmark.results import ResultsStore
 from fmpe.benchmark.rowlog import RowLog
-from fmpe.benchmark.runner import evaluate, run
 from fmpe.benchmark.scoring import METRICS, Scoring, register_metric
+
+_LAZY = {
+    "CardError": "fmpe.benchmark.cards",
+    "CardStore": "fmpe.benchmark.cards",
+    "TaskCard": "fmpe.benchmark.cards",
+    "available_cards": "fmpe.benchmark.cards",
+    "load_card": "fmpe.benchmark.cards",
+    "shipped_cards": "fmpe.benchmark.cards",
+    "Run": "fmpe.benchmark.experiment",
+    "run": "fmpe.benchmark.runner",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fmpe.benchmark' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "METRICS",

@@ -6,67 +6,25 @@ is done. Two runs may share a results file and a runs folder: a posterior being 
 one is waited for by the other, never trained twice at once.
 """
 
-import functools
 import multiprocessing
-import time
 import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from contextlib import nullcontext
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from fmpe.benchmark.cards import CardStore
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
+from fmpe.benchmark.evaluation import NUM_SAMPLES, evaluate, evaluate_saved
 from fmpe.benchmark.experiment import ROUNDS_MARK, Run, method_label
 from fmpe.benchmark.measure import provenance, resolve_device
 from fmpe.benchmark.results import ResultsStore, row_key
-from fmpe.benchmark.scoring import Scoring, get_metric
 from fmpe.estimators import get_estimator
 from fmpe.posteriors import Posterior
-from fmpe.posteriors.file import load
 from fmpe.simulation import single_threaded_worker
 from fmpe.tasks import Task, get_task
-
-NUM_SAMPLES = 10_000
-
-
-def evaluate(
-    posterior: Posterior, task: Task, observation: int, seed: int, num_samples: int = NUM_SAMPLES
-) -> dict:
-    """Scores the posterior on one observation with every metric the task declares: a column
-    per metric, or per key of a metric that returns a dict."""
-    x = task.observation(observation).to(posterior.device)
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    samples, cost = posterior.sample(num_samples, x, return_cost=True)
-    sample_seconds = time.perf_counter() - start
-    scoring = Scoring(posterior, task, observation, x, samples.cpu(), seed, posterior.device)
-    scores: dict[str, float] = {}
-    for name in task.metrics:
-        value = get_metric(name)(scoring)
-        scores.update(value if isinstance(value, dict) else {name: value})
-    return {
-        **scores,
-        "acceptance_rate": cost.acceptance_rate,
-        "sample_seconds": round(sample_seconds, 3),
-        "evaluations": cost.evaluations,
-    }
-
-
-@functools.lru_cache(maxsize=1)
-def _saved_posterior(path: Path, task_name: str, device: str) -> Posterior:
-    return load(path, prior=get_task(task_name).prior, device=device)
-
-
-def _evaluate_saved(
-    path: Path, task_name: str, device: str, observation: int, seed: int, num_samples: int
-) -> dict:
-    """`evaluate` in a scoring worker, on the posterior saved at `path` (loaded once)."""
-    posterior = _saved_posterior(path, task_name, device)
-    return evaluate(posterior, get_task(task_name), observation, seed, num_samples)
 
 
 def scoring_pool(workers: int) -> Executor | nullcontext:
@@ -95,7 +53,7 @@ def _scores(
         return
     device = str(posterior.device)
     futures = {
-        pool.submit(_evaluate_saved, saved, task.name, device, o, seed, num_samples): o
+        pool.submit(evaluate_saved, saved, task.name, device, o, seed, num_samples): o
         for o in observations
     }
     for future in as_completed(futures):
