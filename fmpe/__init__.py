@@ -1,9 +1,8 @@
 """fmpe: flow matching posterior estimation for simulation-based inference."""
 
-import importlib
-
 from fmpe._version import __version__ as __version__
 from fmpe.coupling import register_coupling
+from fmpe.lazy import lazy_attributes
 from fmpe.networks import register_embedding, register_linear, register_network
 from fmpe.ode import SolverSettings, register_solver
 from fmpe.posteriors import Cost, Posterior
@@ -19,15 +18,7 @@ _LAZY = {
     "TrainingSettings": "fmpe.training.settings",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'fmpe' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
 
 
 __all__ = [

@@ -5,8 +5,6 @@ The cards, `Run` and `run` load on first use: they import the estimators (and Li
 which the scoring workers and the scripts that only read results do not need.
 """
 
-import importlib
-
 from fmpe.benchmark import gw_metrics as _gw_metrics  # noqa: F401
 from fmpe.benchmark.evaluation import evaluate
 from fmpe.benchmark.measure import (
@@ -21,6 +19,7 @@ from fmpe.benchmark.measure import (
 from fmpe.benchmark.results import ResultsStore
 from fmpe.benchmark.rowlog import RowLog
 from fmpe.benchmark.scoring import METRICS, Scoring, register_metric
+from fmpe.lazy import lazy_attributes
 
 _LAZY = {
     "CardError": "fmpe.benchmark.cards",
@@ -33,15 +32,7 @@ _LAZY = {
     "run": "fmpe.benchmark.runner",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'fmpe.benchmark' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
 
 
 __all__ = [
