@@ -1,4 +1,4 @@
-"""benchmarks/poet.py, gw.py and fast_sampling.py with fakes for training: what they resume, the
+"""benchmarks/poet.py, gw.py, gw_proposals.py and fast_sampling.py with fakes for training: what they resume, the
 threads of their processes, the parameter share, and --stop-after."""
 
 import argparse
@@ -305,6 +305,30 @@ def test_gw_references_stopped_by_the_deadline_continue_to_the_same_rows(gw, tmp
     assert list(references(tmp_path / "parts", Deadline(None))) == [1, 2, 3]
     rows = [RowLog(tmp_path / folder / "gw_reference.csv").rows() for folder in ("whole", "parts")]
     assert measured(rows[1]) == measured(rows[0])
+
+
+def test_gw_proposals_measures_each_family_once_after_naming_missing_inputs(tmp_path, monkeypatch):
+    script = load_script("gw_proposals")
+    folders = ["--runs", str(tmp_path), "--results", str(tmp_path)]
+    with pytest.raises(SystemExit, match="gw_100000_seed0_dynesty1.safetensors"):
+        script.main(folders)
+    (tmp_path / "gw_100000_seed0_dynesty1.safetensors").touch()
+    (tmp_path / "gw_100000_npe_seed0.fmpe").touch()
+    monkeypatch.setattr(experiment.Run, "train", lambda self, *args, **kwargs: (None, None))
+    monkeypatch.setattr(script, "get_task", lambda name: None)
+    measured_families = []
+
+    def measure(task, npe, injection, dynesty_file, family):
+        measured_families.append(family)
+        result = ImportanceResult(torch.zeros(4, 1), torch.zeros(4, dtype=torch.float64))
+        return [script.result_row(injection, f"{family} proposal", result)]
+
+    monkeypatch.setattr(script, "measure", measure)
+    script.main(folders)
+    script.main(folders)
+    assert measured_families == list(script.FAMILIES)
+    report = (tmp_path / "gw_proposals.md").read_text()
+    assert "## Injection 1" in report and "| adaptive proposal | 4 | 4.0 | 100 |" in report
 
 
 @pytest.mark.parametrize("script", ["poet", "gw"])

@@ -11,11 +11,14 @@ from torch.distributions import Independent, MultivariateNormal, Normal, Uniform
 
 from fmpe import NPE
 from fmpe.diagnostics import (
+    FlowProposal,
     ImportanceResult,
     KernelDensityProposal,
+    adapt_flow_proposal,
     defensive_importance_sample,
     importance_sample,
 )
+from fmpe.diagnostics.adaptive import tempering_exponent
 
 X_OBS = torch.tensor([0.7, -0.4])
 SHIFTED = MultivariateNormal(torch.tensor([0.8, -0.1]), 0.05 * torch.eye(2))
@@ -252,3 +255,53 @@ def test_posterior_importance_sample_corrects_a_trained_posterior(gaussian):
     assert 0.2 < result.sample_efficiency < 1.0
     error = abs(result.log_evidence - exact_log_evidence(gaussian, X_OBS))
     assert error < 4 * result.log_evidence_error + 1e-3
+
+
+def test_adaptive_importance_sampling_refines_a_broad_proposal_to_the_posterior(gaussian):
+    torch.manual_seed(10)
+    log_likelihood = gaussian_log_likelihood(gaussian)
+    flow, history = adapt_flow_proposal(
+        broad_proposal(gaussian),
+        X_OBS,
+        log_likelihood,
+        samples=2000,
+        rounds=3,
+        fit_steps=200,
+        transforms=2,
+        hidden_features=(32, 32),
+    )
+    assert history[0].result.sample_efficiency < 0.15  # the broad start
+    assert 0 < history[0].exponent < 1  # tempered, since the start is far off
+    result = importance_sample(flow, 20_000, X_OBS, log_likelihood, gaussian.prior)
+    assert result.sample_efficiency > 0.6
+    error = abs(result.log_evidence - exact_log_evidence(gaussian, X_OBS))
+    assert error < max(4 * result.log_evidence_error, 0.01)
+    with pytest.raises(ValueError, match="rounds"):
+        adapt_flow_proposal(broad_proposal(gaussian), X_OBS, log_likelihood, rounds=1)
+    with pytest.raises(ValueError, match="start_share"):
+        adapt_flow_proposal(broad_proposal(gaussian), X_OBS, log_likelihood, start_share=1.0)
+
+
+def test_a_flow_proposal_on_a_box_is_normalized_inside_it():
+    prior = Independent(Uniform(torch.tensor([0.0, -2.0]), torch.tensor([1.0, 2.0])), 1)
+    torch.manual_seed(11)
+    theta = prior.sample((4000,))
+    weights = torch.exp(-((theta[:, 0] - 0.9) ** 2) / 0.02 - theta[:, 1] ** 2 / 2)
+    flow = FlowProposal.for_samples(prior, theta, weights, transforms=2, hidden_features=(32,))
+    flow.fit(theta, weights, steps=200)
+    samples, log_q = flow.sample_and_log_prob(5000)
+    assert prior.support.check(samples).all()
+    assert torch.allclose(log_q, flow.log_prob(samples), atol=1e-3)  # float32 at the bounds
+    # ∫ q = E_π[q / π] over the box, with q's mass near θ_0 = 0.9 as fitted.
+    ratio = (flow.log_prob(theta) - prior.log_prob(theta).double()).exp()
+    assert ratio.mean().item() == pytest.approx(1.0, abs=0.1)
+    assert samples[:, 0].mean().item() == pytest.approx(0.9, abs=0.05)
+    assert flow.log_prob(torch.tensor([[1.5, 0.0]])).item() == -math.inf
+
+
+def test_the_tempering_exponent_keeps_the_asked_efficiency():
+    log_weights = torch.linspace(0, -30, 1000, dtype=torch.float64)
+    beta = tempering_exponent(log_weights, 0.3)
+    efficiency = lambda b: float(1 / torch.softmax(b * log_weights, 0).square().sum()) / 1000  # noqa: E731
+    assert efficiency(beta) >= 0.3 > efficiency(beta + 1e-3)
+    assert tempering_exponent(torch.zeros(10, dtype=torch.float64), 0.9) == 1.0

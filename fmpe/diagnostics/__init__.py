@@ -7,10 +7,12 @@ xs (N, *x_shape) and a posterior with fmpe's batched `sample`, `log_prob` and
 `sample_and_log_prob`, and evaluate it on `chunk_size` observations per call under one
 progress bar. Importance sampling
 (`importance_sample`, `defensive_importance_sample`) takes one observation and the exact
-log-likelihood; `KernelDensityProposal` makes a proposal of weighted samples (a nested
-sampler's).
+log-likelihood; `KernelDensityProposal` and `FlowProposal` make a proposal of weighted samples
+(a nested sampler's), and `adapt_flow_proposal` refines a flow round by round from a trained
+posterior.
 """
 
+from fmpe.diagnostics.adaptive import AdaptationRound, FlowProposal, adapt_flow_proposal
 from fmpe.diagnostics.calibration import Calibration, calibrate
 from fmpe.diagnostics.coverage import (
     check_coverage,
@@ -32,11 +34,14 @@ from fmpe.diagnostics.tarp import TarpFrame, check_tarp, run_tarp, tarp_ranks
 from fmpe.diagnostics.uniformity import credible_levels, ks_uniform
 
 __all__ = [
+    "AdaptationRound",
     "Calibration",
+    "FlowProposal",
     "ImportanceResult",
     "KernelDensityProposal",
     "LC2STResult",
     "TarpFrame",
+    "adapt_flow_proposal",
     "calibrate",
     "check_coverage",
     "check_sbc",
