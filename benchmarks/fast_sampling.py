@@ -20,7 +20,8 @@ there, and with --stop-after finishes the row in progress, starts none that is n
 to fit (by the durations of the task's rows so far, else of all rows) and prints the command
 that continues.
 fast_sampling.md gives per task each setting's mean C2ST and its difference from the
-default's, and on how many tasks each setting is within 0.005 of it (issue #15's bound).
+default's, and on how many tasks each setting is within 0.005 of it (issue #15's bound), and
+on how many at most 0.005 above it (the bound read one-sided: a lower C2ST is more accurate).
 """
 
 import argparse
@@ -127,6 +128,12 @@ def within_bound(c2st_mean: float, default_mean: float) -> bool:
     return abs(c2st_mean - default_mean) <= BOUND
 
 
+def no_worse(c2st_mean: float, default_mean: float) -> bool:
+    """Whether a setting's mean C2ST is at most the bound above the default's: the bound's
+    one-sided reading, which lets a setting be more accurate than the default."""
+    return c2st_mean - default_mean <= BOUND
+
+
 def write_report(path: Path, out: Path) -> None:
     """fast_sampling.md from the rows at `path`: per task, each setting's mean C2ST over the
     observations that the default and the candidate both have, its difference from the
@@ -152,6 +159,7 @@ def write_report(path: Path, out: Path) -> None:
         "|---|---|" + "---|---|" * len(SETTINGS),
     ]
     within: dict[str, list[bool]] = {CANDIDATE: [], FALLBACK: []}
+    below: dict[str, list[bool]] = {CANDIDATE: [], FALLBACK: []}
     for task in sorted({t for t, _ in paired}):
         mine = [v for (t, _), v in paired.items() if t == task]
         observed = sorted(o for t, o in paired if t == task)
@@ -167,12 +175,14 @@ def write_report(path: Path, out: Path) -> None:
             cells.append(f"{mean:.3f}{difference} | {evaluations:.0f}")
             if n != DEFAULT:
                 within[n].append(within_bound(mean, default))
+                below[n].append(no_worse(mean, default))
         lines.append(f"| {task} | {' '.join(observed)} | " + " | ".join(cells) + " |")
     lines.append("")
     for name, hits in within.items():
         lines.append(
             f"- {name}: within {BOUND} C2ST of the default on {sum(hits)} of the {len(hits)} "
-            "tasks scored."
+            f"tasks scored; at most {BOUND} above it (more accurate allowed) on "
+            f"{sum(below[name])}."
         )
     lines += ["", machines_line(rows)]
     (out / "fast_sampling.md").write_text("\n".join(lines) + "\n")
