@@ -1,5 +1,5 @@
-"""benchmarks/poet.py, gw.py, gw_proposals.py and fast_sampling.py with fakes for training: what they resume, the
-threads of their processes, the parameter share, and --stop-after."""
+"""benchmarks/poet.py, gw.py, gw_proposals.py and fast_sampling.py with fakes for training: what
+they resume, the threads of their processes, the parameter share, and --stop-after."""
 
 import argparse
 import importlib.util
@@ -290,7 +290,7 @@ def test_gw_references_stopped_by_the_deadline_continue_to_the_same_rows(gw, tmp
     monkeypatch.setattr(gw, "reference_posterior", reference)
     task = SimpleNamespace(snr=lambda injection: 10.0, prior=None)
     scale = replace(gw.SMOKE, reference_injections=3)
-    # dynesty's samples of each injection, the kernel proposal's centres.
+    # dynesty's samples of each injection: the injections that get a reference.
     nested = {i: ImportanceResult(torch.randn(10, 2), torch.zeros(10)) for i in (1, 2, 3)}
 
     def references(out: Path, deadline: Deadline) -> dict:
