@@ -27,7 +27,8 @@ script runs again:
    mnat, with two checks of the reference: dynesty's own samples against it, and two halves of
    the reference against each other, its noise floor (gw_jsd.csv) (steps 2-4 take one
    injection at a time, so that a run stopped early leaves whole ones);
-5. figures (gw_pp.png, gw_corner.png, gw_is_efficiency.png) and the summary gw_summary.md.
+5. figures (gw_pp.png, gw_corner.png, gw_is_efficiency.png) and the summary gw_summary.md;
+   the corner plot of injection 1 shows its reference, or dynesty's samples until it has one.
 
 `--coordinates` runs only the measurement that decides how the card treats the bounded and
 periodic parameters: each estimator trained with the card's settings on the prior's box
@@ -495,16 +496,20 @@ def plot_efficiency(rows, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def plot_corner(task, posteriors, reference, injection, scale, seed, path: Path) -> None:
+def plot_corner(
+    task, posteriors, weighted: ImportanceResult, label: str, injection, scale, seed, path: Path
+) -> None:
+    """Both estimators' samples of one injection against `weighted` samples (the reference's,
+    or dynesty's until there is one), named `label`."""
     x = task.observation(injection).to(posteriors["fmpe"].device)
     torch.manual_seed(seed)
     sets = [posteriors[n].sample(scale.jsd_samples, x).cpu() for n in ESTIMATORS]
-    sets.append(reference.resample(scale.jsd_samples, torch.Generator().manual_seed(seed)))
+    sets.append(weighted.resample(scale.jsd_samples, torch.Generator().manual_seed(seed)))
     fig = pairplot(
         [s.double().numpy() for s in sets],
         PARAMETER_LABELS,
         truth=task.true_parameters(injection).double().numpy(),
-        set_labels=[NAMES[n] for n in ESTIMATORS] + ["reference (IS)"],
+        set_labels=[NAMES[n] for n in ESTIMATORS] + [label],
         colors=["C0", "C1", "k"],
     )
     fig.savefig(path, dpi=80)
@@ -648,7 +653,7 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
     lines += [
         "",
         "Figures: gw_pp.png (P–P, 95% simultaneous bands), "
-        + ("" if args.score_only else "gw_corner.png (injection 1), ")
+        + ("gw_corner.png (injection 1), " if (args.out / "gw_corner.png").exists() else "")
         + "gw_is_efficiency.png.",
         "",
     ]
@@ -795,9 +800,13 @@ def analyse(task, posteriors, args, scale, machine, command: str, deadline: Dead
     rows = injection_rows(args, scale)
     plot_pp(task, rows, args.out / "gw_pp.png")
     plot_efficiency(rows, args.out / "gw_is_efficiency.png")
+    corner = (1, scale, args.seed, args.out / "gw_corner.png")
+    nested = weighted_samples_path(args.runs, scale, args.seed, "dynesty", 1)
     if 1 in references:
-        corner = args.out / "gw_corner.png"
-        plot_corner(task, posteriors, references[1], 1, scale, args.seed, corner)
+        plot_corner(task, posteriors, references[1], "reference (IS)", *corner)
+    elif nested.exists():
+        label = "dynesty (no reference yet)"
+        plot_corner(task, posteriors, load_weighted_samples(nested), label, *corner)
     write_summary(task, posteriors, rows, args, scale, machine, command)
 
 
