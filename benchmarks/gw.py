@@ -110,7 +110,7 @@ class Scale:
     reference_injections: int = 5  # each with dynesty, a reference and JSDs
     reference_ess: int = 5_000
     reference_round: int = 10_000  # mixture samples per round, until the ESS is reached
-    reference_max_samples: int = 400_000
+    reference_max_samples: int = 1_000_000  # an ESS of 5,000 at 0.5% efficiency
     adaptive_samples: int = 100_000  # per round of adapting the reference's flow from NPE
     adaptive_rounds: int = 8
     jsd_samples: int = 10_000
