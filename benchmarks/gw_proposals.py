@@ -27,6 +27,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from fmpe.benchmark import RowLog, Run, provenance
 from fmpe.benchmark.measure import markdown_table
@@ -77,7 +78,6 @@ def result_row(injection: int, proposal: str, result: ImportanceResult) -> dict:
 def measure(task, npe, injection: int, dynesty_file: Path, family: str) -> list[dict]:
     """The rows of one proposal family on one injection."""
     x = task.observation(injection)
-    rows = []
     if family == "npe":
         result = importance_sample(npe, SAMPLES, x, task.log_likelihood, task.prior)
         return [result_row(injection, "NPE", result)]
@@ -92,11 +92,10 @@ def measure(task, npe, injection: int, dynesty_file: Path, family: str) -> list[
             for k, r in enumerate(history)
             if k > 0
         ]
-    from safetensors.torch import load_file
-
     saved = load_file(str(dynesty_file))
     theta, weights = saved["theta"].float(), saved["log_weights"].exp()
     if family == "kernel":
+        rows = []
         for scale in KERNEL_SCALES:
             kernel = KernelDensityProposal(theta, weights, task.prior, bandwidth_scale=scale)
             result = defensive_importance_sample(

@@ -307,6 +307,25 @@ def test_gw_references_stopped_by_the_deadline_continue_to_the_same_rows(gw, tmp
     assert measured(rows[1]) == measured(rows[0])
 
 
+def test_the_gw_corner_plot_shows_dynestys_samples_until_there_is_a_reference(
+    gw, tmp_path, monkeypatch
+):
+    labels = []
+    monkeypatch.setattr(
+        gw, "plot_corner", lambda task, posteriors, weighted, label, *rest: labels.append(label)
+    )
+    for name in ("injection_rows", "plot_pp", "plot_efficiency", "write_summary"):
+        monkeypatch.setattr(gw, name, lambda *args, **kwargs: None)
+    args = argparse.Namespace(score_only=True, out=tmp_path, runs=tmp_path, seed=0)
+    scale = gw.SMOKE
+    gw.analyse(None, {}, args, scale, "test", "command", Deadline(None))
+    assert labels == []  # neither a reference nor dynesty's samples
+    nested = ImportanceResult(torch.randn(10, 9), torch.zeros(10, dtype=torch.float64))
+    gw.save_weighted_samples(nested, gw.weighted_samples_path(tmp_path, scale, 0, "dynesty", 1))
+    gw.analyse(None, {}, args, scale, "test", "command", Deadline(None))
+    assert labels == ["dynesty (no reference yet)"]
+
+
 def test_gw_proposals_measures_each_family_once_after_naming_missing_inputs(tmp_path, monkeypatch):
     script = load_script("gw_proposals")
     folders = ["--runs", str(tmp_path), "--results", str(tmp_path)]
