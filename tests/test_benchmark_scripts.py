@@ -583,3 +583,40 @@ def test_a_stopped_fast_sampling_run_continues_to_the_rows_of_an_uninterrupted_o
     assert deadline.left[0] == "slcp 2 default"
     script.run_checks(tmp_path / "parts.csv", tmp_path, 1, Deadline(None))
     assert measured(RowLog(tmp_path / "parts.csv").rows()) == measured(whole)
+
+
+def test_fast_sampling_checks_gw_against_the_default_s_own_samples(
+    fast_sampling, tmp_path, monkeypatch
+):
+    script = fast_sampling.script
+    arguments = ["gw", "--results", str(tmp_path), "--runs", str(tmp_path)]
+    monkeypatch.setattr(script, "Run", experiment.Run)  # its real stem names the saved file
+    with pytest.raises(SystemExit, match="no gw posterior at .*: train it first"):
+        script.main(arguments)
+    (tmp_path / "gw").mkdir()
+    (tmp_path / "gw" / f"gw_{script.GW_BUDGET}_fmpe_seed0.fmpe").touch()
+    loaded = []
+
+    class Posterior:  # as the fixture's: C2ST 0.6 + evaluations / 10^4 against any samples
+        def sample(self, n, x, return_cost=False, **options):
+            evaluations = 4 * options["steps"] if options else 80
+            samples = torch.full((n, 2), evaluations / 1e4)
+            return (samples, Cost(evaluations=evaluations)) if return_cost else samples
+
+    def train(run, runs, device, show_progress):
+        loaded.append((run.task, run.budget, runs))
+        return Posterior(), 1.0
+
+    monkeypatch.setattr(experiment.Run, "train", train)
+    script.main(arguments)
+    rows = RowLog(tmp_path / "fast_sampling_gw.csv").rows()
+    assert [(r["injection"], r["setting"]) for r in rows] == [
+        (str(i), s) for i in script.GW_INJECTIONS for s in (script.REPLICA, script.CANDIDATE)
+    ]
+    assert loaded == [("gw", script.GW_BUDGET, tmp_path / "gw")]  # loaded once, never trained
+    script.main(arguments)
+    assert len(RowLog(tmp_path / "fast_sampling_gw.csv").rows()) == 6 and len(loaded) == 1
+    report = (tmp_path / "fast_sampling.md").read_text()
+    assert "| 1 | 0.6080 | 80 | 0.6024 | 24 |" in report
+    assert "rk4, 6 late steps: mean C2ST 0.6024 against the floor's 0.6080 over 3" in report
+    assert "-0.0056: it holds the one-sided bound" in report
