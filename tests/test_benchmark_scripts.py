@@ -495,7 +495,7 @@ def fast_sampling(monkeypatch) -> SimpleNamespace:
     class Posterior:
         def sample(self, n, x, return_cost, **options):
             state.clock.now += 100.0
-            evaluations = 4 * options["steps"] if options else 80
+            evaluations = 4 * options["steps"] if "steps" in options else 80
             return torch.full((n, 2), evaluations / 1e4), Cost(evaluations=evaluations)
 
     class FakeRun:
@@ -599,7 +599,7 @@ def test_fast_sampling_checks_gw_against_the_default_s_own_samples(
 
     class Posterior:  # as the fixture's: C2ST 0.6 + evaluations / 10^4 against any samples
         def sample(self, n, x, return_cost=False, **options):
-            evaluations = 4 * options["steps"] if options else 80
+            evaluations = 4 * options["steps"] if "steps" in options else 80
             samples = torch.full((n, 2), evaluations / 1e4)
             return (samples, Cost(evaluations=evaluations)) if return_cost else samples
 
