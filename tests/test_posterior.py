@@ -134,12 +134,24 @@ def test_per_row_solver_agrees_with_dopri5_and_ignores_neighbours(gaussian, gaus
     assert c2st(gaussian.posterior(X_OBS).sample((2000,)), samples) < 0.56
 
 
-def test_sampling_alone_uses_the_looser_sample_tolerance(gaussian_posterior):
-    _, loose = gaussian_posterior.sample(500, X_OBS, return_cost=True)
+def test_sampling_alone_solves_with_the_sample_settings(gaussian, gaussian_posterior):
+    """sample() takes RK4's 6 late steps by default; `method`, `rtol` and `atol` given to it set
+    the sampling solve, so an adaptive one there solves at the looser sample tolerance."""
+    torch.manual_seed(11)
+    samples, fast = gaussian_posterior.sample(2000, X_OBS, return_cost=True)
+    assert fast.evaluations == 4 * 6
+    assert c2st(gaussian.posterior(X_OBS).sample((2000,)), samples) < 0.56
+    adaptive = {"method": "dopri5_per_row"}
+    _, loose = gaussian_posterior.sample(500, X_OBS, return_cost=True, **adaptive)
     _, tight = gaussian_posterior.sample(
-        500, X_OBS, sample_rtol=1e-5, sample_atol=1e-5, return_cost=True
+        500, X_OBS, rtol=1e-5, atol=1e-5, return_cost=True, **adaptive
     )
     assert loose.evaluations < 0.8 * tight.evaluations
+    # sample_and_log_prob solves with the density's settings: adaptive, at 1e-5.
+    _, _, exact = gaussian_posterior.sample_and_log_prob(500, X_OBS, return_cost=True)
+    assert exact.evaluations > fast.evaluations
+    with pytest.raises(ValueError, match="both 'method' and 'sample_method'"):
+        gaussian_posterior.sample(10, X_OBS, method="rk4", sample_method="euler")
 
 
 def test_many_observations_are_solved_together(any_posterior):

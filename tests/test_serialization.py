@@ -145,6 +145,15 @@ def test_file_of_fmpe_0_4_0_loads_and_samples_as_it_did():
     torch.testing.assert_close(log_prob, expected["log_prob"], rtol=0, atol=1e-5)
 
 
+def test_a_file_from_before_the_sample_settings_samples_as_it_did():
+    """Files of fmpe < 0.6 sampled with their density solve's method; they go on doing so."""
+    solver = fmpe.load(FILE_040).solver
+    assert solver.method == "dopri5_per_row"
+    sampling = (solver.sample_method, solver.sample_steps, solver.sample_time_grid)
+    assert sampling == (solver.method, solver.steps, solver.time_grid)
+    assert fmpe.SolverSettings().sample_method == "rk4"  # what a new posterior samples with
+
+
 def test_version_1_files_load_with_unbounded_theta(tmp_path):
     """Files written before the unbounded transform existed hold no bounds of θ."""
     loaded = fmpe.load(_old_file(tmp_path, "1", drop_bounds=True))

@@ -9,6 +9,7 @@ from fmpe.ode.solvers import (
     Solver,
     SolverSettings,
     register_solver,
+    sampling_overrides,
     solve,
     standard_normal_log_prob,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "Solver",
     "SolverSettings",
     "register_solver",
+    "sampling_overrides",
     "solve",
     "standard_normal_log_prob",
 ]

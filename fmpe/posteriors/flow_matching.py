@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from fmpe.coordinates import ThetaCoordinates
-from fmpe.ode import SolverSettings, solve, standard_normal_log_prob
+from fmpe.ode import SolverSettings, sampling_overrides, solve, standard_normal_log_prob
 from fmpe.posteriors.base import Posterior
 from fmpe.posteriors.composition import sample_iid
 from fmpe.standardize import Standardizer
@@ -49,10 +49,22 @@ class FlowMatchingPosterior(Posterior):
 
     @classmethod
     def _init_options(cls, file_options: dict) -> dict:
-        return {"solver": SolverSettings(**file_options["solver"])}
+        saved = dict(file_options["solver"])
+        # Files saved before fmpe 0.6 have no sample_* solve settings: they sampled with their
+        # method, steps and time grid, and go on doing so.
+        for name in ("method", "steps", "time_grid"):
+            saved.setdefault(f"sample_{name}", saved.get(name, getattr(SolverSettings, name)))
+        return {"solver": SolverSettings(**saved)}
 
     def _settings(self, overrides: dict) -> SolverSettings:
         return replace(self.solver, **overrides) if overrides else self.solver
+
+    def _sampling_settings(self, options: dict, with_log_prob: bool) -> SolverSettings:
+        """A sampling solve's settings: the density's with the log density, else the sample_*
+        ones, which `options` name as `sample` takes them (`sampling_overrides`)."""
+        if with_log_prob:
+            return self._settings(options)
+        return self._settings(sampling_overrides(options)).for_sampling()
 
     def _context(self, x_z: Tensor) -> Tensor:
         return self.network.embed(x_z) if self._embeds else x_z
@@ -73,7 +85,7 @@ class FlowMatchingPosterior(Posterior):
             z0,
             0.0,
             1.0,
-            self._settings(options),
+            self._sampling_settings(options, with_log_prob),
             condition=context,
             track_log_density=with_log_prob,
         )
