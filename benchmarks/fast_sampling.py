@@ -1,16 +1,18 @@
 """Fixed-step sampling against fmpe's default adaptive solver, on every sbibm task.
 
     uv run python benchmarks/fast_sampling.py --stop-after 1h     # resumable
+    uv run python benchmarks/fast_sampling.py --budget 1000       # the same at another budget
     uv run python benchmarks/fast_sampling.py gw --stop-after 20m  # the check beyond sbibm
     uv run python benchmarks/fast_sampling.py report              # fast_sampling.md only
 
 `benchmarks/solvers.py` found RK4 with 6 steps on the late time grid as accurate as the
 default solver on one task and one observation (two_moons, observation 1), with a quarter of
 the network evaluations. This checks it where it would have to hold to become the default:
-the `fmpe@defaults` posterior of each sbibm task at 1e4 simulations (the benchmark's own under
---runs, trained there where it is missing), observations 1-3, 10,000 samples per setting,
-C2ST against sbibm's reference, and the network evaluations of the call. No times: on one
-posterior the evaluations are the cost, and `solvers.py` and `cpu_peers.py` time them.
+the `fmpe@defaults` posterior of each sbibm task at 1e4 simulations, or at --budget (the
+benchmark's own under --runs, trained there where it is missing), observations 1-3, 10,000
+samples per setting, C2ST against sbibm's reference, and the network evaluations of the call.
+No times: on one posterior the evaluations are the cost, and `solvers.py` and `cpu_peers.py`
+time them.
 
 The fallback, RK4 with 10 late steps, is scored only on a task where 6 steps miss the bound
 (their mean C2ST over the observations against the default's): where 6 steps hold, the
@@ -63,7 +65,7 @@ SETTINGS = {
 }
 DEFAULT, CANDIDATE, FALLBACK = SETTINGS
 FIELDS = ("task", "budget", "observation", "setting", "c2st", "evaluations", "threads")
-KEY = ("task", "observation", "setting")
+KEY = ("task", "budget", "observation", "setting")
 GW_BUDGET = 100_000  # benchmarks/gw.py's budget, whose FMPE posterior the gw step checks
 GW_INJECTIONS = (1, 2, 3)
 REPLICA = "default, another seed"  # scored against the default: the C2ST's noise floor
@@ -71,25 +73,29 @@ GW_FIELDS = ("injection", "setting", "c2st", "evaluations", "threads")
 GW_KEY = ("injection", "setting")
 
 
-def run_checks(path: Path, runs: Path, threads: int, deadline: Deadline) -> None:
-    """Samples and scores every (task, observation, setting) due and not yet in `path`."""
+def run_checks(
+    path: Path, runs: Path, threads: int, deadline: Deadline, budget: int = BUDGET
+) -> None:
+    """Samples and scores every (task, observation, setting) at `budget` due and not yet in
+    `path`."""
     log = RowLog(path, FIELDS, KEY)
     for task_name in sbibm_tasks():
         task, posterior = get_task(task_name), None
-        for observation, setting in units(log, task_name):
-            row = {"task": task_name, "observation": observation, "setting": setting}
+        for observation, setting in units(log, task_name, budget):
+            row = {"task": task_name, "budget": budget, "observation": observation}
+            row["setting"] = setting
             rows = log.rows()
             if any(log.key_of(r) == log.key_of(row) for r in rows):
                 continue
-            mine = [r for r in rows if r["task"] == task_name]
+            mine = [r for r in rows if r["task"] == task_name and int(r["budget"]) == budget]
             # A task's first rows are expected to take as long as the other tasks' rows.
             expected = median_gap_seconds(r["finished_at"] for r in mine)
             if expected is None:
                 expected = median_gap_seconds(r["finished_at"] for r in rows)
-            if not deadline.allows(f"{task_name} {observation} {setting}", expected):
+            if not deadline.allows(f"{task_name} {budget} {observation} {setting}", expected):
                 continue
             if posterior is None:
-                run = Run(task_name, BUDGET, defaults=True)
+                run = Run(task_name, budget, defaults=True)
                 posterior, _ = run.train(runs, resolve_device("cpu"), show_progress=False)
             row |= score(posterior, task, observation, setting, threads)
             print({k: row[k] for k in FIELDS}, flush=True)
@@ -137,11 +143,11 @@ def run_gw_checks(path: Path, runs: Path, threads: int, deadline: Deadline) -> N
             log.add(row)
 
 
-def units(log: RowLog, task: str) -> Iterator[tuple[int, str]]:
+def units(log: RowLog, task: str, budget: int) -> Iterator[tuple[int, str]]:
     """A task's (observation, setting) pairs in order: the default and the candidate on every
     observation, then the fallback's if the candidate misses (decided from the rows then)."""
     yield from ((o, s) for o in OBSERVATIONS for s in (DEFAULT, CANDIDATE))
-    if candidate_misses(log.rows(), task):
+    if candidate_misses([r for r in log.rows() if int(r["budget"]) == budget], task):
         yield from ((o, FALLBACK) for o in OBSERVATIONS)
 
 
@@ -152,7 +158,6 @@ def score(posterior, task, observation: int, setting: str, threads: int) -> dict
         NUM_SAMPLES, task.observation(observation), return_cost=True, **SETTINGS[setting]
     )
     return {
-        "budget": BUDGET,
         "c2st": f"{c2st(task.reference_samples(observation), samples):.4f}",
         "evaluations": cost.evaluations,
         "threads": threads,
@@ -161,7 +166,8 @@ def score(posterior, task, observation: int, setting: str, threads: int) -> dict
 
 
 def mean_c2st(rows: list[dict], task: str, setting: str) -> float | None:
-    """The setting's mean C2ST over the task's observations; None until it has them all."""
+    """The setting's mean C2ST over the task's observations in `rows` (one budget's); None
+    until it has them all."""
     scores = {
         int(r["observation"]): float(r["c2st"])
         for r in rows
@@ -191,36 +197,37 @@ def no_worse(c2st_mean: float, default_mean: float) -> bool:
 
 
 def write_report(path: Path, out: Path) -> None:
-    """fast_sampling.md from the rows at `path`: per task, each setting's mean C2ST over the
-    observations that the default and the candidate both have, its difference from the
-    default, and its evaluations (the fallback's where it has those observations)."""
+    """fast_sampling.md from the rows at `path`: per task and budget, each setting's mean C2ST
+    over the observations that the default and the candidate both have, its difference from
+    the default, and its evaluations (the fallback's where it has those observations)."""
     rows = RowLog(path).rows() if path.exists() else []
-    scores: dict[tuple[str, str], dict[str, tuple[float, int]]] = {}
+    scores: dict[tuple[str, int, str], dict[str, tuple[float, int]]] = {}
     for r in rows:
         cell = (float(r["c2st"]), int(r["evaluations"]))
-        scores.setdefault((r["task"], r["observation"]), {})[r["setting"]] = cell
+        key = (r["task"], int(r["budget"]), r["observation"])
+        scores.setdefault(key, {})[r["setting"]] = cell
     paired = {k: v for k, v in scores.items() if {DEFAULT, CANDIDATE} <= set(v)}
     lines = [
         "# Fixed-step sampling against the default solver, on every sbibm task",
         "",
         "Produced by `uv run python benchmarks/fast_sampling.py`; see its docstring. Each task's",
-        f"`fmpe@defaults` posterior at {BUDGET:.0e} simulations, {NUM_SAMPLES:,} samples per",
+        f"`fmpe@defaults` posterior at the budget listed, {NUM_SAMPLES:,} samples per",
         "setting, C2ST against sbibm's reference (mean over the observations listed) and network",
         "evaluations per call (mean); in brackets, the difference from the default's C2ST. The",
         f"fallback is scored only where the candidate misses by more than {BOUND} (—: not scored).",
         "`default` is the adaptive solver at 1e-3 (Dormand–Prince per row), fmpe's sampling",
         "default until 0.5.0; 0.6.0 made the candidate the default on the strength of this table.",
         "",
-        "| task | observations | "
+        "| task | budget | observations | "
         + " | ".join(f"{n}: C2ST | {n}: evaluations" for n in SETTINGS)
         + " |",
-        "|---|---|" + "---|---|" * len(SETTINGS),
+        "|---|---|---|" + "---|---|" * len(SETTINGS),
     ]
-    within: dict[str, list[bool]] = {CANDIDATE: [], FALLBACK: []}
-    below: dict[str, list[bool]] = {CANDIDATE: [], FALLBACK: []}
-    for task in sorted({t for t, _ in paired}):
-        mine = [v for (t, _), v in paired.items() if t == task]
-        observed = sorted(o for t, o in paired if t == task)
+    within: dict[tuple[str, int], list[bool]] = {}
+    below: dict[tuple[str, int], list[bool]] = {}
+    for task, budget in sorted({(t, b) for t, b, _ in paired}, key=lambda k: (k[1], k[0])):
+        mine = [v for (t, b, _), v in paired.items() if (t, b) == (task, budget)]
+        observed = sorted(o for t, b, o in paired if (t, b) == (task, budget))
         default = statistics.fmean(v[DEFAULT][0] for v in mine)
         cells = []
         for n in SETTINGS:
@@ -232,15 +239,19 @@ def write_report(path: Path, out: Path) -> None:
             difference = "" if n == DEFAULT else f" ({mean - default:+.3f})"
             cells.append(f"{mean:.3f}{difference} | {evaluations:.0f}")
             if n != DEFAULT:
-                within[n].append(within_bound(mean, default))
-                below[n].append(no_worse(mean, default))
-        lines.append(f"| {task} | {' '.join(observed)} | " + " | ".join(cells) + " |")
+                within.setdefault((n, budget), []).append(within_bound(mean, default))
+                below.setdefault((n, budget), []).append(no_worse(mean, default))
+        row = f"| {task} | {budget:.0e} | {' '.join(observed)} | " + " | ".join(cells) + " |"
+        lines.append(row)
     lines.append("")
-    for name, hits in within.items():
+    order = list(SETTINGS)
+    for (name, budget), hits in sorted(
+        within.items(), key=lambda k: (k[0][1], order.index(k[0][0]))
+    ):
         lines.append(
-            f"- {name}: within {BOUND} C2ST of the default on {sum(hits)} of the {len(hits)} "
-            f"tasks scored; at most {BOUND} above it (more accurate allowed) on "
-            f"{sum(below[name])}."
+            f"- {name} at {budget:.0e}: within {BOUND} C2ST of the default on {sum(hits)} of "
+            f"the {len(hits)} tasks scored; at most {BOUND} above it (more accurate allowed) "
+            f"on {sum(below[name, budget])}."
         )
     lines += ["", machines_line(rows)]
     gw_path = path.with_name("fast_sampling_gw.csv")
@@ -294,13 +305,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=Path(__file__).parent / "runs")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--budget", type=int, default=BUDGET, help="simulations (sbibm tasks)")
     add_stop_after(parser, "the row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     deadline = Deadline.after(args.stop_after)
     path = args.results / "fast_sampling.csv"
     if args.step == "check":
-        run_checks(path, args.runs, args.threads, deadline)
+        run_checks(path, args.runs, args.threads, deadline, args.budget)
     elif args.step == "gw":
         run_gw_checks(path.with_name("fast_sampling_gw.csv"), args.runs, args.threads, deadline)
     write_report(path, args.results)

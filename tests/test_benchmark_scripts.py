@@ -500,7 +500,7 @@ def fast_sampling(monkeypatch) -> SimpleNamespace:
 
     class FakeRun:
         def __init__(self, task, budget, defaults):
-            assert (budget, defaults) == (10_000, True)
+            assert defaults
             self.task = task
 
         def train(self, runs, device, show_progress):
@@ -532,14 +532,30 @@ def test_fast_sampling_scores_every_setting_once_and_reports_the_differences(
     assert fast_sampling.trained == ["slcp", "two_moons"]  # nothing trained or scored again
     report = (tmp_path / "fast_sampling.md").read_text()
     # 6 steps: 24 evaluations, C2ST 0.6024 against the default's 0.6080; 10 steps: 0.6040.
-    assert "| slcp | 1 2 3 | 0.608 | 80 | 0.602 (-0.006) | 24 | 0.604 (-0.004) | 40 |" in report
+    assert (
+        "| slcp | 1e+04 | 1 2 3 | 0.608 | 80 | 0.602 (-0.006) | 24 | 0.604 (-0.004) | 40 |"
+        in report
+    )
     # The candidate is more accurate than the default by more than the bound: it misses the
     # two-sided bound on both tasks, and holds the one-sided one.
     assert (
-        "- rk4, 6 late steps: within 0.005 C2ST of the default on 0 of the 2 tasks scored; at "
-        "most 0.005 above it (more accurate allowed) on 2." in report
+        "- rk4, 6 late steps at 1e+04: within 0.005 C2ST of the default on 0 of the 2 tasks "
+        "scored; at most 0.005 above it (more accurate allowed) on 2." in report
     )
-    assert "- rk4, 10 late steps: within 0.005 C2ST of the default on 2 of the 2" in report
+    assert "- rk4, 10 late steps at 1e+04: within 0.005 C2ST of the default on 2 of the 2" in report
+
+
+def test_fast_sampling_keeps_each_budget_apart(fast_sampling, tmp_path):
+    script = fast_sampling.script
+    script.main(["--results", str(tmp_path)])
+    script.main(["--results", str(tmp_path), "--budget", "1000"])
+    rows = RowLog(tmp_path / "fast_sampling.csv").rows()
+    assert len(rows) == 2 * 18 and {r["budget"] for r in rows} == {"1000", "10000"}
+    assert fast_sampling.trained == ["slcp", "two_moons"] * 2
+    report = (tmp_path / "fast_sampling.md").read_text()
+    assert "| slcp | 1e+03 | 1 2 3 | 0.608 | 80 | 0.602 (-0.006) | 24 |" in report
+    assert "- rk4, 6 late steps at 1e+03: within 0.005 C2ST of the default on 0 of the 2" in report
+    assert report.index("at 1e+03: within") < report.index("at 1e+04: within")
 
 
 def test_fast_sampling_scores_the_fallback_only_where_the_candidate_misses(
@@ -564,9 +580,9 @@ def test_fast_sampling_scores_the_fallback_only_where_the_candidate_misses(
     assert fallback == [("slcp", "1"), ("slcp", "2"), ("slcp", "3")]
     assert len(rows) == 9 + 6
     report = (tmp_path / "fast_sampling.md").read_text()
-    assert "| two_moons | 1 2 3 | 0.600 | 80 | 0.600 (+0.000) | 24 | — | — |" in report
-    assert "- rk4, 6 late steps: within 0.005 C2ST of the default on 1 of the 2" in report
-    assert "- rk4, 10 late steps: within 0.005 C2ST of the default on 1 of the 1" in report
+    assert "| two_moons | 1e+04 | 1 2 3 | 0.600 | 80 | 0.600 (+0.000) | 24 | — | — |" in report
+    assert "- rk4, 6 late steps at 1e+04: within 0.005 C2ST of the default on 1 of the 2" in report
+    assert "- rk4, 10 late steps at 1e+04: within 0.005 C2ST of the default on 1 of the 1" in report
 
 
 def test_a_stopped_fast_sampling_run_continues_to_the_rows_of_an_uninterrupted_one(
@@ -580,7 +596,7 @@ def test_a_stopped_fast_sampling_run_continues_to_the_rows_of_an_uninterrupted_o
     script.run_checks(tmp_path / "parts.csv", tmp_path, 1, deadline)
     # Two rows start with no duration recorded or 100 s expected of 250 left, the third not.
     assert len(RowLog(tmp_path / "parts.csv").rows()) == 2
-    assert deadline.left[0] == "slcp 2 default"
+    assert deadline.left[0] == "slcp 10000 2 default"
     script.run_checks(tmp_path / "parts.csv", tmp_path, 1, Deadline(None))
     assert measured(RowLog(tmp_path / "parts.csv").rows()) == measured(whole)
 
