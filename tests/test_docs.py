@@ -47,8 +47,20 @@ def _execute(path: Path) -> None:
     client.execute()
 
 
+# `fmpe benchmark` twice and `fmpe report` in subprocesses, about 2 minutes: slow, since
+# tests/test_cli.py runs the same commands in the default run.
+SLOW_TUTORIALS = {"04_benchmark"}
+
+
 # One test per tutorial, so that pytest-xdist spreads them over the cores with the other tests.
-@pytest.mark.parametrize("path", TUTORIALS, ids=lambda path: path.stem)
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(path, marks=pytest.mark.slow) if path.stem in SLOW_TUTORIALS else path
+        for path in TUTORIALS
+    ],
+    ids=lambda path: path.stem,
+)
 def test_tutorial_executes(path, monkeypatch):
     pytest.importorskip("jupytext")
     pytest.importorskip("nbclient")
