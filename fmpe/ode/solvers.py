@@ -198,9 +198,10 @@ class SolverSettings:
             methods.
         sample_method, sample_steps, sample_time_grid, sample_rtol, sample_atol: the same for
             solves that only move samples. The default, RK4 with 6 steps on the late grid
-            (24 evaluations), kept C2ST within 0.005 of the adaptive solver at 1e-3, or below
-            it, on all ten sbibm tasks, with a third to a fifth of its network evaluations
-            (benchmarks/fast_sampling.py); `sample` also takes these as `method`, `steps`, ….
+            (24 evaluations a round of draws), kept C2ST within 0.005 of the adaptive solver at
+            1e-3, or below it, on all ten sbibm tasks at 1e4, with 29-75% of its network
+            evaluations (benchmarks/fast_sampling.py); `sample` also takes these as `method`,
+            `steps`, ….
     """
 
     method: str = PER_ROW_METHOD
