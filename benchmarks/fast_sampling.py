@@ -2,6 +2,7 @@
 
     uv run python benchmarks/fast_sampling.py --stop-after 1h     # resumable
     uv run python benchmarks/fast_sampling.py --budget 1000       # the same at another budget
+    uv run python benchmarks/fast_sampling.py --tasks sir,slcp    # these tasks, in this order
     uv run python benchmarks/fast_sampling.py gw --stop-after 20m  # the check beyond sbibm
     uv run python benchmarks/fast_sampling.py report              # fast_sampling.md only
 
@@ -74,12 +75,17 @@ GW_KEY = ("injection", "setting")
 
 
 def run_checks(
-    path: Path, runs: Path, threads: int, deadline: Deadline, budget: int = BUDGET
+    path: Path,
+    runs: Path,
+    threads: int,
+    deadline: Deadline,
+    budget: int = BUDGET,
+    tasks: list[str] | None = None,
 ) -> None:
     """Samples and scores every (task, observation, setting) at `budget` due and not yet in
-    `path`."""
+    `path`, for `tasks` in their order (default: every sbibm task)."""
     log = RowLog(path, FIELDS, KEY)
-    for task_name in sbibm_tasks():
+    for task_name in tasks or sbibm_tasks():
         task, posterior = get_task(task_name), None
         for observation, setting in units(log, task_name, budget):
             row = {"task": task_name, "budget": budget, "observation": observation}
@@ -306,13 +312,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--budget", type=int, default=BUDGET, help="simulations (sbibm tasks)")
+    parser.add_argument(
+        "--tasks", type=lambda s: s.split(","), help="sbibm tasks in the order to check them"
+    )
     add_stop_after(parser, "the row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     deadline = Deadline.after(args.stop_after)
     path = args.results / "fast_sampling.csv"
     if args.step == "check":
-        run_checks(path, args.runs, args.threads, deadline, args.budget)
+        run_checks(path, args.runs, args.threads, deadline, args.budget, args.tasks)
     elif args.step == "gw":
         run_gw_checks(path.with_name("fast_sampling_gw.csv"), args.runs, args.threads, deadline)
     write_report(path, args.results)

@@ -548,10 +548,10 @@ def test_fast_sampling_scores_every_setting_once_and_reports_the_differences(
 def test_fast_sampling_keeps_each_budget_apart(fast_sampling, tmp_path):
     script = fast_sampling.script
     script.main(["--results", str(tmp_path)])
-    script.main(["--results", str(tmp_path), "--budget", "1000"])
+    script.main(["--results", str(tmp_path), "--budget", "1000", "--tasks", "two_moons,slcp"])
     rows = RowLog(tmp_path / "fast_sampling.csv").rows()
     assert len(rows) == 2 * 18 and {r["budget"] for r in rows} == {"1000", "10000"}
-    assert fast_sampling.trained == ["slcp", "two_moons"] * 2
+    assert fast_sampling.trained == ["slcp", "two_moons", "two_moons", "slcp"]
     report = (tmp_path / "fast_sampling.md").read_text()
     assert "| slcp | 1e+03 | 1 2 3 | 0.608 | 80 | 0.602 (-0.006) | 24 |" in report
     assert "- rk4, 6 late steps at 1e+03: within 0.005 C2ST of the default on 0 of the 2" in report
