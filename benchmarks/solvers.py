@@ -38,8 +38,8 @@ REPEATS = 3
 NUM_SAMPLES = 10_000
 NUM_POINTS = 1_000
 # (what is solved, solver options); the first of each kind is fmpe's default. Sampling
-# options name the sampling solve (`sampling_overrides`), whose default grid is the late one:
-# the rows before it pin the uniform grid that they were measured on.
+# options set the sampling solve (`sampling_overrides`), whose default grid is the late one
+# since 0.6.0: the settings measured before on the uniform grid name it.
 ADAPTIVE = {"method": "dopri5_per_row", "time_grid": "uniform"}  # sampling until fmpe 0.5.0
 SETTINGS = [
     ("sample", {}),
