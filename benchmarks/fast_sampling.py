@@ -88,8 +88,7 @@ def run_checks(
     for task_name in tasks or sbibm_tasks():
         task, posterior = get_task(task_name), None
         for observation, setting in units(log, task_name, budget):
-            row = {"task": task_name, "budget": budget, "observation": observation}
-            row["setting"] = setting
+            row = dict(task=task_name, budget=budget, observation=observation, setting=setting)
             rows = log.rows()
             if any(log.key_of(r) == log.key_of(row) for r in rows):
                 continue
