@@ -229,6 +229,16 @@ class SolverSettings:
             if grid not in TIME_GRIDS:
                 raise ValueError(f"time_grid must be one of {sorted(TIME_GRIDS)}, got {grid!r}")
 
+    def sampling_like_densities(self) -> "SolverSettings":
+        """These settings with the sampling solve taking the density solves' method, steps and
+        time grid (the sample tolerances kept): how fmpe sampled before 0.6.0."""
+        return replace(
+            self,
+            sample_method=self.method,
+            sample_steps=self.steps,
+            sample_time_grid=self.time_grid,
+        )
+
     def for_sampling(self) -> "SolverSettings":
         """These settings with the ``sample_*`` fields in place of those of density solves."""
         return replace(

@@ -222,13 +222,7 @@ def composition_settings(posterior, solver_options: dict) -> SolverSettings:
     solves' method, steps and time grid (adaptive by default), then `solver_options` as
     `sample` takes them. The fixed-step sampling default was measured on trained fields only,
     and the composed field sharpens as trials are added."""
-    solver = posterior.solver
-    adaptive = replace(
-        solver,
-        sample_method=solver.method,
-        sample_steps=solver.steps,
-        sample_time_grid=solver.time_grid,
-    )
+    adaptive = posterior.solver.sampling_like_densities()
     return replace(adaptive, **sampling_overrides(solver_options)).for_sampling()
 
 

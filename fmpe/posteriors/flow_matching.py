@@ -49,12 +49,11 @@ class FlowMatchingPosterior(Posterior):
 
     @classmethod
     def _init_options(cls, file_options: dict) -> dict:
-        saved = dict(file_options["solver"])
+        saved = file_options["solver"]
+        solver = SolverSettings(**saved)
         # Files saved before fmpe 0.6 have no sample_* solve settings: they sampled with their
         # method, steps and time grid, and go on doing so.
-        for name in ("method", "steps", "time_grid"):
-            saved.setdefault(f"sample_{name}", saved.get(name, getattr(SolverSettings, name)))
-        return {"solver": SolverSettings(**saved)}
+        return {"solver": solver if "sample_method" in saved else solver.sampling_like_densities()}
 
     def _settings(self, overrides: dict) -> SolverSettings:
         return replace(self.solver, **overrides) if overrides else self.solver
