@@ -89,9 +89,10 @@ def run_checks(
         task, posterior = get_task(task_name), None
         for observation, setting in units(log, task_name, budget):
             row = dict(task=task_name, budget=budget, observation=observation, setting=setting)
-            rows = log.rows()
-            if any(log.key_of(r) == log.key_of(row) for r in rows):
+            done = log.completed()
+            if log.key_of(row) in done:
                 continue
+            rows = list(done.values())
             mine = [r for r in rows if r["task"] == task_name and int(r["budget"]) == budget]
             # A task's first rows are expected to take as long as the other tasks' rows.
             expected = median_gap_seconds(r["finished_at"] for r in mine)
@@ -123,9 +124,10 @@ def run_gw_checks(path: Path, runs: Path, threads: int, deadline: Deadline) -> N
         default_samples = None
         for setting in (REPLICA, CANDIDATE):
             row = {"injection": injection, "setting": setting}
-            rows = log.rows()
-            if any(log.key_of(r) == log.key_of(row) for r in rows):
+            done = log.completed()
+            if log.key_of(row) in done:
                 continue
+            rows = list(done.values())
             expected = median_gap_seconds(r["finished_at"] for r in rows)
             if not deadline.allows(f"gw {injection} {setting}", expected):
                 continue
