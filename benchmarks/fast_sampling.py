@@ -4,6 +4,7 @@
     uv run python benchmarks/fast_sampling.py --budget 1000       # the same at another budget
     uv run python benchmarks/fast_sampling.py --tasks sir,slcp    # these tasks, in this order
     uv run python benchmarks/fast_sampling.py gw --stop-after 20m  # the check beyond sbibm
+    uv run python benchmarks/fast_sampling.py error --budget 1000  # distance from the exact solve
     uv run python benchmarks/fast_sampling.py report              # fast_sampling.md only
 
 `benchmarks/solvers.py` found RK4 with 6 steps on the late time grid as accurate as the
@@ -17,7 +18,8 @@ time them.
 
 The fallback, RK4 with 10 late steps, is scored only on a task where 6 steps miss the bound
 (their mean C2ST over the observations against the default's): where 6 steps hold, the
-fallback would not be chosen whatever it scored.
+fallback would not be chosen whatever it scored. There the ODE solved to 1e-7 is scored as
+well: the C2ST of the trained flow itself, which tells a sampler's error from the flow's.
 
 Rows go to fast_sampling.csv, one per task, observation and setting; a run skips the rows
 there, and with --stop-after finishes the row in progress, starts none that is not expected
@@ -33,6 +35,12 @@ the gravitational-wave task: `benchmarks/gw.py`'s FMPE posterior (1e5 waveforms,
 candidate and the default with another seed are scored by C2ST against 10,000 samples of the
 default; the default's own score is the test's noise floor, and the candidate holds where it
 is at most 0.005 above it. Rows go to fast_sampling_gw.csv, resumable in the same way.
+
+The `error` step measures each setting against the ODE's solution instead of a reference
+posterior: from the same 2,000 base draws, the root mean square of the difference between its
+samples and those of the ODE solved to 1e-7, per parameter in units of the latter's standard
+deviation, and the ratio of the standard deviations. It needs no C2ST and takes seconds a
+task. Rows go to fast_sampling_error.csv, resumable in the same way.
 """
 
 import argparse
@@ -63,8 +71,10 @@ SETTINGS = {
     "default": {"method": "dopri5_per_row", "time_grid": "uniform"},
     "rk4, 6 late steps": {"method": "rk4", "steps": 6, "time_grid": "late"},
     "rk4, 10 late steps": {"method": "rk4", "steps": 10, "time_grid": "late"},
+    # The trained flow's own samples, as nearly as float32 allows: the `error` step's yardstick.
+    "ODE to 1e-7": {"method": "dopri5_per_row", "time_grid": "uniform", "rtol": 1e-7, "atol": 1e-7},
 }
-DEFAULT, CANDIDATE, FALLBACK = SETTINGS
+DEFAULT, CANDIDATE, FALLBACK, EXACT = SETTINGS
 FIELDS = ("task", "budget", "observation", "setting", "c2st", "evaluations", "threads")
 KEY = ("task", "budget", "observation", "setting")
 GW_BUDGET = 100_000  # benchmarks/gw.py's budget, whose FMPE posterior the gw step checks
@@ -72,6 +82,8 @@ GW_INJECTIONS = (1, 2, 3)
 REPLICA = "default, another seed"  # scored against the default: the C2ST's noise floor
 GW_FIELDS = ("injection", "setting", "c2st", "evaluations", "threads")
 GW_KEY = ("injection", "setting")
+ERROR_SAMPLES = 2_000
+ERROR_FIELDS = ("task", "budget", "observation", "setting", "rms_error", "sd_ratio", "threads")
 
 
 def run_checks(
@@ -150,12 +162,72 @@ def run_gw_checks(path: Path, runs: Path, threads: int, deadline: Deadline) -> N
             log.add(row)
 
 
+def run_error_checks(
+    path: Path, runs: Path, threads: int, deadline: Deadline, budget: int, tasks: list[str] | None
+) -> None:
+    """Measures every setting against the ODE's solution on each (task, observation) at
+    `budget` not yet in `path`, for `tasks` in their order (default: every sbibm task)."""
+    log = RowLog(path, ERROR_FIELDS, KEY)
+    compared = [s for s in SETTINGS if s != EXACT]
+    for task_name in tasks or sbibm_tasks():
+        task, posterior = get_task(task_name), None
+        for observation in OBSERVATIONS:
+            done = log.completed()
+            due = [
+                s
+                for s in compared
+                if log.key_of(
+                    dict(task=task_name, budget=budget, observation=observation, setting=s)
+                )
+                not in done
+            ]
+            expected = median_gap_seconds(r["finished_at"] for r in done.values())
+            if not due or not deadline.allows(f"{task_name} {budget} {observation}", expected):
+                continue
+            if posterior is None:
+                run = Run(task_name, budget, defaults=True)
+                posterior, _ = run.train(runs, resolve_device("cpu"), show_progress=False)
+            x = task.observation(observation)
+            for setting, (rms_error, sd_ratio) in solver_errors(posterior, x, due, observation):
+                row = dict(task=task_name, budget=budget, observation=observation, setting=setting)
+                row |= {
+                    "rms_error": f"{rms_error:.2e}",
+                    "sd_ratio": f"{sd_ratio:.4f}",
+                    "threads": threads,
+                    **provenance(),
+                }
+                print({k: row[k] for k in ERROR_FIELDS}, flush=True)
+                log.add(row)
+
+
+def solver_errors(
+    posterior, x: torch.Tensor, settings: list[str], seed: int
+) -> Iterator[tuple[str, tuple[float, float]]]:
+    """Per setting, from the same base draws as the ODE solved to 1e-7: the root mean square
+    of the samples' difference from its samples, per parameter in units of their standard
+    deviation, and the mean ratio of the standard deviations. Samples are kept inside and
+    outside the prior alike, so that the i-th of every setting starts from the same draw."""
+
+    def draw(setting: str) -> torch.Tensor:
+        torch.manual_seed(seed)
+        options = SETTINGS[setting]
+        return posterior.sample(ERROR_SAMPLES, x, reject_outside_prior=False, **options)
+
+    exact = draw(EXACT)
+    sd = exact.std(0)
+    for setting in settings:
+        samples = draw(setting)
+        rms_error = ((samples - exact) / sd).pow(2).mean().sqrt().item()
+        yield setting, (rms_error, (samples.std(0) / sd).mean().item())
+
+
 def units(log: RowLog, task: str, budget: int) -> Iterator[tuple[int, str]]:
     """A task's (observation, setting) pairs in order: the default and the candidate on every
-    observation, then the fallback's if the candidate misses (decided from the rows then)."""
+    observation, then the fallback's and the ODE's solution's if the candidate misses (decided
+    from the rows then)."""
     yield from ((o, s) for o in OBSERVATIONS for s in (DEFAULT, CANDIDATE))
     if candidate_misses([r for r in log.rows() if int(r["budget"]) == budget], task):
-        yield from ((o, FALLBACK) for o in OBSERVATIONS)
+        yield from ((o, s) for s in (FALLBACK, EXACT) for o in OBSERVATIONS)
 
 
 def score(posterior, task, observation: int, setting: str, threads: int) -> dict:
@@ -261,10 +333,49 @@ def write_report(path: Path, out: Path) -> None:
             f"on {sum(below[name, budget])}."
         )
     lines += ["", machines_line(rows)]
+    error_path = path.with_name("fast_sampling_error.csv")
+    if error_path.exists():
+        lines += ["", *error_report(RowLog(error_path).rows())]
     gw_path = path.with_name("fast_sampling_gw.csv")
     if gw_path.exists():
         lines += ["", *gw_report(RowLog(gw_path).rows())]
     (out / "fast_sampling.md").write_text("\n".join(lines) + "\n")
+
+
+def error_report(rows: list[dict]) -> list[str]:
+    """The solver-error section of fast_sampling.md: per task and budget, each setting's mean
+    over the observations of its RMS difference from the ODE's solution and of its ratio of
+    standard deviations."""
+    compared = [s for s in SETTINGS if s != EXACT]
+    cells: dict[tuple[str, int], dict[str, list[dict]]] = {}
+    for r in rows:
+        cells.setdefault((r["task"], int(r["budget"])), {}).setdefault(r["setting"], []).append(r)
+    lines = [
+        "## Distance from the ODE's solution",
+        "",
+        f"`fast_sampling.py error`: from the same {ERROR_SAMPLES:,} base draws as the ODE solved",
+        "to 1e-7, the root mean square of each setting's difference from its samples, per",
+        "parameter in units of their standard deviation (sd), and the ratio of the standard",
+        "deviations; means over the observations.",
+        "",
+        "| task | budget | "
+        + " | ".join(f"{s}: RMS (sd) | {s}: sd ratio" for s in compared)
+        + " |",
+        "|---|---|" + "---|---|" * len(compared),
+    ]
+    for task, budget in sorted(cells, key=lambda k: (k[1], k[0])):
+        mine = cells[task, budget]
+        row = []
+        for s in compared:
+            measured = mine.get(s, [])
+            if not measured:
+                row.append("— | —")
+                continue
+            rms = statistics.fmean(float(r["rms_error"]) for r in measured)
+            ratio = statistics.fmean(float(r["sd_ratio"]) for r in measured)
+            row.append(f"{rms:.1e} | {ratio:.3f}")
+        lines.append(f"| {task} | {budget:.0e} | " + " | ".join(row) + " |")
+    return [*lines, "", machines_line(rows)]
 
 
 def gw_report(rows: list[dict]) -> list[str]:
@@ -308,7 +419,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("step", nargs="?", choices=("check", "gw", "report"), default="check")
+    parser.add_argument(
+        "step", nargs="?", choices=("check", "gw", "error", "report"), default="check"
+    )
     parser.add_argument("--runs", type=Path, default=Path(__file__).parent / "runs")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -325,6 +438,9 @@ def main(argv: list[str] | None = None) -> None:
         run_checks(path, args.runs, args.threads, deadline, args.budget, args.tasks)
     elif args.step == "gw":
         run_gw_checks(path.with_name("fast_sampling_gw.csv"), args.runs, args.threads, deadline)
+    elif args.step == "error":
+        error_path = path.with_name("fast_sampling_error.csv")
+        run_error_checks(error_path, args.runs, args.threads, deadline, args.budget, args.tasks)
     write_report(path, args.results)
     if deadline.left:
         command = sys.argv[1:] if argv is None else argv

@@ -526,15 +526,17 @@ def test_fast_sampling_scores_every_setting_once_and_reports_the_differences(
     script = fast_sampling.script
     script.main(["--results", str(tmp_path)])
     rows = RowLog(tmp_path / "fast_sampling.csv").rows()
-    assert len(rows) == 2 * 3 * 3 and fast_sampling.trained == ["slcp", "two_moons"]
+    # The candidate misses on both tasks, so the fallback and the exact solve are scored too.
+    assert len(rows) == 2 * 3 * 4 and fast_sampling.trained == ["slcp", "two_moons"]
     script.main(["--results", str(tmp_path)])
-    assert len(RowLog(tmp_path / "fast_sampling.csv").rows()) == 18
+    assert len(RowLog(tmp_path / "fast_sampling.csv").rows()) == 24
     assert fast_sampling.trained == ["slcp", "two_moons"]  # nothing trained or scored again
     report = (tmp_path / "fast_sampling.md").read_text()
-    # 6 steps: 24 evaluations, C2ST 0.6024 against the default's 0.6080; 10 steps: 0.6040.
+    # 6 steps: 24 evaluations, C2ST 0.6024 against the default's 0.6080; 10 steps: 0.6040;
+    # the exact solve is adaptive, as the default (80 evaluations).
     assert (
-        "| slcp | 1e+04 | 1 2 3 | 0.608 | 80 | 0.602 (-0.006) | 24 | 0.604 (-0.004) | 40 |"
-        in report
+        "| slcp | 1e+04 | 1 2 3 | 0.608 | 80 | 0.602 (-0.006) | 24 | 0.604 (-0.004) | 40 "
+        "| 0.608 (+0.000) | 80 |" in report
     )
     # The candidate is more accurate than the default by more than the bound: it misses the
     # two-sided bound on both tasks, and holds the one-sided one.
@@ -550,7 +552,7 @@ def test_fast_sampling_keeps_each_budget_apart(fast_sampling, tmp_path):
     script.main(["--results", str(tmp_path)])
     script.main(["--results", str(tmp_path), "--budget", "1000", "--tasks", "two_moons,slcp"])
     rows = RowLog(tmp_path / "fast_sampling.csv").rows()
-    assert len(rows) == 2 * 18 and {r["budget"] for r in rows} == {"1000", "10000"}
+    assert len(rows) == 2 * 24 and {r["budget"] for r in rows} == {"1000", "10000"}
     assert fast_sampling.trained == ["slcp", "two_moons", "two_moons", "slcp"]
     report = (tmp_path / "fast_sampling.md").read_text()
     assert "| slcp | 1e+03 | 1 2 3 | 0.608 | 80 | 0.602 (-0.006) | 24 |" in report
@@ -576,11 +578,14 @@ def test_fast_sampling_scores_the_fallback_only_where_the_candidate_misses(
     )
     script.main(["--results", str(tmp_path)])
     rows = RowLog(tmp_path / "fast_sampling.csv").rows()
-    fallback = [(r["task"], r["observation"]) for r in rows if r["setting"] == script.FALLBACK]
-    assert fallback == [("slcp", "1"), ("slcp", "2"), ("slcp", "3")]
-    assert len(rows) == 9 + 6
+    for setting in (script.FALLBACK, script.EXACT):
+        scored = [(r["task"], r["observation"]) for r in rows if r["setting"] == setting]
+        assert scored == [("slcp", "1"), ("slcp", "2"), ("slcp", "3")]
+    assert len(rows) == 12 + 6
     report = (tmp_path / "fast_sampling.md").read_text()
-    assert "| two_moons | 1e+04 | 1 2 3 | 0.600 | 80 | 0.600 (+0.000) | 24 | — | — |" in report
+    assert (
+        "| two_moons | 1e+04 | 1 2 3 | 0.600 | 80 | 0.600 (+0.000) | 24 | — | — | — | — |" in report
+    )
     assert "- rk4, 6 late steps at 1e+04: within 0.005 C2ST of the default on 1 of the 2" in report
     assert "- rk4, 10 late steps at 1e+04: within 0.005 C2ST of the default on 1 of the 1" in report
 
@@ -599,6 +604,46 @@ def test_a_stopped_fast_sampling_run_continues_to_the_rows_of_an_uninterrupted_o
     assert deadline.left[0] == "slcp 10000 2 default"
     script.run_checks(tmp_path / "parts.csv", tmp_path, 1, Deadline(None))
     assert measured(RowLog(tmp_path / "parts.csv").rows()) == measured(whole)
+
+
+def test_fast_sampling_measures_each_setting_against_the_exact_solve_from_the_same_draws(
+    fast_sampling, tmp_path, monkeypatch
+):
+    script = fast_sampling.script
+
+    class Posterior:  # the exact solve returns the base draws; a setting of e evaluations
+        def sample(self, n, x, reject_outside_prior, **options):  # scales them by 1 + e/1000
+            assert not reject_outside_prior  # a rejection would unpair the draws
+            z = torch.randn(n, 2)
+            if options == script.SETTINGS[script.EXACT]:
+                return z
+            return z * (1 + (4 * options["steps"] if "steps" in options else 80) / 1e3)
+
+    class FakeRun:
+        def __init__(self, task, budget, defaults):
+            fast_sampling.trained.append((task, budget))
+
+        def train(self, runs, device, show_progress):
+            return Posterior(), 1.0
+
+    monkeypatch.setattr(script, "Run", FakeRun)
+    arguments = ["error", "--results", str(tmp_path), "--budget", "1000", "--tasks", "slcp"]
+    script.main(arguments)
+    rows = RowLog(tmp_path / "fast_sampling_error.csv").rows()
+    assert [(r["observation"], r["setting"]) for r in rows] == [
+        (str(o), s) for o in script.OBSERVATIONS for s in list(script.SETTINGS)[:3]
+    ]
+    for r in rows:
+        scale = {script.DEFAULT: 0.08, script.CANDIDATE: 0.024, script.FALLBACK: 0.04}
+        # Paired draws differ by scale·z: an RMS of scale·sqrt(mean z²)/sd(z), about scale.
+        assert float(r["rms_error"]) == pytest.approx(scale[r["setting"]], rel=0.05)
+        assert float(r["sd_ratio"]) == pytest.approx(1 + scale[r["setting"]], rel=1e-4)
+    script.main(arguments)
+    assert len(RowLog(tmp_path / "fast_sampling_error.csv").rows()) == 9
+    assert fast_sampling.trained == [("slcp", 1000)]  # nothing trained or measured again
+    report = (tmp_path / "fast_sampling.md").read_text()
+    assert "## Distance from the ODE's solution" in report
+    assert "| slcp | 1e+03 | 8.0e-02 | 1.080 | 2.4e-02 | 1.024 | 4.0e-02 | 1.040 |" in report
 
 
 def test_fast_sampling_checks_gw_against_the_default_s_own_samples(
