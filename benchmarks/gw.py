@@ -22,7 +22,10 @@ script runs again:
    from a defensive mixture of both estimators, a flow adapted to the posterior from NPE
    (`adapt_flow_proposal`) and the prior, until the effective sample size reaches its target
    (gw_reference.csv; the samples are kept in the runs folder). No proposal alone decides it:
-   the weights correct each one, and the estimators and the prior cover what the others miss;
+   the weights correct each one, and the estimators and the prior cover what the others miss.
+   A reference takes hours on 2 cores (every sample needs FMPE's exact log density), so its
+   adapted flow and each round of samples are kept as they finish, and a stopped run resumes
+   at the next round;
 4. the Jensen–Shannon divergence of each estimator's 1-D marginals to the reference's, in
    mnat, with two checks of the reference: dynesty's own samples against it, and two halves of
    the reference against each other, its noise floor (gw_jsd.csv) (steps 2-4 take one
@@ -39,8 +42,8 @@ gates the residual blocks as it is or through a residual network of its own, by 
 loss (gw_t_theta_embedding.csv and .md).
 
 Every row names the machine it was measured on. With --stop-after, a run finishes the unit in
-progress (an estimator's training and scoring, one injection's dynesty run, reference or
-JSDs), starts none that is not expected to fit (by the durations recorded so far), skips the
+progress (an estimator's training and scoring, one injection's dynesty run, reference round
+or JSDs), starts none that is not expected to fit (by the durations recorded so far), skips the
 steps that need what it left undone, and prints the command that continues it.
 """
 
@@ -59,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from scipy import stats
 
@@ -75,6 +79,7 @@ from fmpe.benchmark.deadline import Deadline
 from fmpe.benchmark.sweep import SearchGrid, configuration_name, sweep, sweep_log
 from fmpe.cli import add_stop_after
 from fmpe.diagnostics import (
+    FlowProposal,
     ImportanceResult,
     adapt_flow_proposal,
     defensive_importance_sample,
@@ -144,8 +149,11 @@ def weighted_samples_path(runs: Path, scale: Scale, seed: int, kind: str, inject
     return runs / f"gw_{scale.budget}_seed{seed}_{kind}{injection}.safetensors"
 
 
-def save_weighted_samples(result: ImportanceResult, path: Path) -> None:
-    save_file({"theta": result.theta.contiguous(), "log_weights": result.log_weights}, str(path))
+def save_weighted_samples(
+    result: ImportanceResult, path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    tensors = {"theta": result.theta.contiguous(), "log_weights": result.log_weights}
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def load_weighted_samples(path: Path) -> ImportanceResult:
@@ -153,18 +161,32 @@ def load_weighted_samples(path: Path) -> ImportanceResult:
     return ImportanceResult(tensors["theta"], tensors["log_weights"])
 
 
+def saved_seconds(path: Path) -> float:
+    """The `seconds` recorded in the metadata of the safetensors file at `path`."""
+    with safe_open(str(path), "pt") as f:
+        return float(f.metadata()["seconds"])
+
+
 def units_due(
-    kind: str, injections, path: Path, args, scale: Scale, deadline: Deadline, saved: dict
+    kind: str,
+    injections,
+    path: Path,
+    args,
+    scale: Scale,
+    deadline: Deadline,
+    saved: dict,
+    expected_seconds: float | None,
 ) -> Iterator[tuple[int, Path]]:
     """The injections whose weighted samples of `kind` are still to compute (and fit
-    `deadline`), with the file to save them in; those already computed go into `saved`.
-    A unit is done when its row is in `path` and its samples in the runs folder."""
+    `deadline`, each expected to take `expected_seconds`), with the file to save them in;
+    those already computed go into `saved`. A unit is done when its row is in `path` and its
+    samples in the runs folder."""
     done = {int(r["injection"]) for r in RowLog(path).rows()}
     for i in injections:
         file = weighted_samples_path(args.runs, scale, args.seed, kind, i)
         if i in done and file.exists():
             saved[i] = load_weighted_samples(file)
-        elif deadline.allows(f"{kind} {i}", recorded_seconds(path)):
+        elif deadline.allows(f"{kind} {i}", expected_seconds):
             yield i, file
 
 
@@ -210,7 +232,8 @@ def run_dynesty(
 
     path = args.out / "gw_dynesty.csv"
     nested: dict[int, ImportanceResult] = {}
-    for i, saved in units_due("dynesty", injections, path, args, scale, deadline, nested):
+    expected = recorded_seconds(path)
+    for i, saved in units_due("dynesty", injections, path, args, scale, deadline, nested, expected):
         problem = DynestyProblem(task, i)
         start = time.perf_counter()
         with contextlib.ExitStack() as stack:
@@ -264,60 +287,115 @@ def run_dynesty(
 
 
 def reference_posterior(
-    task: GWTask, posteriors: dict, injection: int, scale: Scale, show_progress: bool
-) -> tuple[ImportanceResult, float]:
+    task: GWTask,
+    posteriors: dict,
+    injection: int,
+    scale: Scale,
+    folder: Path,
+    seed: int,
+    deadline: Deadline,
+    show_progress: bool,
+) -> tuple[ImportanceResult, float] | None:
     """Defensive importance sampling from both estimators' `posteriors`, a flow adapted from
     NPE's and the prior, in rounds until the effective sample size reaches its target (or the
-    sample cap); returns the joined result and its seconds (the adaptation's included)."""
+    sample cap); returns the joined result and its seconds (the adaptation's included), or
+    None if `deadline` stopped it first.
+
+    The adapted flow and each round's weighted samples are kept in `folder` as they finish,
+    with their seconds, and a later call goes on from there; each step draws from a seed of
+    its own (from `seed`), so that a resumed reference is the one an uninterrupted run makes.
+    """
     x = task.observation(injection).to(posteriors["fmpe"].device)
-    start = time.perf_counter()
-    flow, _ = adapt_flow_proposal(
-        posteriors["npe"],
-        x,
-        task.log_likelihood,
-        task.prior,
-        samples=scale.adaptive_samples,
-        rounds=scale.adaptive_rounds,
-        show_progress=show_progress,
-    )
-    proposals = {**posteriors, "adaptive": flow}
-    rounds: list[ImportanceResult] = []
-    while True:
-        rounds.append(
-            defensive_importance_sample(
-                list(proposals.values()),
-                scale.reference_round,
-                x,
-                task.log_likelihood,
-                task.prior,
-                prior_fraction=REFERENCE_PRIOR_FRACTION,
-                shares=[REFERENCE_SHARES[name] for name in proposals],
-                show_progress=show_progress,
-            )
+    folder.mkdir(parents=True, exist_ok=True)
+    flow_file = folder / "adaptive_flow.safetensors"
+    if flow_file.exists():
+        flow, _ = FlowProposal.load(flow_file, task.prior)
+    else:
+        expected = kept_seconds(folder, flow_file.name)
+        if not deadline.allows(f"reference {injection}, its proposal", expected):
+            return None
+        torch.manual_seed(step_seed(seed, 0))
+        start = time.perf_counter()
+        flow, _ = adapt_flow_proposal(
+            posteriors["npe"],
+            x,
+            task.log_likelihood,
+            task.prior,
+            samples=scale.adaptive_samples,
+            rounds=scale.adaptive_rounds,
+            show_progress=show_progress,
         )
-        result = ImportanceResult.joined(rounds)
-        drawn = result.num_samples
-        if result.effective_sample_size >= scale.reference_ess:
-            break
-        if drawn + scale.reference_round > scale.reference_max_samples:
-            print(
-                f"reference {injection}: ESS {result.effective_sample_size:.0f} after {drawn} "
-                f"samples, below the target {scale.reference_ess}; stopping at the cap"
-            )
-            break
-    return result, time.perf_counter() - start
+        flow.save(flow_file, {"seconds": f"{time.perf_counter() - start:.1f}"})
+    proposals = {**posteriors, "adaptive": flow}
+    round_files = sorted(folder.glob("round*.safetensors"))
+    rounds = [load_weighted_samples(file) for file in round_files]
+    seconds = [saved_seconds(file) for file in [flow_file, *round_files]]
+    while not rounds or not reference_complete(ImportanceResult.joined(rounds), scale, injection):
+        k = len(rounds) + 1
+        if not deadline.allows(f"reference {injection}, round {k}", kept_seconds(folder, "round*")):
+            return None
+        torch.manual_seed(step_seed(seed, k))
+        start = time.perf_counter()
+        result = defensive_importance_sample(
+            list(proposals.values()),
+            scale.reference_round,
+            x,
+            task.log_likelihood,
+            task.prior,
+            prior_fraction=REFERENCE_PRIOR_FRACTION,
+            shares=[REFERENCE_SHARES[name] for name in proposals],
+            show_progress=show_progress,
+        )
+        seconds.append(time.perf_counter() - start)
+        save_weighted_samples(
+            result, folder / f"round{k:04d}.safetensors", {"seconds": f"{seconds[-1]:.1f}"}
+        )
+        rounds.append(result)
+    return ImportanceResult.joined(rounds), sum(seconds)
+
+
+def kept_seconds(folder: Path, pattern: str) -> float | None:
+    """The median seconds kept with the files named by `pattern` in the folders of every
+    reference beside `folder` (its own included); None where there are none."""
+    files = list(folder.parent.glob(f"*/{pattern}"))
+    return statistics.median(map(saved_seconds, files)) if files else None
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The torch seed of one step of a reference (0: the adaptation; k: the k-th round)."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+def reference_complete(result: ImportanceResult, scale: Scale, injection: int) -> bool:
+    """Whether a reference's rounds so far suffice: its effective sample size reached the
+    target, or another round would pass the sample cap (said, as the target is missed)."""
+    if result.effective_sample_size >= scale.reference_ess:
+        return True
+    if result.num_samples + scale.reference_round <= scale.reference_max_samples:
+        return False
+    print(
+        f"reference {injection}: ESS {result.effective_sample_size:.0f} after "
+        f"{result.num_samples} samples, below the target {scale.reference_ess}; stopping at the cap"
+    )
+    return True
 
 
 def run_references(
     task, posteriors, nested, args, scale, machine, deadline: Deadline
 ) -> dict[int, ImportanceResult]:
     """The reference posteriors of the injections dynesty has sampled (its cross-check),
-    computed or loaded; one injection per unit of `deadline`."""
+    computed or loaded; each round of a reference is a unit of `deadline`."""
     path = args.out / "gw_reference.csv"
     references: dict[int, ImportanceResult] = {}
-    for i, saved in units_due("reference", nested, path, args, scale, deadline, references):
-        torch.manual_seed(args.seed + i)
-        result, seconds = reference_posterior(task, posteriors, i, scale, not args.quiet)
+    # None: the rounds check the deadline themselves, so a reference starts whenever one fits.
+    for i, saved in units_due("reference", nested, path, args, scale, deadline, references, None):
+        folder = saved.with_suffix("")  # the adapted flow and the rounds so far
+        made = reference_posterior(
+            task, posteriors, i, scale, folder, args.seed + i, deadline, not args.quiet
+        )
+        if made is None:
+            continue
+        result, seconds = made
         save_weighted_samples(result, saved)
         references[i] = result
         row = {

@@ -13,11 +13,12 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
+from torch.distributions import Independent, Uniform
 
 from fmpe.benchmark import RowLog, experiment
 from fmpe.benchmark.deadline import Deadline
 from fmpe.benchmark.results import ResultsStore
-from fmpe.diagnostics import ImportanceResult
+from fmpe.diagnostics import FlowProposal, ImportanceResult
 from fmpe.posteriors.base import Cost
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
@@ -280,31 +281,53 @@ def test_poet_is_compared_with_ordinary_training_on_its_own_seeds(poet, tmp_path
 
 
 def test_gw_references_stopped_by_the_deadline_continue_to_the_same_rows(gw, tmp_path, monkeypatch):
+    """A reference is resumed round by round: its adapted flow (50 s) and each round (100 s
+    of 1,000 samples, all of weight 1) are kept as they finish."""
     clock = Clock()
+    prior = Independent(Uniform(-torch.ones(2), torch.ones(2)), 1)
 
-    def reference(task, posteriors, injection, scale, show_progress):
+    def adapt(start, x, log_likelihood, prior, **options):
+        clock.now += 50.0
+        theta = prior.sample((100,))
+        flow = FlowProposal.for_samples(prior, theta, torch.ones(100), transforms=1)
+        return flow, []
+
+    def round_of_samples(proposals, n, x, log_likelihood, prior, **options):
+        assert isinstance(proposals[-1], FlowProposal)  # the adapted flow, reloaded or not
         clock.now += 100.0
-        theta = torch.full((4, 2), float(injection))
-        return ImportanceResult(theta, torch.zeros(4, dtype=torch.float64)), 100.0
+        return ImportanceResult(torch.randn(n, 2), torch.zeros(n, dtype=torch.float64))
 
-    monkeypatch.setattr(gw, "reference_posterior", reference)
-    task = SimpleNamespace(snr=lambda injection: 10.0, prior=None)
-    scale = replace(gw.SMOKE, reference_injections=3)
+    monkeypatch.setattr(gw, "adapt_flow_proposal", adapt)
+    monkeypatch.setattr(gw, "defensive_importance_sample", round_of_samples)
+    monkeypatch.setattr(gw, "time", SimpleNamespace(perf_counter=clock))
+    task = SimpleNamespace(
+        snr=lambda i: 10.0, prior=prior, observation=torch.zeros, log_likelihood=None
+    )
+    estimator = SimpleNamespace(device=torch.device("cpu"))
+    # Three rounds reach the effective sample size of each reference.
+    scale = replace(gw.SMOKE, reference_injections=2, reference_ess=2500, reference_round=1000)
     # dynesty's samples of each injection: the injections that get a reference.
-    nested = {i: ImportanceResult(torch.randn(10, 2), torch.zeros(10)) for i in (1, 2, 3)}
+    nested = {i: ImportanceResult(torch.randn(10, 2), torch.zeros(10)) for i in (1, 2)}
 
     def references(out: Path, deadline: Deadline) -> dict:
         args = argparse.Namespace(out=out, runs=out, seed=0, quiet=True)
         out.mkdir(exist_ok=True)
-        return gw.run_references(task, {}, nested, args, scale, "test", deadline)
+        posteriors = {"fmpe": estimator, "npe": estimator}
+        return gw.run_references(task, posteriors, nested, args, scale, "test", deadline)
 
-    assert list(references(tmp_path / "whole", Deadline(None))) == [1, 2, 3]
-    deadline = Deadline(150.0, clock=clock)
-    assert list(references(tmp_path / "parts", deadline)) == [1]
-    assert deadline.left == ["reference 2", "reference 3"]  # expected: the 100 s of the first
-    assert list(references(tmp_path / "parts", Deadline(None))) == [1, 2, 3]
+    whole = references(tmp_path / "whole", Deadline(None))
+    assert [r.num_samples for r in whole.values()] == [3000, 3000]
+    deadline = Deadline(250.0, clock=clock)
+    assert references(tmp_path / "parts", deadline) == {}
+    # Injection 1: the flow and a round (150 s), then a round of 100 s does not fit in the
+    # 100 s left; injection 2: its flow fits in them (50 s, as injection 1's), a round not.
+    assert deadline.left == ["reference 1, round 2", "reference 2, round 1"]
+    parts = references(tmp_path / "parts", Deadline(None))
+    for i in (1, 2):
+        assert torch.equal(parts[i].theta, whole[i].theta)
     rows = [RowLog(tmp_path / folder / "gw_reference.csv").rows() for folder in ("whole", "parts")]
     assert measured(rows[1]) == measured(rows[0])
+    assert [float(r["seconds"]) for r in rows[1]] == [350.0, 350.0]
 
 
 def test_the_gw_corner_plot_shows_dynestys_samples_until_there_is_a_reference(

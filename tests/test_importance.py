@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from scipy import stats
 from torch.distributions import Independent, MultivariateNormal, Normal, Uniform
 
@@ -297,6 +298,28 @@ def test_a_flow_proposal_on_a_box_is_normalized_inside_it():
     assert ratio.mean().item() == pytest.approx(1.0, abs=0.1)
     assert samples[:, 0].mean().item() == pytest.approx(0.9, abs=0.05)
     assert flow.log_prob(torch.tensor([[1.5, 0.0]])).item() == -math.inf
+
+
+def test_a_saved_flow_proposal_loads_with_the_same_density_and_samples(tmp_path):
+    prior = Independent(Uniform(torch.tensor([0.0, -2.0]), torch.tensor([1.0, 2.0])), 1)
+    torch.manual_seed(12)
+    theta = prior.sample((2000,))
+    flow = FlowProposal.for_samples(
+        prior, theta, torch.ones(2000), transforms=3, hidden_features=(16, 16)
+    )
+    flow.fit(theta, torch.ones(2000), steps=20)
+    flow.save(tmp_path / "flow.safetensors", {"seconds": "12.5"})
+    torch.manual_seed(13)  # another initialization, and another random order of the features
+    loaded, metadata = FlowProposal.load(tmp_path / "flow.safetensors", prior)
+    assert metadata == {"seconds": "12.5"} and loaded.size == flow.size
+    assert torch.equal(loaded.log_prob(theta), flow.log_prob(theta))
+    torch.manual_seed(14)
+    samples = flow.sample_and_log_prob(100)
+    torch.manual_seed(14)
+    assert all(map(torch.equal, loaded.sample_and_log_prob(100), samples))
+    save_file({"theta": theta}, str(tmp_path / "samples.safetensors"))
+    with pytest.raises(ValueError, match="holds no FlowProposal"):
+        FlowProposal.load(tmp_path / "samples.safetensors", prior)
 
 
 def test_the_tempering_exponent_keeps_the_asked_efficiency():

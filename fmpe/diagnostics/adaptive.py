@@ -18,11 +18,15 @@ mixture also holds proposals that cover it (the estimators, the prior).
 """
 
 import copy
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import zuko
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.distributions import Distribution
 from tqdm.auto import tqdm
@@ -48,6 +52,8 @@ class FlowProposal(nn.Module):
         >>> flow = FlowProposal(prior, shift, scale)
         >>> flow.fit(theta, weights)
         >>> defensive_importance_sample([flow, posterior], 10_000, x, log_likelihood)
+        >>> flow.save("proposal.safetensors")
+        >>> flow, metadata = FlowProposal.load("proposal.safetensors", prior)
 
     Args:
         prior: π, whose support the flow covers (and `Proposal.prior`).
@@ -72,6 +78,7 @@ class FlowProposal(nn.Module):
         self.transform = UnboundedTransform.for_prior(prior, dim)
         self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32))
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+        self.size = {"transforms": transforms, "hidden_features": list(hidden_features)}
         self.flow = zuko.flows.NSF(
             dim, transforms=transforms, hidden_features=hidden_features, randperm=True
         )
@@ -87,6 +94,32 @@ class FlowProposal(nn.Module):
         mean = (w * u).sum(0)
         spread = (w * (u - mean).square()).sum(0).sqrt().clamp(min=1e-6)
         return cls(prior, mean.float(), spread.float(), **options)
+
+    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+        """Writes the flow (its weights, standard coordinates and size) and `metadata` to
+        `path`, a safetensors file; `FlowProposal.load` reads it back."""
+        tensors = {name: value.contiguous() for name, value in self.state_dict().items()}
+        save_file(tensors, str(path), metadata={**(metadata or {}), "size": json.dumps(self.size)})
+
+    @classmethod
+    def load(cls, path: str | Path, prior: Distribution) -> tuple["FlowProposal", dict[str, str]]:
+        """The flow that `save` wrote to `path`, over `prior`'s support, and the metadata
+        saved with it."""
+        with safe_open(str(path), "pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        if "size" not in metadata:
+            raise ValueError(f"{path} holds no FlowProposal: its metadata names no flow size")
+        size = json.loads(metadata.pop("size"))
+        flow = cls(
+            prior,
+            tensors["shift"],
+            tensors["scale"],
+            transforms=size["transforms"],
+            hidden_features=tuple(size["hidden_features"]),
+        )
+        flow.load_state_dict(tensors)
+        return flow, metadata
 
     def _log_prob_of(self, u: Tensor) -> Tensor:
         z = (u - self.shift) / self.scale
