@@ -152,8 +152,16 @@ def weighted_samples_path(runs: Path, scale: Scale, seed: int, kind: str, inject
 def save_weighted_samples(
     result: ImportanceResult, path: Path, metadata: dict[str, str] | None = None
 ) -> None:
+    """Writes `result` to `path` whole or not at all (through a partial file), since a kept
+    file is taken as finished."""
+    partial = partial_path(path)
     tensors = {"theta": result.theta.contiguous(), "log_weights": result.log_weights}
-    save_file(tensors, str(path), metadata=metadata)
+    save_file(tensors, str(partial), metadata=metadata)
+    partial.replace(path)
+
+
+def partial_path(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
 
 
 def load_weighted_samples(path: Path) -> ImportanceResult:
@@ -325,7 +333,8 @@ def reference_posterior(
             rounds=scale.adaptive_rounds,
             show_progress=show_progress,
         )
-        flow.save(flow_file, {"seconds": f"{time.perf_counter() - start:.1f}"})
+        flow.save(partial_path(flow_file), {"seconds": f"{time.perf_counter() - start:.1f}"})
+        partial_path(flow_file).replace(flow_file)
     proposals = {**posteriors, "adaptive": flow}
     round_files = sorted(folder.glob("round*.safetensors"))
     rounds = [load_weighted_samples(file) for file in round_files]
