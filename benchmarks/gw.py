@@ -341,7 +341,9 @@ def reference_posterior(
     seconds = [saved_seconds(file) for file in [flow_file, *round_files]]
     while not rounds or not reference_complete(ImportanceResult.joined(rounds), scale, injection):
         k = len(rounds) + 1
-        if not deadline.allows(f"reference {injection}, round {k}", kept_seconds(folder, "round*")):
+        if not deadline.allows(
+            f"reference {injection}, round {k}", kept_seconds(folder, "round*.safetensors")
+        ):
             return None
         torch.manual_seed(step_seed(seed, k))
         start = time.perf_counter()
