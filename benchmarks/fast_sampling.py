@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from fmpe.benchmark import RowLog, Run, provenance, resolve_device
+from fmpe.benchmark import RowLog, Run, markdown_table, provenance, resolve_device
 from fmpe.benchmark.deadline import Deadline, median_gap_seconds
 from fmpe.benchmark.report import machines_line
 from fmpe.benchmark.sweep import sbibm_tasks
@@ -298,32 +298,31 @@ def write_report(path: Path, out: Path) -> None:
         "`default` is the adaptive solver at 1e-3 (Dormand–Prince per row), fmpe's sampling",
         "default until 0.5.0; 0.6.0 made the candidate the default on the strength of this table.",
         "",
-        "| task | budget | observations | "
-        + " | ".join(f"{n}: C2ST | {n}: evaluations" for n in SETTINGS)
-        + " |",
-        "|---|---|---|" + "---|---|" * len(SETTINGS),
     ]
+    table = []
     within: dict[tuple[str, int], list[bool]] = {}
     below: dict[tuple[str, int], list[bool]] = {}
     for task, budget in sorted({(t, b) for t, b, _ in paired}, key=lambda k: (k[1], k[0])):
         mine = [v for (t, b, _), v in paired.items() if (t, b) == (task, budget)]
         observed = sorted(o for t, b, o in paired if (t, b) == (task, budget))
         default = statistics.fmean(v[DEFAULT][0] for v in mine)
-        cells = []
+        row = {"task": task, "budget": f"{budget:.0e}", "observations": " ".join(observed)}
         for n in SETTINGS:
+            row[f"{n}: C2ST"] = row[f"{n}: evaluations"] = ""  # not scored
             if not all(n in v for v in mine):
-                cells.append("— | —")
                 continue
             mean = statistics.fmean(v[n][0] for v in mine)
             evaluations = statistics.fmean(v[n][1] for v in mine)
             difference = "" if n == DEFAULT else f" ({mean - default:+.3f})"
-            cells.append(f"{mean:.3f}{difference} | {evaluations:.0f}")
+            row[f"{n}: C2ST"] = f"{mean:.3f}{difference}"
+            row[f"{n}: evaluations"] = f"{evaluations:.0f}"
             if n != DEFAULT:
                 within.setdefault((n, budget), []).append(within_bound(mean, default))
                 below.setdefault((n, budget), []).append(no_worse(mean, default))
-        row = f"| {task} | {budget:.0e} | {' '.join(observed)} | " + " | ".join(cells) + " |"
-        lines.append(row)
-    lines.append("")
+        table.append(row)
+    fields = ["task", "budget", "observations"]
+    fields += [f"{n}: {column}" for n in SETTINGS for column in ("C2ST", "evaluations")]
+    lines += [*markdown_table(table, fields), ""]
     order = list(SETTINGS)
     for (name, budget), hits in sorted(
         within.items(), key=lambda k: (k[0][1], order.index(k[0][0]))
@@ -359,24 +358,20 @@ def error_report(rows: list[dict]) -> list[str]:
         "parameter in units of their standard deviation (sd), and the ratio of the standard",
         "deviations; means over the observations.",
         "",
-        "| task | budget | "
-        + " | ".join(f"{s}: RMS (sd) | {s}: sd ratio" for s in compared)
-        + " |",
-        "|---|---|" + "---|---|" * len(compared),
     ]
+    table = []
     for task, budget in sorted(cells, key=lambda k: (k[1], k[0])):
-        mine = cells[task, budget]
-        row = []
+        row = {"task": task, "budget": f"{budget:.0e}"}
         for s in compared:
-            measured = mine.get(s, [])
-            if not measured:
-                row.append("— | —")
-                continue
-            rms = statistics.fmean(float(r["rms_error"]) for r in measured)
-            ratio = statistics.fmean(float(r["sd_ratio"]) for r in measured)
-            row.append(f"{rms:.1e} | {ratio:.3f}")
-        lines.append(f"| {task} | {budget:.0e} | " + " | ".join(row) + " |")
-    return [*lines, "", machines_line(rows)]
+            measured = cells[task, budget].get(s, [])
+            row[f"{s}: RMS (sd)"] = row[f"{s}: sd ratio"] = ""  # not measured
+            if measured:
+                rms = statistics.fmean(float(r["rms_error"]) for r in measured)
+                ratio = statistics.fmean(float(r["sd_ratio"]) for r in measured)
+                row[f"{s}: RMS (sd)"], row[f"{s}: sd ratio"] = f"{rms:.1e}", f"{ratio:.3f}"
+        table.append(row)
+    fields = ["task", "budget", *(f"{s}: {c}" for s in compared for c in ("RMS (sd)", "sd ratio"))]
+    return [*lines, *markdown_table(table, fields), "", machines_line(rows)]
 
 
 def gw_report(rows: list[dict]) -> list[str]:
@@ -393,16 +388,15 @@ def gw_report(rows: list[dict]) -> list[str]:
         f"{NUM_SAMPLES:,} samples are scored by C2ST against {NUM_SAMPLES:,} of the default;",
         "the default with another seed is the noise floor.",
         "",
-        "| injection | "
-        + " | ".join(f"{s}: C2ST | {s}: evaluations" for s in (REPLICA, CANDIDATE))
-        + " |",
-        "|---|---|---|---|---|",
     ]
-    for i in paired:
-        both = [cells[i, s] for s in (REPLICA, CANDIDATE)]
-        lines.append(
-            f"| {i} | " + " | ".join(f"{r['c2st']} | {r['evaluations']}" for r in both) + " |"
-        )
+    settings = (REPLICA, CANDIDATE)
+    table = [
+        {"injection": i}
+        | {f"{s}: {c}": cells[i, s][c.lower()] for s in settings for c in ("C2ST", "evaluations")}
+        for i in paired
+    ]
+    fields = ["injection", *(f"{s}: {c}" for s in settings for c in ("C2ST", "evaluations"))]
+    lines += markdown_table(table, fields)
     if paired:
         floor = statistics.fmean(float(cells[i, REPLICA]["c2st"]) for i in paired)
         candidate = statistics.fmean(float(cells[i, CANDIDATE]["c2st"]) for i in paired)
