@@ -16,7 +16,9 @@ efficiency and log evidence of each candidate proposal:
 - a neural spline flow fitted to dynesty's weighted samples (`FlowProposal.fit`, kept at its
   best held-out loss);
 - the rounds of adaptive importance sampling from NPE (`adapt_flow_proposal`): a flow refitted
-  to the tempered weights of each round, with 20,000 and with 100,000 samples a round.
+  to the tempered weights of each round, with 20,000 and with 100,000 samples a round;
+- the same with 100,000 samples a round, where the flow covers the eight parameters besides
+  φ_c and φ_c is drawn from its exact conditional posterior (`PhaseConditionalProposal`).
 
 It needs the saved posteriors and dynesty's samples of `benchmarks/gw.py` in the runs folder,
 and trains nothing else. Rows go to gw_proposals.csv, one unit per (injection, proposal
@@ -36,11 +38,13 @@ from fmpe.diagnostics import (
     FlowProposal,
     ImportanceResult,
     KernelDensityProposal,
+    PhaseConditionalProposal,
     adapt_flow_proposal,
     defensive_importance_sample,
     importance_sample,
 )
 from fmpe.tasks import get_task
+from fmpe.tasks.gw import PHASE_HARMONIC, PHASE_INDEX
 
 HERE = Path(__file__).parent
 BUDGET = 100_000
@@ -51,6 +55,8 @@ ADAPTIVE_ROUNDS = 8
 # Samples per round of the adaptive flow, by family: 20,000 as for the other proposals, and
 # 100,000, where the tempered weights keep five times as many distinct samples for each fit.
 ADAPTIVE_SAMPLES = {"adaptive": 20_000, "adaptive 100000": 100_000}
+# The same, with φ_c drawn from its exact conditional and the flow over the other eight.
+PHASE_FAMILY = "phase-conditional adaptive 100000"
 FIELDS = (
     "injection",
     "family",
@@ -81,14 +87,21 @@ def measure(task, npe, injection: int, dynesty_file: Path, family: str) -> list[
     if family == "npe":
         result = importance_sample(npe, SAMPLES, x, task.log_likelihood, task.prior)
         return [result_row(injection, "NPE", result)]
-    if family in ADAPTIVE_SAMPLES:
-        samples = ADAPTIVE_SAMPLES[family]
+    if family in ADAPTIVE_SAMPLES or family == PHASE_FAMILY:
+        phase = family == PHASE_FAMILY
         _, history = adapt_flow_proposal(
-            npe, x, task.log_likelihood, task.prior, samples=samples, rounds=ADAPTIVE_ROUNDS
+            npe,
+            x,
+            task.log_likelihood,
+            task.prior,
+            samples=100_000 if phase else ADAPTIVE_SAMPLES[family],
+            rounds=ADAPTIVE_ROUNDS,
+            proposal_for=phase_proposal_for(task) if phase else None,
         )
+        name = "φ_c-conditional adaptive flow" if phase else "adaptive flow"
         # Round 0 is NPE itself, measured above.
         return [
-            result_row(injection, f"adaptive flow from NPE, round {k}", r.result)
+            result_row(injection, f"{name} from NPE, round {k}", r.result)
             for k, r in enumerate(history)
             if k > 0
         ]
@@ -113,7 +126,23 @@ def measure(task, npe, injection: int, dynesty_file: Path, family: str) -> list[
     return [result_row(injection, name, result)]
 
 
-FAMILIES = ("npe", "kernel", "flow", *ADAPTIVE_SAMPLES)
+def phase_proposal_for(task):
+    """`adapt_flow_proposal`'s `proposal_for`: a flow over all but φ_c, φ_c drawn exactly."""
+
+    def proposal_for(theta, weights) -> PhaseConditionalProposal:
+        return PhaseConditionalProposal.for_samples(
+            task.prior,
+            theta,
+            weights,
+            log_likelihood=task.log_likelihood,
+            index=PHASE_INDEX,
+            harmonic=PHASE_HARMONIC,
+        )
+
+    return proposal_for
+
+
+FAMILIES = ("npe", "kernel", "flow", *ADAPTIVE_SAMPLES, PHASE_FAMILY)
 
 
 def write_report(results: Path) -> None:

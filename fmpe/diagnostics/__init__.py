@@ -29,6 +29,7 @@ from fmpe.diagnostics.importance import (
     importance_sample,
 )
 from fmpe.diagnostics.lc2st import LC2STResult, lc2st
+from fmpe.diagnostics.phase import PhaseConditionalProposal, phase_terms
 from fmpe.diagnostics.sbc import check_sbc, run_sbc, sbc_ranks
 from fmpe.diagnostics.tarp import TarpFrame, check_tarp, run_tarp, tarp_ranks
 from fmpe.diagnostics.uniformity import credible_levels, ks_uniform
@@ -40,6 +41,7 @@ __all__ = [
     "ImportanceResult",
     "KernelDensityProposal",
     "LC2STResult",
+    "PhaseConditionalProposal",
     "TarpFrame",
     "adapt_flow_proposal",
     "calibrate",
@@ -56,6 +58,7 @@ __all__ = [
     "importance_sample",
     "ks_uniform",
     "negative_log_prob",
+    "phase_terms",
     "run_sbc",
     "run_tarp",
     "sbc_ranks",

@@ -20,6 +20,7 @@ mixture also holds proposals that cover it (the estimators, the prior).
 import copy
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,6 +239,7 @@ def adapt_flow_proposal(
     start_share: float = 0.1,
     min_tempered_efficiency: float = 0.1,
     fit_steps: int = 300,
+    proposal_for: Callable[[Tensor, Tensor], FlowProposal] | None = None,
     show_progress: bool = False,
     **flow_options,
 ) -> tuple[FlowProposal, list[AdaptationRound]]:
@@ -253,6 +255,9 @@ def adapt_flow_proposal(
             `target_efficiency`.
         min_tempered_efficiency: the tempered weights' efficiency kept by the choice of β.
         fit_steps: optimizer steps per round (`FlowProposal.fit`).
+        proposal_for: ``proposal_for(theta, weights)``, the proposal to refine, made from the
+            first round's weighted samples; it has `fit` and the `Proposal` methods. Default:
+            ``FlowProposal.for_samples(prior, theta, weights, **flow_options)``.
         flow_options: `FlowProposal`'s size.
 
     Returns:
@@ -263,6 +268,10 @@ def adapt_flow_proposal(
     if not 0 < start_share < 1:
         raise ValueError(f"start_share must be in (0, 1), got {start_share!r}")
     prior = _prior_of(prior, [start])
+
+    def default_proposal(theta: Tensor, weights: Tensor) -> FlowProposal:
+        return FlowProposal.for_samples(prior, theta, weights, **flow_options)
+
     history: list[AdaptationRound] = []
     flow: FlowProposal | None = None
     best: tuple[float, FlowProposal | None] = (-1.0, None)
@@ -297,6 +306,6 @@ def adapt_flow_proposal(
         weights = (beta * log_weights).exp()
         history.append(AdaptationRound(result, beta))
         if flow is None:
-            flow = FlowProposal.for_samples(prior, result.theta, weights, **flow_options)
+            flow = (proposal_for or default_proposal)(result.theta, weights)
         flow.fit(result.theta, weights, steps=fit_steps)
     return best[1], history

@@ -31,6 +31,10 @@ CANDIDATES = 1000  # prior draws the injections are picked from; about 85% pass 
 PARAMETER_LABELS = ("M_c", "q", "d_L", "t_c", "φ_c", "cos ι", "ψ", "ra", "sin δ")
 """Short names of the nine parameters, for figures."""
 
+PHASE_INDEX, PHASE_HARMONIC = 4, 2
+"""φ_c's column, and its harmonic: φ_c turns the (2, 2)-mode signal by e^{-2iφ_c}, so log L is
+K + R cos(2φ_c − β) (`fmpe.diagnostics.PhaseConditionalProposal`)."""
+
 
 class GWTask(Task):
     """TaylorF2 in H1 + L1: ``theta: (n, 9)`` -> whitened strain ``x: (n, 2, 2, 433)``.
