@@ -19,13 +19,14 @@ script runs again:
    (gw_dynesty.csv: log evidence, likelihood calls; the weighted samples are kept in the runs
    folder);
 3. reference posteriors of those injections: importance sampling with the exact likelihood
-   from a defensive mixture of both estimators, a flow adapted to the posterior from NPE
-   (`adapt_flow_proposal`) and the prior, until the effective sample size reaches its target
-   (gw_reference.csv; the samples are kept in the runs folder). No proposal alone decides it:
-   the weights correct each one, and the estimators and the prior cover what the others miss.
-   A reference takes hours on 2 cores (every sample needs FMPE's exact log density), so its
-   adapted flow and each round of samples are kept as they finish, and a stopped run resumes
-   at the next round;
+   from a defensive mixture of both estimators, a proposal adapted to the posterior from NPE
+   (`adapt_flow_proposal` of `GWTask.phase_conditional_proposal`: a flow over the eight
+   parameters besides φ_c, and φ_c drawn from its exact conditional) and the prior, until the
+   effective sample size reaches its target (gw_reference.csv; the samples are kept in the
+   runs folder). No proposal alone decides it: the weights correct each one, and the
+   estimators and the prior cover what the others miss. A reference takes an hour or more on
+   2 cores (every sample needs FMPE's exact log density), so its adapted proposal and each
+   round of samples are kept as they finish, and a stopped run resumes at the next round;
 4. the Jensen–Shannon divergence of each estimator's 1-D marginals to the reference's, in
    mnat, with two checks of the reference: dynesty's own samples against it, and two halves of
    the reference against each other, its noise floor (gw_jsd.csv) (steps 2-4 take one
@@ -79,8 +80,8 @@ from fmpe.benchmark.deadline import Deadline
 from fmpe.benchmark.sweep import SearchGrid, configuration_name, sweep, sweep_log
 from fmpe.cli import add_stop_after
 from fmpe.diagnostics import (
-    FlowProposal,
     ImportanceResult,
+    PhaseConditionalProposal,
     adapt_flow_proposal,
     defensive_importance_sample,
     ks_uniform,
@@ -97,10 +98,11 @@ NAMES = {"fmpe": "FMPE", "npe": "NPE"}
 PERIODIC = (4, 6, 7)  # φ_c, ψ and ra: the likelihood is periodic over each one's prior range
 JSD_GRID = 400
 REFERENCE_PRIOR_FRACTION = 0.05
-# The shares of the reference's mixture besides the prior's: mostly the flow adapted from NPE,
-# the best proposal measured on injection 1 (1.05% efficiency with 100,000 samples a round,
-# against NPE's 0.16% and 0.066% for a kernel density of dynesty's samples: gw_proposals.md);
-# both estimators' shares keep it defensive.
+# The shares of the reference's mixture besides the prior's: mostly the φ_c-conditional
+# proposal adapted from NPE, the best measured on injection 1 (7.8% efficiency at best with
+# 100,000 samples a round, against 1.05% for a flow over all nine parameters, NPE's 0.16% and
+# 0.066% for a kernel density of dynesty's samples: gw_proposals.md); both estimators' shares
+# keep it defensive.
 REFERENCE_SHARES = {"fmpe": 0.075, "npe": 0.075, "adaptive": 0.8}
 NOT_RUN = "Not run yet (`--score-only` skips this step)."
 
@@ -304,12 +306,12 @@ def reference_posterior(
     deadline: Deadline,
     show_progress: bool,
 ) -> tuple[ImportanceResult, float] | None:
-    """Defensive importance sampling from both estimators' `posteriors`, a flow adapted from
-    NPE's and the prior, in rounds until the effective sample size reaches its target (or the
-    sample cap); returns the joined result and its seconds (the adaptation's included), or
-    None if `deadline` stopped it first.
+    """Defensive importance sampling from both estimators' `posteriors`, a φ_c-conditional
+    proposal adapted from NPE's and the prior, in rounds until the effective sample size
+    reaches its target (or the sample cap); returns the joined result and its seconds (the
+    adaptation's included), or None if `deadline` stopped it first.
 
-    The adapted flow and each round's weighted samples are kept in `folder` as they finish,
+    The adapted proposal and each round's weighted samples are kept in `folder` as they finish,
     with their seconds, and a later call goes on from there; each step draws from a seed of
     its own (from `seed`), so that a resumed reference is the one an uninterrupted run makes.
     """
@@ -317,7 +319,7 @@ def reference_posterior(
     folder.mkdir(parents=True, exist_ok=True)
     flow_file = folder / "adaptive_flow.safetensors"
     if flow_file.exists():
-        flow, _ = FlowProposal.load(flow_file, task.prior)
+        flow, _ = PhaseConditionalProposal.load(flow_file, task.prior, task.log_likelihood)
     else:
         expected = kept_seconds(folder, flow_file.name)
         if not deadline.allows(f"reference {injection}, its proposal", expected):
@@ -331,6 +333,7 @@ def reference_posterior(
             task.prior,
             samples=scale.adaptive_samples,
             rounds=scale.adaptive_rounds,
+            proposal_for=task.phase_conditional_proposal,
             show_progress=show_progress,
         )
         flow.save(partial_path(flow_file), {"seconds": f"{time.perf_counter() - start:.1f}"})
@@ -652,7 +655,7 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         "",
         "Defensive mixture: "
         + ", ".join(
-            f"{100 * share:.1f}% {NAMES.get(name, 'a flow adapted from NPE')}"
+            f"{100 * share:.1f}% {NAMES.get(name, 'a φ_c-conditional flow adapted from NPE')}"
             for name, share in REFERENCE_SHARES.items()
         )
         + f", {100 * REFERENCE_PRIOR_FRACTION:.0f}% prior; target ESS {scale.reference_ess}.",

@@ -38,13 +38,11 @@ from fmpe.diagnostics import (
     FlowProposal,
     ImportanceResult,
     KernelDensityProposal,
-    PhaseConditionalProposal,
     adapt_flow_proposal,
     defensive_importance_sample,
     importance_sample,
 )
 from fmpe.tasks import get_task
-from fmpe.tasks.gw import PHASE_HARMONIC, PHASE_INDEX
 
 HERE = Path(__file__).parent
 BUDGET = 100_000
@@ -96,7 +94,7 @@ def measure(task, npe, injection: int, dynesty_file: Path, family: str) -> list[
             task.prior,
             samples=100_000 if phase else ADAPTIVE_SAMPLES[family],
             rounds=ADAPTIVE_ROUNDS,
-            proposal_for=phase_proposal_for(task) if phase else None,
+            proposal_for=task.phase_conditional_proposal if phase else None,
         )
         name = "φ_c-conditional adaptive flow" if phase else "adaptive flow"
         # Round 0 is NPE itself, measured above.
@@ -124,22 +122,6 @@ def measure(task, npe, injection: int, dynesty_file: Path, family: str) -> list[
     )
     name = "flow fitted to dynesty's samples"
     return [result_row(injection, name, result)]
-
-
-def phase_proposal_for(task):
-    """`adapt_flow_proposal`'s `proposal_for`: a flow over all but φ_c, φ_c drawn exactly."""
-
-    def proposal_for(theta, weights) -> PhaseConditionalProposal:
-        return PhaseConditionalProposal.for_samples(
-            task.prior,
-            theta,
-            weights,
-            log_likelihood=task.log_likelihood,
-            index=PHASE_INDEX,
-            harmonic=PHASE_HARMONIC,
-        )
-
-    return proposal_for
 
 
 FAMILIES = ("npe", "kernel", "flow", *ADAPTIVE_SAMPLES, PHASE_FAMILY)

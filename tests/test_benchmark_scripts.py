@@ -4,6 +4,7 @@ they resume, the threads of their processes, the parameter share, and --stop-aft
 import argparse
 import importlib.util
 import itertools
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -18,7 +19,7 @@ from torch.distributions import Independent, Uniform
 from fmpe.benchmark import RowLog, experiment
 from fmpe.benchmark.deadline import Deadline
 from fmpe.benchmark.results import ResultsStore
-from fmpe.diagnostics import FlowProposal, ImportanceResult
+from fmpe.diagnostics import ImportanceResult, PhaseConditionalProposal
 from fmpe.posteriors.base import Cost
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
@@ -281,33 +282,44 @@ def test_poet_is_compared_with_ordinary_training_on_its_own_seeds(poet, tmp_path
 
 
 def test_gw_references_stopped_by_the_deadline_continue_to_the_same_rows(gw, tmp_path, monkeypatch):
-    """A reference is resumed round by round: its adapted flow (50 s) and each round (100 s
-    of 1,000 samples, all of weight 1) are kept as they finish."""
+    """A reference is resumed round by round: its adapted proposal (50 s) and each round (100
+    s of 1,000 samples, all of weight 1) are kept as they finish."""
     clock = Clock()
-    prior = Independent(Uniform(-torch.ones(2), torch.ones(2)), 1)
+    low, high = torch.tensor([0.0, -1.0, -1.0]), torch.tensor([2 * math.pi, 1.0, 1.0])
+    prior = Independent(Uniform(low, high), 1)
 
-    def adapt(start, x, log_likelihood, prior, **options):
+    def log_likelihood(theta, x):
+        return torch.cos(theta[:, 0].double())
+
+    def phase_conditional_proposal(theta, weights):
+        return PhaseConditionalProposal.for_samples(
+            prior, theta, weights, log_likelihood=log_likelihood, index=0, harmonic=1, transforms=1
+        )
+
+    def adapt(start, x, log_likelihood, prior, *, proposal_for, **options):
         clock.now += 50.0
-        theta = prior.sample((100,))
-        flow = FlowProposal.for_samples(prior, theta, torch.ones(100), transforms=1)
-        return flow, []
+        return proposal_for(prior.sample((100,)), torch.ones(100)), []
 
     def round_of_samples(proposals, n, x, log_likelihood, prior, **options):
-        assert isinstance(proposals[-1], FlowProposal)  # the adapted flow, reloaded or not
+        assert isinstance(proposals[-1], PhaseConditionalProposal)  # reloaded or not
         clock.now += 100.0
-        return ImportanceResult(torch.randn(n, 2), torch.zeros(n, dtype=torch.float64))
+        return ImportanceResult(torch.randn(n, 3), torch.zeros(n, dtype=torch.float64))
 
     monkeypatch.setattr(gw, "adapt_flow_proposal", adapt)
     monkeypatch.setattr(gw, "defensive_importance_sample", round_of_samples)
     monkeypatch.setattr(gw, "time", SimpleNamespace(perf_counter=clock))
     task = SimpleNamespace(
-        snr=lambda i: 10.0, prior=prior, observation=torch.zeros, log_likelihood=None
+        snr=lambda i: 10.0,
+        prior=prior,
+        observation=torch.zeros,
+        log_likelihood=log_likelihood,
+        phase_conditional_proposal=phase_conditional_proposal,
     )
     estimator = SimpleNamespace(device=torch.device("cpu"))
     # Three rounds reach the effective sample size of each reference.
     scale = replace(gw.SMOKE, reference_injections=2, reference_ess=2500, reference_round=1000)
     # dynesty's samples of each injection: the injections that get a reference.
-    nested = {i: ImportanceResult(torch.randn(10, 2), torch.zeros(10)) for i in (1, 2)}
+    nested = {i: ImportanceResult(torch.randn(10, 3), torch.zeros(10)) for i in (1, 2)}
 
     def references(out: Path, deadline: Deadline) -> dict:
         args = argparse.Namespace(out=out, runs=out, seed=0, quiet=True)

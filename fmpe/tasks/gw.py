@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fmpe.diagnostics import PhaseConditionalProposal
 from fmpe.gw import GWSimulator
 from fmpe.tasks.base import Task
 
@@ -84,6 +85,22 @@ class GWTask(Task):
         if tuple(x.shape) != self.x_shape:
             raise ValueError(f"x must be one observation of shape {self.x_shape}, got {x.shape}")
         return self._exact.log_likelihood(theta.detach().cpu().double(), x.detach().cpu().double())
+
+    def phase_conditional_proposal(
+        self, theta: Tensor, weights: Tensor, **flow_options
+    ) -> PhaseConditionalProposal:
+        """A proposal for importance sampling at one observation: a flow over the eight
+        parameters besides φ_c, placed on the weighted samples θ (N, 9), and φ_c drawn from its
+        exact conditional posterior; `adapt_flow_proposal`'s `proposal_for`."""
+        return PhaseConditionalProposal.for_samples(
+            self.prior,
+            theta,
+            weights,
+            log_likelihood=self.log_likelihood,
+            index=PHASE_INDEX,
+            harmonic=PHASE_HARMONIC,
+            **flow_options,
+        )
 
     def _check_theta(self, theta: Tensor) -> None:
         if theta.dim() != 2 or theta.shape[1] != self.theta_dim:
