@@ -181,7 +181,9 @@ def run_error_checks(
                 )
                 not in done
             ]
-            expected = median_gap_seconds(r["finished_at"] for r in done.values())
+            # A unit writes its rows together: time units by the last row of each.
+            last_rows = {(r["task"], r["budget"], r["observation"]): r for r in done.values()}
+            expected = median_gap_seconds(r["finished_at"] for r in last_rows.values())
             if not due or not deadline.allows(f"{task_name} {budget} {observation}", expected):
                 continue
             if posterior is None:

@@ -9,7 +9,8 @@ progress bar. Importance sampling
 (`importance_sample`, `defensive_importance_sample`) takes one observation and the exact
 log-likelihood; `KernelDensityProposal` and `FlowProposal` make a proposal of weighted samples
 (a nested sampler's), and `adapt_flow_proposal` refines a flow round by round from a trained
-posterior.
+posterior. `PhaseConditionalProposal` draws a phase that enters the likelihood as one harmonic
+(a gravitational wave's φ_c) from its exact conditional, and a flow fits the rest.
 """
 
 from fmpe.diagnostics.adaptive import AdaptationRound, FlowProposal, adapt_flow_proposal

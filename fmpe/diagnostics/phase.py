@@ -70,7 +70,9 @@ class PhaseConditionalProposal(nn.Module):
 
     Args:
         flow: a `FlowProposal` over the d − 1 other parameters, in θ's order.
-        prior: π over all d parameters; box-bounded, and uniform in φ over whole periods.
+        prior: π over all d parameters, whose support is a box with φ's side a whole number
+            of periods 2π/m (φ's conditional is normalized over it); with π uniform in φ the
+            weights are those of the flow against the φ-marginal posterior.
         log_likelihood: ``log_likelihood(theta: (n, d), x) -> (n,)``, the exact log L.
         index: φ's column in θ.
         harmonic: m, the number of periods of L in 2π of φ.
