@@ -894,8 +894,10 @@ def analyse(task, posteriors, args, scale, machine, command: str, deadline: Dead
     plot_efficiency(rows, args.out / "gw_is_efficiency.png")
     corner = (1, scale, args.seed, args.out / "gw_corner.png")
     nested = weighted_samples_path(args.runs, scale, args.seed, "dynesty", 1)
-    if 1 in references:
-        plot_corner(task, posteriors, references[1], "reference (IS)", *corner)
+    reference = weighted_samples_path(args.runs, scale, args.seed, "reference", 1)
+    if 1 in references or reference.exists():  # made by this run, or by an earlier one
+        samples = references[1] if 1 in references else load_weighted_samples(reference)
+        plot_corner(task, posteriors, samples, "reference (IS)", *corner)
     elif nested.exists():
         label = "dynesty (no reference yet)"
         plot_corner(task, posteriors, load_weighted_samples(nested), label, *corner)

@@ -359,6 +359,10 @@ def test_the_gw_corner_plot_shows_dynestys_samples_until_there_is_a_reference(
     gw.save_weighted_samples(nested, gw.weighted_samples_path(tmp_path, scale, 0, "dynesty", 1))
     gw.analyse(None, {}, args, scale, "test", "command", Deadline(None))
     assert labels == ["dynesty (no reference yet)"]
+    # A reference saved by an earlier run replaces dynesty's samples, --score-only or not.
+    gw.save_weighted_samples(nested, gw.weighted_samples_path(tmp_path, scale, 0, "reference", 1))
+    gw.analyse(None, {}, args, scale, "test", "command", Deadline(None))
+    assert labels == ["dynesty (no reference yet)", "reference (IS)"]
 
 
 def test_gw_proposals_measures_each_family_once_after_naming_missing_inputs(tmp_path, monkeypatch):
