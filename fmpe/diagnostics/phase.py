@@ -103,7 +103,7 @@ class PhaseConditionalProposal(nn.Module):
                 f"likelihood, got a width of {self.width}"
             )
         self.periods = round(periods)
-        self.rest = [j for j in range(len(low)) if j != index]
+        self.rest = _other_columns(len(low), index)
 
     @classmethod
     def for_samples(
@@ -119,9 +119,9 @@ class PhaseConditionalProposal(nn.Module):
     ) -> "PhaseConditionalProposal":
         """A proposal whose flow is placed on the weighted samples θ (N, d), as
         `FlowProposal.for_samples` places one (φ's column is dropped)."""
-        rest = [j for j in range(theta.shape[1]) if j != index]
+        rest = _other_columns(theta.shape[1], index)
         flow = FlowProposal.for_samples(
-            _box_prior(prior, theta.shape[1], rest), theta[:, rest], weights, **flow_options
+            _box_prior(prior, theta.shape[1], index), theta[:, rest], weights, **flow_options
         )
         return cls(flow, prior, log_likelihood, index, harmonic)
 
@@ -198,17 +198,22 @@ class PhaseConditionalProposal(nn.Module):
                 f"{path} holds no PhaseConditionalProposal: its metadata names no phase"
             )
         phase = json.loads(phase)
-        dim = prior.event_shape[0]
-        rest = [j for j in range(dim) if j != phase["index"]]
-        flow, metadata = FlowProposal.load(path, _box_prior(prior, dim, rest))
+        flow_prior = _box_prior(prior, prior.event_shape[0], phase["index"])
+        flow, metadata = FlowProposal.load(path, flow_prior)
         del metadata["phase"]
         return cls(flow, prior, log_likelihood, **phase), metadata
 
 
-def _box_prior(prior: Distribution, dim: int, keep: list[int]) -> Distribution:
-    """A uniform distribution on the box of `prior`'s support over the dimensions `keep`:
-    the support that the flow over the other parameters maps onto R."""
+def _other_columns(dim: int, index: int) -> list[int]:
+    """The columns of θ (d = `dim`) besides φ's, in order."""
+    return [j for j in range(dim) if j != index]
+
+
+def _box_prior(prior: Distribution, dim: int, index: int) -> Distribution:
+    """A uniform distribution on the box of `prior`'s support over all columns but φ's
+    (`index`): the support that the flow over the other parameters maps onto R."""
     low, high = support_bounds(prior, dim)
     if not (torch.isfinite(low) & torch.isfinite(high)).all():
         raise ValueError("PhaseConditionalProposal needs a prior whose support is a box")
+    keep = _other_columns(dim, index)
     return Independent(Uniform(low[keep], high[keep]), 1)
