@@ -12,6 +12,7 @@ from torch.distributions import Independent, MultivariateNormal, Uniform
 
 from fmpe.diagnostics import (
     PhaseConditionalProposal,
+    PhaseMarginal,
     adapt_flow_proposal,
     defensive_importance_sample,
     phase_terms,
@@ -82,22 +83,47 @@ def test_the_conditional_is_normalized_and_its_samples_follow_it():
     samples, log_q = proposal.sample_and_log_prob(4000, X)
     assert PRIOR.support.check(samples).all()
     assert torch.allclose(log_q, proposal.log_prob(samples, X), atol=1e-3)  # float32 φ
-    # φ's conditional at one r: normalized, and the samples' φ at that r follow its CDF.
+    # φ's conditional at one r: normalized, and φ completed at that r follows its CDF.
+    phase = proposal.phase
     rest = samples[:1].repeat(4000, 1)
-    concentration, location = proposal._conditional(rest, X)
+    _, concentration, location = phase.terms(rest, X)
     grid = np.linspace(LOW, LOW + 2 * math.pi, 20001)
     density = np.exp(
-        proposal._phase_log_prob(torch.tensor(grid), concentration[:1], location[:1]).numpy()
+        phase.log_conditional(torch.tensor(grid), concentration[:1], location[:1]).numpy()
     )
     assert integrate.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-6)
     cdf = integrate.cumulative_trapezoid(density, grid, initial=0)
     torch.manual_seed(2)
-    phases = proposal._draw_phase(concentration, location)
+    completed = phase.complete(rest, X)
+    assert torch.equal(completed[:, [0, 2]], rest[:, [0, 2]])
+    phases = completed[:, 1].double()
     p_value = stats.kstest(phases.numpy(), lambda v: np.interp(v, grid, cdf)).pvalue
     assert p_value > 0.01
     # Each of the three periods holds a third of the draws.
     period = ((phases - LOW) // (2 * math.pi / HARMONIC)).long()
     assert torch.bincount(period, minlength=3).float().div(4000).sub(1 / 3).abs().max() < 0.03
+
+
+def test_the_phase_marginal_likelihood_is_the_likelihood_averaged_over_the_phase():
+    torch.manual_seed(7)
+    theta = PRIOR.sample((5,)).double()
+    phase = PhaseMarginal(PRIOR, log_likelihood, index=1, harmonic=HARMONIC)
+    grid = torch.linspace(LOW, LOW + 2 * math.pi, 20001, dtype=torch.float64)
+    for row, marginal in zip(theta, phase.log_likelihood(theta, X), strict=True):
+        on_grid = row.repeat(len(grid), 1)
+        on_grid[:, 1] = grid
+        log_l = log_likelihood(on_grid, X).numpy()
+        peak = log_l.max()
+        mean = integrate.trapezoid(np.exp(log_l - peak), grid.numpy()) / (2 * math.pi)
+        assert marginal.item() == pytest.approx(peak + math.log(mean), abs=1e-8)
+
+    # At R = 800, I₀(R) is past float64's range; its log is not: R − log(2πR)/2 + 1/(8R) + ….
+    def sharp(theta, x):
+        return 800.0 * torch.cos(HARMONIC * (theta[:, 1].double() - LOW))
+
+    log_i0 = PhaseMarginal(PRIOR, sharp, index=1, harmonic=HARMONIC).log_likelihood(theta, X)
+    expected = 800.0 - 0.5 * math.log(2 * math.pi * 800.0) + math.log1p(1 / 6400 + 9 / 2 / 6400**2)
+    assert torch.allclose(log_i0, torch.full_like(log_i0, expected), rtol=0, atol=1e-9)
 
 
 def test_adapting_a_phase_conditional_proposal_gets_the_exact_evidence():
@@ -132,7 +158,7 @@ def test_a_saved_phase_conditional_proposal_loads_with_the_same_density(tmp_path
         tmp_path / "proposal.safetensors", PRIOR, log_likelihood
     )
     assert metadata == {"seconds": "3.5"}
-    assert (loaded.index, loaded.harmonic) == (1, HARMONIC)
+    assert (loaded.phase.index, loaded.phase.harmonic) == (1, HARMONIC)
     assert torch.equal(loaded.log_prob(theta, X), proposal.log_prob(theta, X))
     proposal.flow.save(tmp_path / "flow.safetensors")
     with pytest.raises(ValueError, match="holds no PhaseConditionalProposal"):
@@ -167,3 +193,12 @@ def test_the_gravitational_wave_likelihood_is_harmonic_in_the_phase():
     expected = constant + concentration * torch.cos(PHASE_HARMONIC * phase - location)
     direct = task.log_likelihood(theta, x)
     assert torch.allclose(expected, direct, rtol=1e-12, atol=1e-8)
+    # φ_c marginalized: the likelihood averaged over φ_c's prior, by quadrature.
+    grid = torch.linspace(0.0, 2 * math.pi, 2001, dtype=torch.float64)
+    marginal = task.phase_marginal().log_likelihood(theta[:2], x)
+    for row, value in zip(theta[:2].double(), marginal, strict=True):
+        on_grid = row.repeat(len(grid), 1)
+        on_grid[:, PHASE_INDEX] = grid
+        log_l = task.log_likelihood(on_grid, x).numpy()
+        mean = integrate.trapezoid(np.exp(log_l - log_l.max()), grid.numpy()) / (2 * math.pi)
+        assert value.item() == pytest.approx(log_l.max() + math.log(mean), abs=1e-8)

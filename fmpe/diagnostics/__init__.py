@@ -10,7 +10,8 @@ progress bar. Importance sampling
 log-likelihood; `KernelDensityProposal` and `FlowProposal` make a proposal of weighted samples
 (a nested sampler's), and `adapt_flow_proposal` refines a flow round by round from a trained
 posterior. `PhaseConditionalProposal` draws a phase that enters the likelihood as one harmonic
-(a gravitational wave's φ_c) from its exact conditional, and a flow fits the rest.
+(a gravitational wave's φ_c) from its exact conditional, and a flow fits the rest;
+`PhaseMarginal` gives the likelihood with that phase marginalized, for samplers of the rest.
 """
 
 from fmpe.diagnostics.adaptive import AdaptationRound, FlowProposal, adapt_flow_proposal
@@ -30,7 +31,7 @@ from fmpe.diagnostics.importance import (
     importance_sample,
 )
 from fmpe.diagnostics.lc2st import LC2STResult, lc2st
-from fmpe.diagnostics.phase import PhaseConditionalProposal, phase_terms
+from fmpe.diagnostics.phase import PhaseConditionalProposal, PhaseMarginal, phase_terms
 from fmpe.diagnostics.sbc import check_sbc, run_sbc, sbc_ranks
 from fmpe.diagnostics.tarp import TarpFrame, check_tarp, run_tarp, tarp_ranks
 from fmpe.diagnostics.uniformity import credible_levels, ks_uniform
@@ -43,6 +44,7 @@ __all__ = [
     "KernelDensityProposal",
     "LC2STResult",
     "PhaseConditionalProposal",
+    "PhaseMarginal",
     "TarpFrame",
     "adapt_flow_proposal",
     "calibrate",

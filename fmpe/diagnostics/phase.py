@@ -13,9 +13,12 @@ e^{−2iφ}, so m = 2. Three evaluations of log L, at m (φ − l) = 0, π/2 and
 
 a von Mises distribution in m (φ − l), repeated over the periods. Drawing φ from it exactly
 removes φ's thin ridges (width about 1/(m √R)) that wrap around its range, which a flow over
-the box or over R fits badly. `PhaseConditionalProposal` is then a flow over the other
-parameters times this conditional, and its importance weights are those of the flow against
-the posterior with φ marginalized: π(rest) e^K I₀(R) / q(rest).
+the box or over R fits badly. The same terms give the likelihood with φ marginalized over its
+prior, e^K I₀(R). `PhaseMarginal` holds both; `PhaseConditionalProposal` is a flow over the
+other parameters times the conditional, and its importance weights are those of the flow
+against the φ-marginal posterior: π(rest) e^K I₀(R) / q(rest). A sampler of the other
+parameters alone (nested sampling, MCMC) can run on the marginal likelihood likewise, and have
+φ drawn afterwards (`PhaseMarginal.complete`).
 """
 
 import copy
@@ -55,6 +58,79 @@ def phase_terms(
     return constant, torch.hypot(cos_part, sin_part), torch.atan2(sin_part, cos_part)
 
 
+class PhaseMarginal:
+    """The dependence of log L on the phase φ (column `index` of θ), under a prior uniform in
+    φ over whole periods: φ's exact conditional p(φ | the rest, x), and L with φ marginalized.
+
+    Example:
+        >>> phase = PhaseMarginal(prior, task.log_likelihood, index=4, harmonic=2)
+        >>> phase.log_likelihood(theta, x)  # (n,): log E_π(φ)[L], θ's column 4 ignored
+        >>> theta = phase.complete(theta, x)  # column 4 drawn from p(φ | the rest, x)
+
+    Args:
+        prior: π over all d parameters, whose support is a box with φ's side a whole number
+            of periods 2π/m (φ's conditional is normalized over it).
+        log_likelihood: ``log_likelihood(theta: (n, d), x) -> (n,)``, the exact log L.
+        index: φ's column in θ.
+        harmonic: m, the number of periods of L in 2π of φ.
+    """
+
+    def __init__(
+        self, prior: Distribution, log_likelihood: LogLikelihood, index: int, harmonic: int
+    ):
+        self.prior = prior
+        self.full_log_likelihood = log_likelihood
+        self.index = index
+        self.harmonic = as_count(harmonic, "harmonic", minimum=1)
+        self.dim = prior.event_shape[0]
+        low, high = support_bounds(prior, self.dim)
+        self.low, self.width = float(low[index]), float(high[index] - low[index])
+        periods = self.width * harmonic / (2 * math.pi)
+        if not math.isclose(periods, round(periods), rel_tol=1e-6) or round(periods) < 1:
+            raise ValueError(
+                f"the prior of parameter {index} must span whole periods 2π/{harmonic} of the "
+                f"likelihood, got a width of {self.width}"
+            )
+        self.periods = round(periods)
+        self.rest = _other_columns(self.dim, index)
+
+    def terms(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(K, R, β), each (n,) float64, at the other parameters of θ (n, d) (`phase_terms`)."""
+        return phase_terms(self.full_log_likelihood, theta, x, self.index, self.low, self.harmonic)
+
+    def log_likelihood(self, theta: Tensor, x: Tensor) -> Tensor:
+        """log ∫ L π(φ) dφ = K + log I₀(R), (n,) float64, at the other parameters of θ (n, d)
+        (φ's column is ignored); its evidence under π is that of L."""
+        constant, concentration, _ = self.terms(theta, x)
+        return constant + _log_i0(concentration)
+
+    def log_conditional(self, phase: Tensor, concentration: Tensor, location: Tensor) -> Tensor:
+        """log p(φ | the rest, x) (n,) float64 of φ (n,), given its (R, β), each (n,)."""
+        angle = self.harmonic * (phase.double() - self.low) - location
+        return concentration * angle.cos() - math.log(self.width) - _log_i0(concentration)
+
+    def draw(self, concentration: Tensor, location: Tensor) -> Tensor:
+        """φ (n,) float64 from its conditional of parameters (R, β), each (n,)."""
+        # The von Mises sampler needs R > 0; R = 0 (a flat conditional) draws it uniformly.
+        turn = VonMises(location, concentration.clamp(min=1e-12)).sample()
+        period = 2 * math.pi / self.harmonic
+        which = torch.randint(self.periods, turn.shape, dtype=torch.float64)
+        return self.low + torch.remainder(turn / self.harmonic, period) + which * period
+
+    def complete(self, theta: Tensor, x: Tensor) -> Tensor:
+        """θ (n, d) with φ's column drawn from its conditional at the other parameters: samples
+        of the φ-marginal posterior become samples of the posterior, with the same weights."""
+        _, concentration, location = self.terms(theta, x)
+        theta = theta.clone()
+        theta[:, self.index] = self.draw(concentration, location).to(theta.dtype)
+        return theta
+
+
+def _log_i0(concentration: Tensor) -> Tensor:
+    """log I₀(R) = R + log i0e(R): finite where I₀(R) itself overflows."""
+    return concentration + torch.special.i0e(concentration).log()
+
+
 class PhaseConditionalProposal(nn.Module):
     """q(θ) = q_flow(θ without φ) · p(φ | the rest, x): an unconditional flow over all
     parameters but φ, and φ drawn from its exact conditional posterior (see the module).
@@ -70,12 +146,8 @@ class PhaseConditionalProposal(nn.Module):
 
     Args:
         flow: a `FlowProposal` over the d − 1 other parameters, in θ's order.
-        prior: π over all d parameters, whose support is a box with φ's side a whole number
-            of periods 2π/m (φ's conditional is normalized over it); with π uniform in φ the
-            weights are those of the flow against the φ-marginal posterior.
-        log_likelihood: ``log_likelihood(theta: (n, d), x) -> (n,)``, the exact log L.
-        index: φ's column in θ.
-        harmonic: m, the number of periods of L in 2π of φ.
+        prior, log_likelihood, index, harmonic: φ's place in them (`PhaseMarginal`); with π
+            uniform in φ the weights are those of the flow against the φ-marginal posterior.
     """
 
     device = torch.device("cpu")
@@ -90,20 +162,7 @@ class PhaseConditionalProposal(nn.Module):
     ):
         super().__init__()
         self.flow = flow
-        self.prior = prior
-        self.log_likelihood = log_likelihood
-        self.index = index
-        self.harmonic = as_count(harmonic, "harmonic", minimum=1)
-        low, high = support_bounds(prior, len(flow.shift) + 1)
-        self.low, self.width = float(low[index]), float(high[index] - low[index])
-        periods = self.width * harmonic / (2 * math.pi)
-        if not math.isclose(periods, round(periods), rel_tol=1e-6) or round(periods) < 1:
-            raise ValueError(
-                f"the prior of parameter {index} must span whole periods 2π/{harmonic} of the "
-                f"likelihood, got a width of {self.width}"
-            )
-        self.periods = round(periods)
-        self.rest = _other_columns(len(low), index)
+        self.phase = PhaseMarginal(prior, log_likelihood, index, harmonic)
 
     @classmethod
     def for_samples(
@@ -127,63 +186,44 @@ class PhaseConditionalProposal(nn.Module):
 
     def __deepcopy__(self, memo: dict) -> "PhaseConditionalProposal":
         # The likelihood (often a method of a task holding its data) is shared, not copied.
+        phase = self.phase
         flow = copy.deepcopy(self.flow, memo)
-        return type(self)(flow, self.prior, self.log_likelihood, self.index, self.harmonic)
-
-    def _conditional(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(R, β) of φ's conditional at θ's other parameters."""
-        _, concentration, location = phase_terms(
-            self.log_likelihood, theta, x, self.index, self.low, self.harmonic
-        )
-        return concentration, location
-
-    def _phase_log_prob(self, phase: Tensor, concentration: Tensor, location: Tensor) -> Tensor:
-        angle = self.harmonic * (phase.double() - self.low) - location
-        # log I₀(R) = R + log i0e(R): finite where I₀(R) itself overflows.
-        log_i0 = concentration + torch.special.i0e(concentration).log()
-        log_normalizer = math.log(self.width) + log_i0
-        return concentration * angle.cos() - log_normalizer
-
-    def _draw_phase(self, concentration: Tensor, location: Tensor) -> Tensor:
-        """φ (n,) float64 from its conditional of parameters (R, β), each (n,)."""
-        # The von Mises sampler needs R > 0; R = 0 (a flat conditional) draws it uniformly.
-        turn = VonMises(location, concentration.clamp(min=1e-12)).sample()
-        period = 2 * math.pi / self.harmonic
-        which = torch.randint(self.periods, turn.shape, dtype=torch.float64)
-        return self.low + torch.remainder(turn / self.harmonic, period) + which * period
+        return type(self)(flow, phase.prior, phase.full_log_likelihood, phase.index, phase.harmonic)
 
     def log_prob(self, theta: Tensor, x: Tensor) -> Tensor:
         """log q(θ) (n,) float64 of θ (n, d); −inf outside the prior's support."""
+        phase = self.phase
         theta = theta.detach().cpu()
-        log_q = self.flow.log_prob(theta[:, self.rest])
-        phase = theta[:, self.index].double()
-        inside = torch.isfinite(log_q) & (phase >= self.low) & (phase <= self.low + self.width)
+        log_q = self.flow.log_prob(theta[:, phase.rest])
+        angle = theta[:, phase.index].double()
+        inside = torch.isfinite(log_q) & (angle >= phase.low) & (angle <= phase.low + phase.width)
         log_q = torch.where(inside, log_q, -math.inf)
         if inside.any():
-            concentration, location = self._conditional(theta[inside], x)
-            log_q[inside] += self._phase_log_prob(phase[inside], concentration, location)
+            _, concentration, location = phase.terms(theta[inside], x)
+            log_q[inside] += phase.log_conditional(angle[inside], concentration, location)
         return log_q
 
     def sample_and_log_prob(
         self, n: int, x: Tensor, *, reject_outside_prior: bool = False
     ) -> tuple[Tensor, Tensor]:
         """n samples (n, d), all inside the prior's support, and their log q (n,) float64."""
+        phase = self.phase
         rest, log_q = self.flow.sample_and_log_prob(n)
-        theta = torch.empty(len(rest), len(self.rest) + 1)
-        theta[:, self.rest] = rest
-        theta[:, self.index] = self.low  # a stand-in: the conditional ignores φ
-        concentration, location = self._conditional(theta, x)
-        theta[:, self.index] = self._draw_phase(concentration, location).float()
-        phase = theta[:, self.index].double()  # log q of the float32 value that is returned
-        return theta, log_q + self._phase_log_prob(phase, concentration, location)
+        theta = torch.empty(len(rest), phase.dim)
+        theta[:, phase.rest] = rest
+        theta[:, phase.index] = phase.low  # a stand-in: the conditional ignores φ
+        _, concentration, location = phase.terms(theta, x)
+        theta[:, phase.index] = phase.draw(concentration, location).float()
+        angle = theta[:, phase.index].double()  # log q of the float32 value that is returned
+        return theta, log_q + phase.log_conditional(angle, concentration, location)
 
     def fit(self, theta: Tensor, weights: Tensor, **options) -> float:
         """Fits the flow to the other parameters of the weighted samples (`FlowProposal.fit`)."""
-        return self.flow.fit(theta[:, self.rest], weights, **options)
+        return self.flow.fit(theta[:, self.phase.rest], weights, **options)
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
         """Writes the flow, φ's column and the harmonic to `path`, a safetensors file."""
-        phase = json.dumps({"index": self.index, "harmonic": self.harmonic})
+        phase = json.dumps({"index": self.phase.index, "harmonic": self.phase.harmonic})
         self.flow.save(path, {**(metadata or {}), "phase": phase})
 
     @classmethod

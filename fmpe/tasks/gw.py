@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fmpe.diagnostics import PhaseConditionalProposal
+from fmpe.diagnostics import PhaseConditionalProposal, PhaseMarginal
 from fmpe.gw import GWSimulator
 from fmpe.tasks.base import Task
 
@@ -34,7 +34,7 @@ PARAMETER_LABELS = ("M_c", "q", "d_L", "t_c", "φ_c", "cos ι", "ψ", "ra", "sin
 
 PHASE_INDEX, PHASE_HARMONIC = 4, 2
 """φ_c's column, and its harmonic: φ_c turns the (2, 2)-mode signal by e^{-2iφ_c}, so log L is
-K + R cos(2φ_c − β) (`fmpe.diagnostics.PhaseConditionalProposal`)."""
+K + R cos(2φ_c − β) (`fmpe.diagnostics.PhaseMarginal`)."""
 
 
 class GWTask(Task):
@@ -101,6 +101,11 @@ class GWTask(Task):
             harmonic=PHASE_HARMONIC,
             **flow_options,
         )
+
+    def phase_marginal(self) -> PhaseMarginal:
+        """φ_c's exact conditional posterior and the likelihood with φ_c marginalized
+        (`log_likelihood` averaged over φ_c's prior), for a sampler of the other parameters."""
+        return PhaseMarginal(self.prior, self.log_likelihood, PHASE_INDEX, PHASE_HARMONIC)
 
     def _check_theta(self, theta: Tensor) -> None:
         if theta.dim() != 2 or theta.shape[1] != self.theta_dim:
