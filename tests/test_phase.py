@@ -74,6 +74,9 @@ def test_phase_terms_give_the_likelihood_at_every_phase():
     )
     assert torch.allclose(expected, log_likelihood(theta, X), rtol=0, atol=1e-10)
     assert torch.allclose(concentration, torch.full_like(concentration, KAPPA), atol=1e-10)
+    # In chunks of 7 rows (three evaluations of each in one call), the same terms.
+    chunked = phase_terms(log_likelihood, theta, X, 1, LOW, HARMONIC, chunk_size=7)
+    assert all(torch.equal(a, b) for a, b in zip(chunked, (constant, concentration, location)))
 
 
 def test_the_conditional_is_normalized_and_its_samples_follow_it():

@@ -44,15 +44,20 @@ def phase_terms(
     index: int,
     low: float,
     harmonic: int,
+    chunk_size: int = 4096,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(K, R, β), each (n,) float64, of log L(φ) = K + R cos(m (φ − low) − β) at the other
-    parameters of θ (n, d), whose column `index` (φ) is ignored; m is `harmonic`."""
-    quarter = math.pi / (2 * harmonic)
+    parameters of θ (n, d), whose column `index` (φ) is ignored; m is `harmonic`.
+
+    The three evaluations of each row go to `log_likelihood` in one call of up to
+    3 · `chunk_size` rows: a likelihood of a few rows costs about as much as one."""
+    shifts = torch.arange(3, dtype=torch.float64) * (math.pi / (2 * harmonic))
     at = []
-    for shift in (0.0, quarter, 2 * quarter):
-        moved = theta.to(torch.float64, copy=True)  # float32 would round the shifts
-        moved[:, index] = low + shift
-        at.append(log_likelihood(moved, x).double().cpu())
+    for rows in theta.split(chunk_size):
+        moved = rows.to(torch.float64).repeat(3, 1)  # float32 would round the shifts
+        moved[:, index] = low + shifts.repeat_interleave(len(rows))
+        at.append(log_likelihood(moved, x).double().cpu().view(3, len(rows)))
+    at = torch.cat(at, dim=1)
     constant = (at[0] + at[2]) / 2
     cos_part, sin_part = at[0] - constant, at[1] - constant
     return constant, torch.hypot(cos_part, sin_part), torch.atan2(sin_part, cos_part)
