@@ -51,6 +51,7 @@ steps that need what it left undone, and prints the command that continues it.
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import shlex
@@ -171,6 +172,16 @@ def partial_path(path: Path) -> Path:
 def load_weighted_samples(path: Path) -> ImportanceResult:
     tensors = load_file(str(path))
     return ImportanceResult(tensors["theta"], tensors["log_weights"])
+
+
+def posterior_file(args, scale: Scale, name: str) -> Path:
+    """The saved posterior of estimator `name` in the runs folder."""
+    return Run("gw", scale.budget, name, seed=args.seed).stem(args.runs).with_suffix(".fmpe")
+
+
+def file_digest(path: Path) -> str:
+    """The first 12 hex digits of the SHA-256 of the file at `path`: which posterior a row used."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 def saved_seconds(path: Path) -> float:
@@ -531,6 +542,7 @@ def run_jsd(task, posteriors, nested, references, args, scale, machine, deadline
         if not deadline.allows(f"JSD {i}", recorded_seconds(path)):
             continue
         start = time.perf_counter()
+        digests = {name: file_digest(posterior_file(args, scale, name)) for name in posteriors}
         theta, weights = reference.theta.double().numpy(), reference.weights.numpy()
         x = task.observation(i).to(posteriors["fmpe"].device)
         rows = {}
@@ -553,6 +565,7 @@ def run_jsd(task, posteriors, nested, references, args, scale, machine, deadline
         seconds = round(time.perf_counter() - start, 1)
         for name, (count, jsd) in rows.items():
             row = {"injection": i, "estimator": name, **jsd, "samples": count}
+            row["posterior"] = digests.get(name, "")  # the estimator's file, where it has one
             row |= {"seconds": seconds, "machine": machine, "finished_at": timestamp()}
             RowLog(path, list(row)).add(row)
             print(f"JSD injection {i} {name}: mean {jsd['mean_jsd_mnat']} mnat")
@@ -647,18 +660,16 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         f"Per injection (1-{scale.injections}, network SNR ≥ 8), {scale.samples} proposal samples;"
         " efficiency median [16th, 84th percentile].",
         "",
-        "| estimator | training s | epochs | best validation loss | IS efficiency | "
-        "min / max | −log q(θ*) median |",
-        "|---|---|---|---|---|---|---|",
+        "| estimator | training s | IS efficiency | min / max | −log q(θ*) median |",
+        "|---|---|---|---|---|",
     ]
     for name in ESTIMATORS:
-        record = posteriors[name].training_record
         efficiency = np.array([float(r["is_efficiency"]) for r in rows[name]])
         nltp = np.array([float(r["nltp"]) for r in rows[name]])
         lines.append(
-            f"| {NAMES[name]} | {float(rows[name][0]['train_seconds']):.0f} | {record.epochs} | "
-            f"{record.best_validation_loss:.4f} | {spread(efficiency)} | "
-            f"{efficiency.min():.3g} / {efficiency.max():.3g} | {np.median(nltp):.2f} |"
+            f"| {NAMES[name]} | {float(rows[name][0]['train_seconds']):.0f} | "
+            f"{spread(efficiency)} | {efficiency.min():.3g} / {efficiency.max():.3g} | "
+            f"{np.median(nltp):.2f} |"
         )
     lines += ["", "## P–P: KS p-values of the credible levels of θ*", ""]
     lines += ["| estimator | " + " | ".join(PARAMETER_LABELS) + " | combined (Fisher) |"]
@@ -717,6 +728,18 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
     ]
     if not jsd:
         lines[-2:] = [NOT_RUN]
+    else:
+        kept = ", ".join(
+            f"{NAMES[n]} {file_digest(posterior_file(args, scale, n))} ({p.training_record.epochs} "
+            f"epochs, best validation loss {p.training_record.best_validation_loss:.4f})"
+            for n, p in posteriors.items()
+        )
+        lines[-3:-3] = [
+            "",
+            f"FMPE's and NPE's rows: of the posteriors kept in the runs folder ({kept}; the "
+            "`posterior` column of gw_jsd.csv names each row's). CPU training here is not "
+            "bit-reproducible, so they may differ from those the scored rows above came from.",
+        ]
     for name in (*ESTIMATORS, "dynesty", "reference_halves"):
         selected = [r for r in jsd if r["estimator"] == name]
         if not selected:
