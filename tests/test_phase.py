@@ -15,6 +15,7 @@ from fmpe.diagnostics import (
     PhaseMarginal,
     adapt_flow_proposal,
     defensive_importance_sample,
+    importance_sample,
     phase_terms,
 )
 
@@ -86,6 +87,8 @@ def test_the_conditional_is_normalized_and_its_samples_follow_it():
     samples, log_q = proposal.sample_and_log_prob(4000, X)
     assert PRIOR.support.check(samples).all()
     assert torch.allclose(log_q, proposal.log_prob(samples, X), atol=1e-3)  # float32 φ
+    # It is a `Proposal` with its prior: importance sampling needs no other.
+    assert importance_sample(proposal, 200, X, log_likelihood).num_samples == 200
     # φ's conditional at one r: normalized, and φ completed at that r follows its CDF.
     phase = proposal.phase
     rest = samples[:1].repeat(4000, 1)

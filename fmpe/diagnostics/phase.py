@@ -167,6 +167,7 @@ class PhaseConditionalProposal(nn.Module):
     ):
         super().__init__()
         self.flow = flow
+        self.prior = prior  # `Proposal.prior`
         self.phase = PhaseMarginal(prior, log_likelihood, index, harmonic)
 
     @classmethod
