@@ -124,7 +124,7 @@ def run_gw_checks(path: Path, runs: Path, threads: int, deadline: Deadline) -> N
     """Scores the default with another seed and the candidate against the default's samples,
     on every gw injection due and not yet in `path`."""
     run = Run("gw", GW_BUDGET)
-    saved = run.stem(runs / "gw").with_suffix(".fmpe")
+    saved = run.posterior_path(runs / "gw")
     if not saved.exists():
         raise SystemExit(
             f"no gw posterior at {saved}: train it first with "

@@ -176,7 +176,7 @@ def load_weighted_samples(path: Path) -> ImportanceResult:
 
 def posterior_file(args, scale: Scale, name: str) -> Path:
     """The saved posterior of estimator `name` in the runs folder."""
-    return Run("gw", scale.budget, name, seed=args.seed).stem(args.runs).with_suffix(".fmpe")
+    return Run("gw", scale.budget, name, seed=args.seed).posterior_path(args.runs)
 
 
 def file_digest(path: Path) -> str:
@@ -245,20 +245,15 @@ class DynestyProblem:
     def prior_transform(self, u: np.ndarray) -> np.ndarray:
         return self.low + self.width * u
 
-    def theta(self, rest: np.ndarray) -> Tensor:
-        """θ (n, 9) float64 of the other parameters (n, 8), φ_c at its lower bound."""
-        theta = torch.full((len(rest), self.phase.dim), self.phase.low, dtype=torch.float64)
-        theta[:, self.phase.rest] = torch.from_numpy(rest)
-        return theta
-
     def log_likelihood(self, rest: np.ndarray) -> float:
         with torch.inference_mode():
-            return float(self.phase.log_likelihood(self.theta(rest[None]), self.x)[0])
+            theta = self.phase.embed(torch.from_numpy(rest[None]))
+            return float(self.phase.log_likelihood(theta, self.x)[0])
 
     def complete(self, rest: np.ndarray) -> Tensor:
         """Samples (n, 9) of the posterior from those (n, 8) of the φ_c-marginal one."""
         with torch.inference_mode():
-            return self.phase.complete(self.theta(rest), self.x)
+            return self.phase.complete(self.phase.embed(torch.from_numpy(rest)), self.x)
 
 
 def run_dynesty(

@@ -172,10 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             args.runs / f"gw_{BUDGET}_seed{args.seed}_dynesty{args.injection}.safetensors"
         )
         experiment = Run("gw", BUDGET, "npe", seed=args.seed)
-        if (
-            not dynesty_file.exists()
-            or not experiment.stem(args.runs).with_suffix(".fmpe").exists()
-        ):
+        if not dynesty_file.exists() or not experiment.posterior_path(args.runs).exists():
             raise SystemExit(
                 f"{dynesty_file} or NPE's saved posterior is missing: run benchmarks/gw.py "
                 f"first (its dynesty step for injection {args.injection})"

@@ -280,7 +280,7 @@ def run_table(results: Path, runs: Path, threads: int, deadline: Deadline) -> No
             missing = [o for o in TABLE_OBSERVATIONS if (task, budget, POET, o, 0) not in done]
             if not missing:
                 continue
-            trained = Run(task, budget, variant="poet").stem(runs).with_suffix(".fmpe").exists()
+            trained = Run(task, budget, variant="poet").posterior_path(runs).exists()
             expected = expected_unit_seconds(
                 store.rows(), task, budget, POET, len(missing), trained
             )

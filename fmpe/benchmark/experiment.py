@@ -116,6 +116,10 @@ class Run:
             stem += "_" + hashlib.sha1(what.encode()).hexdigest()[:10]
         return run_dir / (stem if self.observation is None else f"{stem}_obs{self.observation}")
 
+    def posterior_path(self, run_dir: Path) -> Path:
+        """Where `train` saves its posterior under `run_dir` (it exists once training finished)."""
+        return self.stem(run_dir).with_suffix(".fmpe")
+
     def hyperparameters(self, cards: CardStore | None = None) -> tuple[dict, dict]:
         """The estimator's and the training's options, from the task's card in `cards`
         (default: the shipped cards), with its `changes`."""
@@ -192,7 +196,7 @@ class Run:
         processes never train the same run at once: the second waits and reloads.
         """
         stem = self.stem(run_dir)
-        saved, record = stem.with_suffix(".fmpe"), stem.with_suffix(".card.json")
+        saved, record = self.posterior_path(run_dir), stem.with_suffix(".card.json")
         model_options, train_options = self.hyperparameters(cards)
         hyperparameters = {"model": model_options, "train": train_options}
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -190,7 +190,7 @@ def run(
             experiment = Run(
                 task_name, budget, estimator, variant, base_only, seed, rounds, observation
             )
-            saved = experiment.stem(run_dir).with_suffix(".fmpe")
+            saved = experiment.posterior_path(run_dir)
             expected = expected_unit_seconds(
                 store.rows(), task_name, budget, label, len(unit), saved.exists(), workers
             )

@@ -99,6 +99,13 @@ class PhaseMarginal:
         self.periods = round(periods)
         self.rest = _other_columns(self.dim, index)
 
+    def embed(self, rest: Tensor) -> Tensor:
+        """θ (n, d), in `rest`'s dtype, of the other parameters (n, d − 1), φ at its lower bound
+        (a stand-in: `terms` and the marginal likelihood ignore it)."""
+        theta = torch.full((len(rest), self.dim), self.low, dtype=rest.dtype)
+        theta[:, self.rest] = rest
+        return theta
+
     def terms(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(K, R, β), each (n,) float64, at the other parameters of θ (n, d) (`phase_terms`)."""
         return phase_terms(self.full_log_likelihood, theta, x, self.index, self.low, self.harmonic)
@@ -167,8 +174,12 @@ class PhaseConditionalProposal(nn.Module):
     ):
         super().__init__()
         self.flow = flow
-        self.prior = prior  # `Proposal.prior`
         self.phase = PhaseMarginal(prior, log_likelihood, index, harmonic)
+
+    @property
+    def prior(self) -> Distribution:
+        """π over all d parameters (`Proposal.prior`)."""
+        return self.phase.prior
 
     @classmethod
     def for_samples(
@@ -215,9 +226,7 @@ class PhaseConditionalProposal(nn.Module):
         """n samples (n, d), all inside the prior's support, and their log q (n,) float64."""
         phase = self.phase
         rest, log_q = self.flow.sample_and_log_prob(n)
-        theta = torch.empty(len(rest), phase.dim)
-        theta[:, phase.rest] = rest
-        theta[:, phase.index] = phase.low  # a stand-in: the conditional ignores φ
+        theta = phase.embed(rest)
         _, concentration, location = phase.terms(theta, x)
         theta[:, phase.index] = phase.draw(concentration, location).float()
         angle = theta[:, phase.index].double()  # log q of the float32 value that is returned
