@@ -18,20 +18,23 @@ script runs again:
 2. dynesty's nested sampling of the first injections' posteriors with the exact likelihood,
    φ_c-marginalized (`GWTask.phase_marginal`; φ_c is drawn afterwards from its conditional)
    (gw_dynesty.csv: log evidence, likelihood calls; the weighted samples are kept in the runs
-   folder);
+   folder); once every reference is made, a second run of each with another seed
+   (gw_dynesty_repeat.csv), whose distance from the first is dynesty's own spread;
 3. reference posteriors of those injections: importance sampling with the exact likelihood
    from a defensive mixture of both estimators, a proposal adapted to the posterior from NPE
    (`adapt_flow_proposal` of `GWTask.phase_conditional_proposal`: a flow over the eight
-   parameters besides φ_c, and φ_c drawn from its exact conditional) and the prior, until the
+   parameters besides φ_c, and φ_c drawn from its exact conditional; adapted again from its
+   own flow in a second stage) and the prior, until the
    effective sample size reaches its target (gw_reference.csv; the samples are kept in the
    runs folder). No proposal alone decides it: the weights correct each one, and the
    estimators and the prior cover what the others miss. A reference takes an hour or more on
    2 cores (every sample needs FMPE's exact log density), so its adapted proposal and each
    round of samples are kept as they finish, and a stopped run resumes at the next round;
 4. the Jensen–Shannon divergence of each estimator's 1-D marginals to the reference's, in
-   mnat, with two checks of the reference: dynesty's own samples against it, and two halves of
-   the reference against each other, its noise floor (gw_jsd.csv) (steps 2-4 take one
-   injection at a time, so that a run stopped early leaves whole ones);
+   mnat, with two checks of the reference: each dynesty run's samples against it (and the two
+   runs against each other), and two halves of the reference against each other, its noise
+   floor (gw_jsd.csv) (steps 2-4 take one injection at a time, so that a run stopped early
+   leaves whole ones);
 5. figures (gw_pp.png, gw_corner.png, gw_is_efficiency.png) and the summary gw_summary.md;
    the corner plot of injection 1 shows its reference, or dynesty's samples until it has one.
 
@@ -108,6 +111,13 @@ REFERENCE_PRIOR_FRACTION = 0.05
 # keep it defensive.
 REFERENCE_SHARES = {"fmpe": 0.075, "npe": 0.075, "adaptive": 0.8}
 NOT_RUN = "Not run yet (`--score-only` skips this step)."
+JSD_LABELS = {  # gw_jsd.csv's estimators, as the summary names them
+    **NAMES,
+    "dynesty": "dynesty",
+    "dynesty_repeat": "dynesty, second seed",
+    "dynesty_runs": "dynesty's two runs",
+    "reference_halves": "reference halves",
+}
 
 
 @dataclass(frozen=True)
@@ -123,10 +133,15 @@ class Scale:
     reference_max_samples: int = 1_000_000  # an ESS of 5,000 at 0.5% efficiency
     adaptive_samples: int = 100_000  # per round of adapting the reference's flow from NPE
     adaptive_rounds: int = 8
+    # Stage 2 adapts again from stage 1's flow (a new flow placed on its far better weighted
+    # samples). On injection 3, stage 1's flow alone had an ESS of 0.2% of 100,000 samples and
+    # its reference 87 of 50,000; stage 2's flow alone 600-4,200 of 20,000.
+    adaptive_stages: int = 2
     jsd_samples: int = 10_000
     dynesty_live_points: int = 500
     dynesty_dlogz: float = 0.1
     dynesty_max_calls: int = 3_000_000
+    dynesty_repeat: bool = True  # a second run per injection with another seed: its spread
 
 
 SMOKE = Scale(
@@ -213,6 +228,12 @@ def units_due(
             yield i, file
 
 
+def derived_seed(seed: int, step: int) -> int:
+    """An independent seed for the `step`-th use of `seed`: a reference's steps (0 its
+    adaptation, k its k-th round), dynesty's second run (1)."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
 def recorded_seconds(path: Path) -> float | None:
     """The median `seconds` of a step's rows (one unit each); None without rows."""
     rows = RowLog(path).rows()
@@ -257,17 +278,19 @@ class DynestyProblem:
 
 
 def run_dynesty(
-    task, injections, args, scale, machine, deadline: Deadline
+    task, injections, args, scale, machine, deadline: Deadline, kind: str = "dynesty"
 ) -> dict[int, ImportanceResult]:
     """dynesty's weighted posterior samples of `injections`, run or loaded; one injection per
-    unit of `deadline`."""
+    unit of `deadline`. `kind` "dynesty_repeat" is a second run with another seed, kept apart
+    (gw_dynesty_repeat.csv)."""
     import dynesty
     import dynesty.pool
 
-    path = args.out / "gw_dynesty.csv"
+    path = args.out / f"gw_{kind}.csv"
     nested: dict[int, ImportanceResult] = {}
-    expected = recorded_seconds(path)
-    for i, saved in units_due("dynesty", injections, path, args, scale, deadline, nested, expected):
+    expected = recorded_seconds(args.out / "gw_dynesty.csv")  # either kind: the same work
+    for i, saved in units_due(kind, injections, path, args, scale, deadline, nested, expected):
+        seed = args.seed + i if kind == "dynesty" else derived_seed(args.seed + i, 1)
         problem = DynestyProblem(task, i)
         start = time.perf_counter()
         with contextlib.ExitStack() as stack:
@@ -284,7 +307,7 @@ def run_dynesty(
                 # uniform draws in the bounding ellipsoids, fell to 1.5% efficiency (180 calls
                 # an iteration) within 5 minutes on injection 1, over all nine parameters.
                 sample="rwalk",
-                rstate=np.random.default_rng(args.seed + i),
+                rstate=np.random.default_rng(seed),
                 pool=pool,
             )
             sampler.run_nested(
@@ -293,7 +316,7 @@ def run_dynesty(
                 print_progress=not args.quiet,
             )
         result = sampler.results
-        torch.manual_seed(args.seed + i)
+        torch.manual_seed(seed)
         theta = problem.complete(result.samples)
         seconds = time.perf_counter() - start
         log_weights = torch.from_numpy(result.logwt - result.logz[-1])
@@ -314,7 +337,7 @@ def run_dynesty(
         }
         RowLog(path, list(row)).add(row)
         print(
-            f"dynesty {i}: log Z {result.logz[-1]:.3f} ± {result.logzerr[-1]:.3f}, ESS "
+            f"{kind} {i}: log Z {result.logz[-1]:.3f} ± {result.logzerr[-1]:.3f}, ESS "
             f"{row['effective_sample_size']}, {row['likelihood_calls']} calls in {seconds:.0f} s"
         )
     return nested
@@ -334,7 +357,8 @@ def reference_posterior(
     show_progress: bool,
 ) -> tuple[ImportanceResult, float] | None:
     """Defensive importance sampling from both estimators' `posteriors`, a φ_c-conditional
-    proposal adapted from NPE's and the prior, in rounds until the effective sample size
+    proposal adapted from NPE's (in `scale.adaptive_stages` stages, each starting from the
+    last one's proposal) and the prior, in rounds until the effective sample size
     reaches its target (or the sample cap); returns the joined result and its seconds (the
     adaptation's included), or None if `deadline` stopped it first.
 
@@ -344,17 +368,21 @@ def reference_posterior(
     """
     x = task.observation(injection).to(posteriors["fmpe"].device)
     folder.mkdir(parents=True, exist_ok=True)
-    flow_file = folder / "adaptive_flow.safetensors"
-    if flow_file.exists():
-        flow, _ = PhaseConditionalProposal.load(flow_file, task.prior, task.log_likelihood)
-    else:
+    adapted, flow_files = posteriors["npe"], []  # each stage starts from the last one's
+    for stage in range(1, scale.adaptive_stages + 1):
+        flow_file = folder / ("adaptive_flow" + (f"_{stage}" if stage > 1 else "") + ".safetensors")
+        flow_files.append(flow_file)
+        if flow_file.exists():
+            adapted, _ = PhaseConditionalProposal.load(flow_file, task.prior, task.log_likelihood)
+            continue
         expected = kept_seconds(folder, flow_file.name)
-        if not deadline.allows(f"reference {injection}, its proposal", expected):
+        if not deadline.allows(f"reference {injection}, its proposal (stage {stage})", expected):
             return None
-        torch.manual_seed(step_seed(seed, 0))
+        stage_seed = derived_seed(seed, 0)  # stage 1's, as before there were stages
+        torch.manual_seed(stage_seed if stage == 1 else derived_seed(stage_seed, stage))
         start = time.perf_counter()
-        flow, _ = adapt_flow_proposal(
-            posteriors["npe"],
+        adapted, _ = adapt_flow_proposal(
+            adapted,
             x,
             task.log_likelihood,
             task.prior,
@@ -363,19 +391,19 @@ def reference_posterior(
             proposal_for=task.phase_conditional_proposal,
             show_progress=show_progress,
         )
-        flow.save(partial_path(flow_file), {"seconds": f"{time.perf_counter() - start:.1f}"})
+        adapted.save(partial_path(flow_file), {"seconds": f"{time.perf_counter() - start:.1f}"})
         partial_path(flow_file).replace(flow_file)
-    proposals = {**posteriors, "adaptive": flow}
+    proposals = {**posteriors, "adaptive": adapted}
     round_files = sorted(folder.glob("round*.safetensors"))
     rounds = [load_weighted_samples(file) for file in round_files]
-    seconds = [saved_seconds(file) for file in [flow_file, *round_files]]
+    seconds = [saved_seconds(file) for file in [*flow_files, *round_files]]
     while not rounds or not reference_complete(ImportanceResult.joined(rounds), scale, injection):
         k = len(rounds) + 1
         if not deadline.allows(
             f"reference {injection}, round {k}", kept_seconds(folder, "round*.safetensors")
         ):
             return None
-        torch.manual_seed(step_seed(seed, k))
+        torch.manual_seed(derived_seed(seed, k))
         start = time.perf_counter()
         result = defensive_importance_sample(
             list(proposals.values()),
@@ -400,11 +428,6 @@ def kept_seconds(folder: Path, pattern: str) -> float | None:
     reference beside `folder` (its own included); None where there are none."""
     files = list(folder.parent.glob(f"*/{pattern}"))
     return statistics.median(map(saved_seconds, files)) if files else None
-
-
-def step_seed(seed: int, step: int) -> int:
-    """The torch seed of one step of a reference (0: the adaptation; k: the k-th round)."""
-    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
 def reference_complete(result: ImportanceResult, scale: Scale, injection: int) -> bool:
@@ -524,21 +547,34 @@ def jsd_row(task: GWTask, samples, sample_weights, reference, reference_weights)
     return row
 
 
-def run_jsd(task, posteriors, nested, references, args, scale, machine, deadline) -> None:
+def weighted_arrays(result: ImportanceResult) -> tuple[np.ndarray, np.ndarray]:
+    """θ (n, d) in float64 and the normalized weights (n,) of weighted samples."""
+    return result.theta.double().numpy(), result.weights.numpy()
+
+
+def run_jsd(task, posteriors, nested, repeats, references, args, scale, machine, deadline):
     """The JSDs to each reference not yet in gw_jsd.csv, of both estimators, of dynesty's
-    samples and of the reference's halves; one injection per unit of `deadline` (each of its
+    samples (`nested`, and `repeats` where its second run is done, and the two runs to each
+    other) and of the reference's halves; one injection per unit of `deadline` (each of its
     rows records the unit's seconds)."""
     path = args.out / "gw_jsd.csv"
     done = {(int(r["injection"]), r["estimator"]) for r in RowLog(path).rows()}
     for i, reference in references.items():
-        names = (*posteriors, "dynesty", "reference_halves")
+        # name: (samples, what they are compared with)
+        dynesty = {"dynesty": (nested[i], reference)}
+        if i in repeats:
+            dynesty |= {
+                "dynesty_repeat": (repeats[i], reference),
+                "dynesty_runs": (repeats[i], nested[i]),
+            }
+        names = (*posteriors, *dynesty, "reference_halves")
         if all((i, name) in done for name in names):
             continue
         if not deadline.allows(f"JSD {i}", recorded_seconds(path)):
             continue
         start = time.perf_counter()
         digests = {name: file_digest(posterior_file(args, scale, name)) for name in posteriors}
-        theta, weights = reference.theta.double().numpy(), reference.weights.numpy()
+        theta, weights = weighted_arrays(reference)
         x = task.observation(i).to(posteriors["fmpe"].device)
         rows = {}
         for name, posterior in posteriors.items():
@@ -546,11 +582,10 @@ def run_jsd(task, posteriors, nested, references, args, scale, machine, deadline
                 torch.manual_seed(args.seed + 100 + i)
                 samples = posterior.sample(scale.jsd_samples, x).cpu().double().numpy()
                 rows[name] = (len(samples), jsd_row(task, samples, None, theta, weights))
-        if (i, "dynesty") not in done:
-            nested_theta = nested[i].theta.double().numpy()
-            nested_weights = nested[i].weights.numpy()
-            jsd = jsd_row(task, nested_theta, nested_weights, theta, weights)
-            rows["dynesty"] = (len(nested_theta), jsd)
+        for name, (samples, against) in dynesty.items():
+            if (i, name) not in done:
+                jsd = jsd_row(task, *weighted_arrays(samples), *weighted_arrays(against))
+                rows[name] = (samples.num_samples, jsd)
         if (i, "reference_halves") not in done:
             # Two random halves of the reference: the divergence its finite sample alone gives.
             generator = torch.Generator().manual_seed(args.seed + i)
@@ -636,6 +671,17 @@ def plot_corner(
     fig.savefig(path, dpi=80)
 
 
+def evidence_cell(row: dict | None) -> str:
+    """A row's log evidence ± its standard error; empty without a row."""
+    if row is None:
+        return ""
+    return f"{float(row['log_evidence']):.3f} ± {float(row['log_evidence_error']):.3f}"
+
+
+def mean_jsd_cell(row: dict | None) -> str:
+    return "" if row is None else f"{float(row['mean_jsd_mnat']):.2f}"
+
+
 def spread(values: np.ndarray) -> str:
     """median [16th, 84th percentile]"""
     q16, q50, q84 = np.quantile(values, [0.16, 0.5, 0.84])
@@ -706,8 +752,8 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
             differences.append(f"{delta:+.3f} ± {float(scored['is_log_evidence_error']):.3f}")
         lines.append(
             f"| {i} | {float(r['snr']):.1f} | {r['num_samples']} | "
-            f"{float(r['effective_sample_size']):.0f} | {float(r['log_evidence']):.3f} ± "
-            f"{float(r['log_evidence_error']):.3f} | {' | '.join(differences)} |"
+            f"{float(r['effective_sample_size']):.0f} | {evidence_cell(r)} | "
+            f"{' | '.join(differences)} |"
         )
 
     jsd = RowLog(args.out / "gw_jsd.csv").rows()
@@ -715,8 +761,10 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         "",
         "## Jensen–Shannon divergence to the reference (mnat), mean over injections",
         "",
-        "`dynesty`: its weighted samples, the cross-check of the reference. `reference halves`: "
-        "between two random halves of the reference, its noise floor.",
+        "`dynesty`: its weighted samples, the cross-check of the reference; `dynesty, second "
+        "seed`: those of its second run; `dynesty's two runs`: the runs to each other, dynesty's "
+        "own spread. `reference halves`: between two random halves of the reference, its noise "
+        "floor.",
         "",
         "| estimator | injections | " + " | ".join(PARAMETER_LABELS) + " | mean | max |",
         "|---" * (len(PARAMETER_LABELS) + 4) + "|",
@@ -735,7 +783,7 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
             "`posterior` column of gw_jsd.csv names each row's). CPU training here is not "
             "bit-reproducible, so they may differ from those the scored rows above came from.",
         ]
-    for name in (*ESTIMATORS, "dynesty", "reference_halves"):
+    for name, label in JSD_LABELS.items():
         selected = [r for r in jsd if r["estimator"] == name]
         if not selected:
             continue
@@ -743,14 +791,16 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
             [[float(r[f"jsd_mnat_{p}"]) for p in task.parameter_names] for r in selected]
         )
         cells = " | ".join(f"{v:.2f}" for v in table.mean(0))
-        label = NAMES.get(name, name.replace("_", " "))
         lines.append(
             f"| {label} | {len(selected)} | {cells} | {table.mean():.2f} | {table.max():.2f} |"
         )
 
     dynesty_rows = RowLog(args.out / "gw_dynesty.csv").rows()
+    repeat_rows = {
+        int(r["injection"]): r for r in RowLog(args.out / "gw_dynesty_repeat.csv").rows()
+    }
     reference_evidence = {int(r["injection"]): r for r in references}
-    dynesty_jsd = {int(r["injection"]): r for r in jsd if r["estimator"] == "dynesty"}
+    jsd_of = {(int(r["injection"]), r["estimator"]): r for r in jsd}
     lines += [
         "",
         "## The reference against dynesty",
@@ -760,29 +810,31 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         "them stopped before dlogz) of the φ_c-marginalized likelihood (3 of the likelihood "
         "each), φ_c then drawn from its conditional. The JSD is that of dynesty's weighted "
         "samples to the reference; the runs over all nine parameters before it are in "
-        "gw_dynesty_superseded.csv.",
+        "gw_dynesty_superseded.csv. The second run differs in its seed alone.",
         "",
-        "| injection | log Z dynesty | log Z reference | mean JSD (mnat) | max JSD | calls | s |",
-        "|---|---|---|---|---|---|---|",
+        "| injection | log Z dynesty | log Z reference | mean JSD (mnat) | max JSD | calls | s | "
+        "log Z second seed | its mean JSD | between the runs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     if not dynesty_rows:
         lines[-2:] = [NOT_RUN]
     for r in dynesty_rows:
         i = int(r["injection"])
-        reference, divergence = reference_evidence.get(i), dynesty_jsd.get(i)
-        evidence = (
-            f"{float(reference['log_evidence']):.3f} ± {float(reference['log_evidence_error']):.3f}"
-            if reference
-            else ""
-        )
+        reference, divergence = reference_evidence.get(i), jsd_of.get((i, "dynesty"))
         divergences = ""
         if divergence:
             values = [float(divergence[f"jsd_mnat_{p}"]) for p in task.parameter_names]
             divergences = f"{float(divergence['mean_jsd_mnat']):.2f} | {max(values):.2f}"
+        repeat = [
+            evidence_cell(repeat_rows.get(i)),
+            mean_jsd_cell(jsd_of.get((i, "dynesty_repeat"))),
+            mean_jsd_cell(jsd_of.get((i, "dynesty_runs"))),
+        ]
         lines.append(
-            f"| {i} | {float(r['log_evidence']):.3f} ± {float(r['log_evidence_error']):.3f} | "
-            f"{evidence} | {divergences or ' | '} | {r['likelihood_calls']} | "
-            f"{float(r['seconds']):.0f} |"
+            f"| {i} | {evidence_cell(r)} | {evidence_cell(reference)} | "
+            f"{divergences or ' | '} | {r['likelihood_calls']} | {float(r['seconds']):.0f} | "
+            + " | ".join(repeat)
+            + " |"
         )
     lines += [
         "",
@@ -926,11 +978,18 @@ def analyse(task, posteriors, args, scale, machine, command: str, deadline: Dead
     references: dict[int, ImportanceResult] = {}
     if not args.score_only:
         # One injection at a time through steps 2-4, so that a deadline leaves whole ones done.
+        first_runs: dict[int, ImportanceResult] = {}  # dynesty's
         for i in range(1, scale.reference_injections + 1):
             nested = run_dynesty(task, [i], args, scale, machine, deadline)
             reference = run_references(task, posteriors, nested, args, scale, machine, deadline)
-            run_jsd(task, posteriors, nested, reference, args, scale, machine, deadline)
+            run_jsd(task, posteriors, nested, {}, reference, args, scale, machine, deadline)
             references |= reference
+            first_runs |= nested
+        # dynesty's second runs after every reference, which the comparison needs first.
+        for i in references if scale.dynesty_repeat else ():
+            repeat = run_dynesty(task, [i], args, scale, machine, deadline, "dynesty_repeat")
+            reference = {i: references[i]}
+            run_jsd(task, posteriors, first_runs, repeat, reference, args, scale, machine, deadline)
     rows = injection_rows(args, scale)
     plot_pp(task, rows, args.out / "gw_pp.png")
     plot_efficiency(rows, args.out / "gw_is_efficiency.png")

@@ -282,8 +282,9 @@ def test_poet_is_compared_with_ordinary_training_on_its_own_seeds(poet, tmp_path
 
 
 def test_gw_references_stopped_by_the_deadline_continue_to_the_same_rows(gw, tmp_path, monkeypatch):
-    """A reference is resumed round by round: its adapted proposal (50 s) and each round (100
-    s of 1,000 samples, all of weight 1) are kept as they finish."""
+    """A reference is resumed stage by stage and round by round: each stage of its adapted
+    proposal (50 s) and each round (100 s of 1,000 samples, all of weight 1) are kept as they
+    finish."""
     clock = Clock()
     low, high = torch.tensor([0.0, -1.0, -1.0]), torch.tensor([2 * math.pi, 1.0, 1.0])
     prior = Independent(Uniform(low, high), 1)
@@ -329,17 +330,18 @@ def test_gw_references_stopped_by_the_deadline_continue_to_the_same_rows(gw, tmp
 
     whole = references(tmp_path / "whole", Deadline(None))
     assert [r.num_samples for r in whole.values()] == [3000, 3000]
-    deadline = Deadline(250.0, clock=clock)
+    deadline = Deadline(275.0, clock=clock)
     assert references(tmp_path / "parts", deadline) == {}
-    # Injection 1: the flow and a round (150 s), then a round of 100 s does not fit in the
-    # 100 s left; injection 2: its flow fits in them (50 s, as injection 1's), a round not.
-    assert deadline.left == ["reference 1, round 2", "reference 2, round 1"]
+    # Injection 1: two stages and a round (200 s), then a round of 100 s does not fit in the
+    # 75 s left; injection 2: its first stage fits in them (50 s, as injection 1's), its second
+    # not.
+    assert deadline.left == ["reference 1, round 2", "reference 2, its proposal (stage 2)"]
     parts = references(tmp_path / "parts", Deadline(None))
     for i in (1, 2):
         assert torch.equal(parts[i].theta, whole[i].theta)
     rows = [RowLog(tmp_path / folder / "gw_reference.csv").rows() for folder in ("whole", "parts")]
     assert measured(rows[1]) == measured(rows[0])
-    assert [float(r["seconds"]) for r in rows[1]] == [350.0, 350.0]
+    assert [float(r["seconds"]) for r in rows[1]] == [400.0, 400.0]
 
 
 def test_the_gw_corner_plot_shows_dynestys_samples_until_there_is_a_reference(

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from scipy import stats
 
 import fmpe
@@ -271,12 +272,21 @@ def test_the_smoke_run_of_the_comparison_writes_every_result(tmp_path):
         "gw_reference.csv",
         "gw_jsd.csv",
         "gw_dynesty.csv",
+        "gw_dynesty_repeat.csv",
         "gw_summary.md",
         "gw_pp.png",
         "gw_corner.png",
         "gw_is_efficiency.png",
     ):
         assert name in names
+    jsd = {r["estimator"] for r in RowLog(out / "gw_jsd.csv").rows()}
+    assert jsd == {"fmpe", "npe", "dynesty", "dynesty_repeat", "dynesty_runs", "reference_halves"}
+    # dynesty's second run is another draw, not the first one again.
+    first, second = (
+        load_file(str(tmp_path / "runs" / f"gw_2000_seed0_{kind}1.safetensors"))["theta"]
+        for kind in ("dynesty", "dynesty_repeat")
+    )
+    assert not torch.equal(first, second)
 
 
 def test_the_coordinates_measurement_trains_box_and_r_once_per_estimator(tmp_path):

@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import zuko
@@ -42,6 +43,13 @@ from fmpe.diagnostics.importance import (
     importance_sample,
 )
 from fmpe.unbounded import UnboundedTransform
+
+
+class FittableProposal(Proposal, Protocol):
+    """A `Proposal` that `adapt_flow_proposal` can refine: it fits itself to weighted samples
+    θ (N, d), weights (N,), and returns its held-out loss."""
+
+    def fit(self, theta: Tensor, weights: Tensor, *, steps: int) -> float: ...
 
 
 class FlowProposal(nn.Module):
@@ -239,10 +247,10 @@ def adapt_flow_proposal(
     start_share: float = 0.1,
     min_tempered_efficiency: float = 0.1,
     fit_steps: int = 300,
-    proposal_for: Callable[[Tensor, Tensor], FlowProposal] | None = None,
+    proposal_for: Callable[[Tensor, Tensor], FittableProposal] | None = None,
     show_progress: bool = False,
     **flow_options,
-) -> tuple[FlowProposal, list[AdaptationRound]]:
+) -> tuple[FittableProposal, list[AdaptationRound]]:
     """A flow proposal for the exact posterior of x, refined from `start` (see the module).
 
     Args:
@@ -256,7 +264,7 @@ def adapt_flow_proposal(
         min_tempered_efficiency: the tempered weights' efficiency kept by the choice of β.
         fit_steps: optimizer steps per round (`FlowProposal.fit`).
         proposal_for: ``proposal_for(theta, weights)``, the proposal to refine, made from the
-            first round's weighted samples; it has `fit` and the `Proposal` methods. Default:
+            first round's weighted samples (a `FittableProposal`). Default:
             ``FlowProposal.for_samples(prior, theta, weights, **flow_options)``.
         flow_options: `FlowProposal`'s size.
 
@@ -273,8 +281,8 @@ def adapt_flow_proposal(
         return FlowProposal.for_samples(prior, theta, weights, **flow_options)
 
     history: list[AdaptationRound] = []
-    flow: FlowProposal | None = None
-    best: tuple[float, FlowProposal | None] = (-1.0, None)
+    flow: FittableProposal | None = None
+    best: tuple[float, FittableProposal | None] = (-1.0, None)
     for k in tqdm(range(rounds), desc="adapting the proposal", disable=not show_progress):
         if flow is None:
             result = importance_sample(start, samples, x, log_likelihood, prior)

@@ -133,8 +133,9 @@ def compose_velocities(
 
 
 PrecisionMethod = Callable[..., Tensor]
-"""(posterior, context (n, ...), prior: GaussianMoments, options: dict) -> (n, d, d) the
-precision of each p(θ | x_j) in the posterior's standardized coordinates."""
+"""Called with the posterior, the context (n, ...), the prior's `GaussianMoments` and an
+options dict; returns (n, d, d), the precision of each p(θ | x_j) in the posterior's
+standardized coordinates."""
 
 IID_METHODS: Registry[PrecisionMethod] = Registry("iid method", "fmpe.posteriors.IID_METHODS")
 """How each single-trial posterior's precision P_j is estimated, by name."""
