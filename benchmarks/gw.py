@@ -1011,6 +1011,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=int, help=f"waveforms (default {Scale.budget})")
     parser.add_argument("--injections", type=int, help=f"scored (default {Scale.injections})")
     parser.add_argument("--samples", type=int, help=f"per injection (default {Scale.samples})")
+    parser.add_argument(
+        "--reference-injections",
+        type=int,
+        help="injections 1-N get dynesty, a reference and JSDs, then dynesty's second runs "
+        f"(default {Scale.reference_injections})",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a busy CPU)")
@@ -1044,7 +1050,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     deadline = Deadline.after(args.stop_after)
     scale = SMOKE if args.smoke else Scale()
-    overrides = {k: getattr(args, k) for k in ("budget", "injections", "samples")}
+    overrides = {
+        k: getattr(args, k) for k in ("budget", "injections", "samples", "reference_injections")
+    }
     scale = replace(scale, **{k: v for k, v in overrides.items() if v is not None})
     smoke_folder = RUNS.with_name("gw-smoke")
     args.out = args.out or (smoke_folder / "results" if args.smoke else RESULTS)
