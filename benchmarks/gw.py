@@ -492,7 +492,9 @@ def marginal_jsd(
     """The Jensen–Shannon divergence (nats) of two 1-D distributions given by samples.
 
     Both are Gaussian kernel density estimates with the same bandwidth (Silverman's rule for
-    the reference's effective sample size), on a common grid over the central 99.8% of both.
+    the reference's effective sample size), on a common grid over the central 99.8% of both,
+    weighted: weighted samples (a reference's, a nested sampler's) hold many of nearly no
+    weight far out, which would stretch the grid beyond the kernels' reach.
     """
     weights = reference_weights / reference_weights.sum()
     sample_weights = (
@@ -504,8 +506,14 @@ def marginal_jsd(
     mean = (weights * reference).sum()
     spread = math.sqrt((weights * (reference - mean) ** 2).sum())
     bandwidth = 1.06 * spread * n_eff ** (-1 / 5)
-    low = min(np.quantile(samples, 0.001), _weighted_quantile(reference, weights, 0.001))
-    high = max(np.quantile(samples, 0.999), _weighted_quantile(reference, weights, 0.999))
+    low = min(
+        _weighted_quantile(samples, sample_weights, 0.001),
+        _weighted_quantile(reference, weights, 0.001),
+    )
+    high = max(
+        _weighted_quantile(samples, sample_weights, 0.999),
+        _weighted_quantile(reference, weights, 0.999),
+    )
     grid = np.linspace(low - 3 * bandwidth, high + 3 * bandwidth, JSD_GRID)
     p = _kde(reference, weights, grid, bandwidth)
     q = _kde(samples, sample_weights, grid, bandwidth)

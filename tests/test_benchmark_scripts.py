@@ -344,6 +344,24 @@ def test_gw_references_stopped_by_the_deadline_continue_to_the_same_rows(gw, tmp
     assert [float(r["seconds"]) for r in rows[1]] == [400.0, 400.0]
 
 
+def test_gw_jsd_ignores_samples_without_weight(gw):
+    """Weighted samples (a reference's, dynesty's) hold many of (nearly) no weight far from a
+    narrow posterior; they must not stretch the grid. On injection 4 (SNR 40) they had made
+    the reference halves' JSD infinite."""
+    generator = torch.Generator().manual_seed(0)
+    posterior = 28.0 + 0.01 * torch.randn(4_000, generator=generator, dtype=torch.float64)
+    far = 15.0 + 15.0 * torch.rand(1_000, generator=generator, dtype=torch.float64)
+    first, second = posterior[:2_000].numpy(), posterior[2_000:].numpy()
+    ones = torch.ones(2_000, dtype=torch.float64).numpy()
+    alone = gw.marginal_jsd(first, second, ones, ones)
+    with_far = torch.cat([torch.ones(2_000), torch.zeros(1_000)]).double().numpy()
+    samples = torch.cat([posterior[:2_000], far]).numpy()
+    assert gw.marginal_jsd(samples, second, ones, with_far) == pytest.approx(alone, abs=1e-12)
+    assert 0 <= alone < 0.005  # two halves of one Gaussian: a few mnat at most
+    shifted = gw.marginal_jsd(first + 0.02, second, ones, ones)  # two standard deviations
+    assert 0.1 < shifted < math.log(2)
+
+
 def test_the_gw_corner_plot_shows_dynestys_samples_until_there_is_a_reference(
     gw, tmp_path, monkeypatch
 ):
