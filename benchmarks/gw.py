@@ -133,10 +133,12 @@ class Scale:
     reference_max_samples: int = 1_000_000  # an ESS of 5,000 at 0.5% efficiency
     adaptive_samples: int = 100_000  # per round of adapting the reference's flow from NPE
     adaptive_rounds: int = 8
-    # Stage 2 adapts again from stage 1's flow (a new flow placed on its far better weighted
-    # samples). On injection 3, stage 1's flow alone had an ESS of 0.2% of 100,000 samples and
-    # its reference 87 of 50,000; stage 2's flow alone 600-4,200 of 20,000.
-    adaptive_stages: int = 2
+    # Each stage adapts again from the last one's flow (a new flow placed on its far better
+    # weighted samples). On injection 3, stage 1's flow alone had an ESS of 0.2% of 100,000
+    # samples and its reference 87 of 50,000; stage 2's flow alone 600-4,200 of 20,000. On
+    # injection 5, stage 2's rounds had ESS 21-1,359 of 10,000, their heaviest weights in a
+    # sky region it under-covered (sin δ ≈ 0.9): hence a third stage.
+    adaptive_stages: int = 3
     jsd_samples: int = 10_000
     dynesty_live_points: int = 500
     dynesty_dlogz: float = 0.1
@@ -707,7 +709,8 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         "## Training and importance sampling",
         "",
         f"Per injection (1-{scale.injections}, network SNR ≥ 8), {scale.samples} proposal samples;"
-        " efficiency median [16th, 84th percentile].",
+        " efficiency median [16th, 84th percentile]. Training seconds are those the saved"
+        " posterior recorded: a posterior trained beside other jobs records more.",
         "",
         "| estimator | training s | IS efficiency | min / max | −log q(θ*) median |",
         "|---|---|---|---|---|",
@@ -788,8 +791,9 @@ def write_summary(task, posteriors, rows, args, scale, machine, command: str) ->
         lines[-3:-3] = [
             "",
             f"FMPE's and NPE's rows: of the posteriors kept in the runs folder ({kept}; the "
-            "`posterior` column of gw_jsd.csv names each row's). CPU training here is not "
-            "bit-reproducible, so they may differ from those the scored rows above came from.",
+            "`posterior` column of gw_jsd.csv names each row's). The scored rows above name no "
+            "posterior file: they are of the posteriors in the runs folder when they were "
+            "scored.",
         ]
     for name, label in JSD_LABELS.items():
         selected = [r for r in jsd if r["estimator"] == name]

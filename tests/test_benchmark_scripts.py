@@ -318,7 +318,13 @@ def test_gw_references_stopped_by_the_deadline_continue_to_the_same_rows(gw, tmp
     )
     estimator = SimpleNamespace(device=torch.device("cpu"))
     # Three rounds reach the effective sample size of each reference.
-    scale = replace(gw.SMOKE, reference_injections=2, reference_ess=2500, reference_round=1000)
+    scale = replace(
+        gw.SMOKE,
+        reference_injections=2,
+        reference_ess=2500,
+        reference_round=1000,
+        adaptive_stages=2,
+    )
     # dynesty's samples of each injection: the injections that get a reference.
     nested = {i: ImportanceResult(torch.randn(10, 3), torch.zeros(10)) for i in (1, 2)}
 
