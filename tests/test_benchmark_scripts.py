@@ -317,7 +317,8 @@ def test_gw_references_stopped_by_the_deadline_continue_to_the_same_rows(gw, tmp
         phase_conditional_proposal=phase_conditional_proposal,
     )
     estimator = SimpleNamespace(device=torch.device("cpu"))
-    # Three rounds reach the effective sample size of each reference.
+    # Three rounds reach the effective sample size of each reference; two stages of adaptation,
+    # which the deadline below counts on.
     scale = replace(
         gw.SMOKE,
         reference_injections=2,
