@@ -24,7 +24,7 @@ script runs again:
    from a defensive mixture of both estimators, a proposal adapted to the posterior from NPE
    (`adapt_flow_proposal` of `GWTask.phase_conditional_proposal`: a flow over the eight
    parameters besides φ_c, and φ_c drawn from its exact conditional; adapted again from its
-   own flow in a second stage) and the prior, until the
+   own flow in each further stage, `Scale.adaptive_stages`) and the prior, until the
    effective sample size reaches its target (gw_reference.csv; the samples are kept in the
    runs folder). No proposal alone decides it: the weights correct each one, and the
    estimators and the prior cover what the others miss. A reference takes an hour or more on
@@ -231,8 +231,9 @@ def units_due(
 
 
 def derived_seed(seed: int, step: int) -> int:
-    """An independent seed for the `step`-th use of `seed`: a reference's steps (0 its
-    adaptation, k its k-th round), dynesty's second run (1)."""
+    """An independent seed for the `step`-th use of `seed`: a reference's steps (0 its first
+    adaptation stage, whose seed in turn derives the later stages', k its k-th round),
+    dynesty's second run (1)."""
     return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
